@@ -1,0 +1,49 @@
+"""Datasets by name: `load_dataset("CIFAR10", data_path)` -> DatasetSplits.
+
+Each loader is registered under its name (case-insensitive). A name that is not
+registered but is an existing directory is read as an image folder (train/<class>/,
+test/<class>/).
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from .base import DataError, DatasetSplits
+
+Loader = Callable[..., DatasetSplits]
+_LOADERS: dict[str, Loader] = {}
+
+
+def register(name: str):
+    def deco(fn: Loader) -> Loader:
+        _LOADERS[name.lower()] = fn
+        return fn
+    return deco
+
+
+def dataset_names() -> list[str]:
+    _import_loaders()
+    return sorted(_LOADERS)
+
+
+def load_dataset(name: str, data_path: str | None = None, zca: bool = False, **options) -> DatasetSplits:
+    """Load a dataset by name (see `dataset_names()`), offline, from `data_path`."""
+    _import_loaders()
+    fn = _LOADERS.get(name.lower())
+    if fn is None:
+        if os.path.isdir(name) and "imagefolder" in _LOADERS:
+            fn, data_path = _LOADERS["imagefolder"], name
+        else:
+            raise DataError(f"unknown dataset {name!r}; known: {', '.join(sorted(_LOADERS))} "
+                            "(or the path of an image folder with train/<class>/ and test/<class>/)")
+    splits = fn(data_path=data_path, **options)
+    if zca:
+        from .zca_apply import with_zca
+        splits = with_zca(splits)
+    return splits
+
+
+def _import_loaders() -> None:
+    """Import every loader module once so their @register lines run."""
+    from . import builtin  # noqa: F401
