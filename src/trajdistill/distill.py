@@ -1,0 +1,345 @@
+"""The distillation loop: owns the learnable state, optimisers, schedule, checkpoints, logs.
+
+One iteration (algorithm.md sections 2-3): pick an expert and a start epoch, measure STM's
+held-out next-epoch loss (no graph), compute the matching gradient with the chosen
+method (`lean` by default, `unroll` as reference), step the images and the lr(s), feed
+the stage machine, log one JSON line.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .augment import DEFAULT_STRATEGY
+from .data.base import DatasetSplits
+from .evaluate import EvalConfig, evaluate_set
+from .experts import BufferError, TrajectoryStore
+from .io import atomic_save, safe_load, write_json
+from .matching import GRADIENT_METHODS, MatchProblem, matching_loss, plan_unroll
+from .models import FlatModel, build_model
+from .schedule import StageMachine, UniformStart
+from .synthetic import SyntheticSet
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class DistillConfig:
+    method: str = "STM"                 # or "original-MTT"
+    ipc: int = 1
+    syn_steps: int = 20
+    expert_epochs: int = 1
+    max_start_epoch: int | None = None  # default: stored epochs - expert_epochs
+    lr_img: float = 1000.0
+    lr_lr: float = 0.01
+    lr_teacher: list[float] = field(default_factory=lambda: [0.01])
+    learn_lr: bool = True
+    lr_mode: str = "global-lr"          # or "independent-lr"
+    sample_method: str = "cycle"        # or "random"
+    init_epoch: int = 1
+    sigma: float = 5.0
+    min_duration: int = 20
+    max_duration: int = 1000            # T_max
+    pix_init: str = "real"              # or "noise"
+    batch_syn: int | None = None        # default: the whole synthetic set
+    iterations: int = 5000
+    eval_it: int = 200
+    eval_models: list[str] = field(default_factory=list)  # default: the experts' model
+    num_eval: int = 5
+    epoch_eval_train: int = 1000
+    dsa: bool = True
+    dsa_strategy: str = DEFAULT_STRATEGY
+    gradient: str = "lean"              # or "unroll"
+    max_experts: int | None = None
+    checkpoint_every: int = 50
+    seed: int = 0
+    device: str = "cpu"
+    prev_iter: int = 0
+    load_syn_image: str | None = None
+
+    @property
+    def stm(self) -> bool:
+        return self.method.upper() == "STM"
+
+
+def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) -> DistillConfig:
+    """Fill defaults from the buffer and refuse impossible settings with a clear message."""
+    if cfg.method.upper() not in ("STM", "ORIGINAL-MTT"):
+        raise ConfigError(f"--method must be STM or original-MTT, got {cfg.method!r}")
+    if cfg.gradient not in GRADIENT_METHODS:
+        raise ConfigError(f"--gradient must be one of {sorted(GRADIENT_METHODS)}, got {cfg.gradient!r}")
+    if cfg.lr_mode not in ("global-lr", "independent-lr"):
+        raise ConfigError(f"--lr_mode must be global-lr or independent-lr, got {cfg.lr_mode!r}")
+    if cfg.pix_init not in ("real", "noise"):
+        raise ConfigError(f"--pix_init must be real or noise, got {cfg.pix_init!r}")
+    epochs = store.num_epochs
+    if cfg.max_start_epoch is None:
+        cfg.max_start_epoch = epochs - cfg.expert_epochs
+    if cfg.max_start_epoch < 1 or cfg.max_start_epoch + cfg.expert_epochs > epochs:
+        raise ConfigError(f"max_start_epoch ({cfg.max_start_epoch}) + expert_epochs "
+                          f"({cfg.expert_epochs}) must be within the {epochs} epochs stored in "
+                          f"{store.root} (and max_start_epoch >= 1)")
+    if cfg.stm and not 1 <= cfg.init_epoch <= cfg.max_start_epoch:
+        raise ConfigError(f"init_epoch ({cfg.init_epoch}) must be in [1, max_start_epoch="
+                          f"{cfg.max_start_epoch}]")
+    n_lr = cfg.init_epoch if (cfg.stm and cfg.lr_mode == "independent-lr") else 1
+    if len(cfg.lr_teacher) == 1 and n_lr > 1:
+        cfg.lr_teacher = cfg.lr_teacher * n_lr
+    if len(cfg.lr_teacher) != n_lr:
+        raise ConfigError(f"--lr_teacher has {len(cfg.lr_teacher)} values; expected {n_lr} "
+                          f"(one per initial stage with independent-lr, else one)")
+    if any(v <= 0 for v in cfg.lr_teacher):
+        raise ConfigError(f"--lr_teacher values must be positive, got {cfg.lr_teacher}")
+    counts = splits.train.class_counts()
+    if cfg.pix_init == "real" and min(counts) < cfg.ipc:
+        c = counts.index(min(counts))
+        raise ConfigError(f"ipc={cfg.ipc} but class {splits.classes[c]!r} has only {counts[c]} "
+                          "training images")
+    if cfg.ipc < 1:
+        raise ConfigError(f"ipc must be >= 1, got {cfg.ipc}")
+    if not cfg.eval_models:
+        cfg.eval_models = [store.model]
+    return cfg
+
+
+def open_buffer(buffer_dir: str | Path, splits: DatasetSplits) -> TrajectoryStore:
+    """Open a trajectory store and refuse it unless it was made from this exact data."""
+    store = TrajectoryStore.open(buffer_dir)
+    store.check_data(splits.describe())
+    mine, theirs = splits.preprocess.state_dict(), store.preprocess.state_dict()
+    if not _same_preprocess(mine, theirs):
+        raise BufferError(f"expert buffer {store.root} was trained with another input "
+                          "normalisation/ZCA than this data gives; rebuild the buffer or pass the "
+                          "same --zca and data")
+    if not store.indices():
+        raise BufferError(f"expert buffer {store.root} holds no finished expert yet")
+    return store
+
+
+def _same_preprocess(a: dict, b: dict) -> bool:
+    if not (torch.allclose(torch.tensor(a["mean"]), torch.tensor(b["mean"]), atol=1e-5)
+            and torch.allclose(torch.tensor(a["std"]), torch.tensor(b["std"]), atol=1e-5)):
+        return False
+    if (a["zca"] is None) != (b["zca"] is None):
+        return False
+    return a["zca"] is None or torch.allclose(a["zca"]["transform"], b["zca"]["transform"], atol=1e-4)
+
+
+class Distiller:
+    """Learnable state + loop. `run()` distills; `state_dict()` is everything to resume."""
+
+    def __init__(self, cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore,
+                 run_dir: str | Path, progress: bool = True):
+        self.cfg = validate(cfg, splits, store)
+        self.splits, self.store, self.progress = splits, store, progress
+        self.run_dir = Path(run_dir)
+        self.device = torch.device(cfg.device)
+        self.rng = random.Random(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        c, h, w = splits.image_shape
+        self.student = FlatModel.wrap(build_model(store.model, c, splits.num_classes, (h, w))
+                                      .to(self.device))
+        self.labels = torch.arange(splits.num_classes).repeat_interleave(cfg.ipc).to(self.device)
+        self.images = self._initial_images().to(self.device).requires_grad_(True)
+        self.log_lrs = [torch.tensor(math.log(v), device=self.device, requires_grad=True)
+                        for v in cfg.lr_teacher]
+        self.opt_img = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=0.5)
+        self.opt_lrs = [self._lr_optimizer(p) for p in self.log_lrs]
+        self.schedule = (StageMachine(cfg.max_start_epoch, cfg.init_epoch, cfg.sigma,
+                                      cfg.min_duration, cfg.max_duration,
+                                      sample_method=cfg.sample_method, lr_img=cfg.lr_img)
+                         if cfg.stm else UniformStart(cfg.max_start_epoch))
+        experts = store.indices()
+        self.experts = experts[:cfg.max_experts] if cfg.max_experts else experts
+        self.expert_order: list[int] = []
+        self.iteration = cfg.prev_iter
+        self.best = {"accuracy": -1.0, "iteration": None}
+        self.grad_fn = GRADIENT_METHODS[cfg.gradient]
+
+    # ------------------------------------------------------------------ state
+    def _initial_images(self) -> torch.Tensor:
+        cfg, splits = self.cfg, self.splits
+        if cfg.load_syn_image:
+            # a synthetic-set file of ours, or a bare image tensor as the seed's images_N.pt
+            blob = safe_load(cfg.load_syn_image)
+            images = blob["images"] if isinstance(blob, dict) and "images" in blob else blob
+            want = (splits.num_classes * cfg.ipc, *splits.image_shape)
+            if not isinstance(images, torch.Tensor) or tuple(images.shape) != want:
+                raise ConfigError(f"{cfg.load_syn_image}: expected an image tensor of shape {want}")
+            return images.float().clone()
+        if cfg.pix_init == "noise":
+            return torch.randn(splits.num_classes * cfg.ipc, *splits.image_shape, generator=self.gen)
+        picks = []
+        for c in range(splits.num_classes):
+            members = splits.train.indices_of(c)
+            picks.append(members[torch.randperm(len(members), generator=self.gen)[:cfg.ipc]])
+        return splits.preprocess(splits.train.images[torch.cat(picks)])
+
+    def _lr_optimizer(self, p: torch.Tensor) -> torch.optim.Optimizer:
+        return torch.optim.SGD([p], lr=self.cfg.lr_lr, momentum=0.5)
+
+    def lrs(self) -> list[float]:
+        return [float(p.detach().exp()) for p in self.log_lrs]
+
+    def synthetic_set(self) -> SyntheticSet:
+        return SyntheticSet(self.images.detach().cpu().clone(), self.labels.cpu(), self.lrs(),
+                            self.splits.preprocess, self.splits.describe(), self.store.model,
+                            self.cfg.syn_steps, {"iteration": self.iteration,
+                                                 "method": self.cfg.method,
+                                                 "lr_mode": self.cfg.lr_mode})
+
+    def state_dict(self) -> dict:
+        return {"iteration": self.iteration, "images": self.images.detach().cpu(),
+                "log_lrs": [p.detach().cpu() for p in self.log_lrs],
+                "opt_img": self.opt_img.state_dict(), "opt_lrs": [o.state_dict() for o in self.opt_lrs],
+                "schedule": self.schedule.state_dict(), "expert_order": list(self.expert_order),
+                "rng": json.dumps(self.rng.getstate()), "gen": self.gen.get_state(),
+                "best": dict(self.best)}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.iteration = s["iteration"]
+        with torch.no_grad():
+            self.images.copy_(s["images"].to(self.device))
+        self.log_lrs = [v.to(self.device).clone().requires_grad_(True) for v in s["log_lrs"]]
+        self.opt_img.load_state_dict(s["opt_img"])
+        self.opt_lrs = [self._lr_optimizer(p) for p in self.log_lrs]
+        for o, st in zip(self.opt_lrs, s["opt_lrs"]):
+            o.load_state_dict(st)
+        self.schedule.load_state_dict(s["schedule"])
+        self.expert_order = list(s["expert_order"])
+        state = json.loads(s["rng"])
+        self.rng.setstate((state[0], tuple(state[1]), state[2]))
+        self.gen.set_state(s["gen"])
+        self.best = dict(s["best"])
+
+    # ------------------------------------------------------------------ one iteration
+    def _next_expert(self) -> int:
+        if not self.expert_order:
+            self.expert_order = list(self.experts)
+            self.rng.shuffle(self.expert_order)
+        return self.expert_order.pop()
+
+    def _problem(self, trajectory: torch.Tensor, start_epoch: int) -> MatchProblem:
+        cfg = self.cfg
+        start = trajectory[start_epoch].to(self.device, torch.float32)
+        target = trajectory[start_epoch + cfg.expert_epochs].to(self.device, torch.float32)
+        n = self.images.shape[0]
+        plan = plan_unroll(n, cfg.syn_steps, cfg.batch_syn or n, self.splits.image_shape[1:],
+                           cfg.dsa_strategy if cfg.dsa else None, self.gen)
+        return MatchProblem(self.student, start, target, self.labels, plan)
+
+    def step(self) -> dict:
+        cfg, sched = self.cfg, self.schedule
+        t0 = time.perf_counter()
+        start_epoch = sched.start_epoch(self.iteration, self.rng)
+        expert = self._next_expert()
+        trajectory = self.store.load(expert)
+        record = {"it": self.iteration, "expert": expert, "start_epoch": start_epoch}
+
+        heldout = None
+        if cfg.stm and sched.needs_heldout:
+            th = time.perf_counter()
+            heldout = matching_loss(self._problem(trajectory, sched.heldout_epoch), self.images,
+                                    self.log_lrs[-1].detach().exp())
+            record["heldout_seconds"] = time.perf_counter() - th
+
+        lr_index = min(start_epoch, len(self.log_lrs) - 1) if cfg.lr_mode == "independent-lr" else 0
+        result = self.grad_fn(self._problem(trajectory, start_epoch), self.images,
+                              self.log_lrs[lr_index])
+        record["loss"] = result.loss
+        record[f"loss_epoch_{start_epoch}"] = result.loss
+        self._apply(result, lr_index)
+
+        if heldout is not None:
+            event = sched.record(heldout)
+            record.update({k: v for k, v in asdict(event).items() if v is not None})
+            if event.level_up and cfg.lr_mode == "independent-lr":
+                self._add_stage_lr()
+        if cfg.stm:
+            lr_img = sched.after_update()
+            for g in self.opt_img.param_groups:
+                g["lr"] = lr_img
+            record.update(cap=sched.cap, fine_tuning=sched.fine_tuning, lr_img=lr_img,
+                          finished=sched.finished)
+        record["lrs"] = self.lrs()
+        record["seconds"] = time.perf_counter() - t0
+        self.iteration += 1
+        return record
+
+    def _apply(self, result, lr_index: int) -> None:
+        self.opt_img.zero_grad(set_to_none=True)
+        self.images.grad = result.grad_images.to(self.images.dtype)
+        self.opt_img.step()
+        if self.cfg.learn_lr:
+            p = self.log_lrs[lr_index]
+            self.opt_lrs[lr_index].zero_grad(set_to_none=True)
+            p.grad = result.grad_log_lr.reshape(p.shape).to(p.dtype)
+            self.opt_lrs[lr_index].step()
+
+    def _add_stage_lr(self) -> None:
+        """independent-lr: the new stage's lr starts as a copy of the previous one's."""
+        p = self.log_lrs[-1].detach().clone().requires_grad_(True)
+        self.log_lrs.append(p)
+        self.opt_lrs.append(self._lr_optimizer(p))
+        for o in self.opt_lrs:
+            for g in o.param_groups:
+                g["lr"] = self.cfg.lr_lr * self.schedule.cap
+
+    # ------------------------------------------------------------------ evaluation & files
+    def evaluate(self) -> dict:
+        cfg = self.cfg
+        ecfg = EvalConfig(num_eval=cfg.num_eval, epoch_eval_train=cfg.epoch_eval_train,
+                          dsa=cfg.dsa, dsa_strategy=cfg.dsa_strategy, device=cfg.device,
+                          seed=cfg.seed)
+        return evaluate_set(self.images.detach().cpu(), self.labels.cpu(), self.splits, self.lrs(),
+                            cfg.eval_models, ecfg, syn_steps=cfg.syn_steps, progress=self.progress)
+
+    def checkpoint(self) -> None:
+        atomic_save(self.state_dict(), self.run_dir / "checkpoint.pt")
+        self.synthetic_set().save(self.run_dir / "synthetic_last.pt")
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.run_dir / "config.json", asdict(cfg))
+        metrics = open(self.run_dir / "metrics.jsonl", "a")
+        evals = open(self.run_dir / "evals.jsonl", "a")
+        bar = tqdm(range(self.iteration, cfg.iterations), desc="distill", disable=not self.progress)
+        try:
+            for _ in bar:
+                record = self.step()
+                metrics.write(json.dumps(record) + "\n")
+                bar.set_postfix(loss=f"{record['loss']:.3f}", cap=record.get("cap", "-"))
+                done = record.get("finished", False) or self.iteration >= cfg.iterations
+                if cfg.eval_it and (self.iteration % cfg.eval_it == 0 or done):
+                    self._evaluate_and_log(evals)
+                if done or self.iteration % cfg.checkpoint_every == 0:
+                    metrics.flush()
+                    self.checkpoint()
+                if done:
+                    break
+        finally:
+            metrics.close()
+            evals.close()
+        self.checkpoint()
+        return self.best
+
+    def _evaluate_and_log(self, evals) -> None:
+        result = self.evaluate()
+        main = result[self.cfg.eval_models[0]]
+        evals.write(json.dumps({"it": self.iteration, "lrs": self.lrs(), **result}) + "\n")
+        evals.flush()
+        tqdm.write(f"it {self.iteration}: " + ", ".join(
+            f"{m} {100 * r['mean']:.2f} ± {100 * r['std']:.2f} %" for m, r in result.items()))
+        if main["mean"] > self.best["accuracy"]:
+            self.best = {"accuracy": main["mean"], "std": main["std"], "iteration": self.iteration}
+            self.synthetic_set().save(self.run_dir / "synthetic_best.pt")

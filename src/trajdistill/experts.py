@@ -1,0 +1,208 @@
+"""Expert trajectories (algorithm.md section 1): training, and the trajectory store.
+
+A buffer directory holds
+    buffer.json         what produced the experts (dataset identity, model, hyper-parameters)
+    preprocess.pt       the exact input transform (mean/std, ZCA) the experts were trained with
+    expert_000.pt ...   one file per expert: {"trajectory": (E+1, P) float32, "meta": json}
+Files are written to a temporary name and renamed, so a killed job never leaves a
+half-written trajectory behind, and a re-run resumes at the first missing expert.
+Everything is read with `torch.load(weights_only=True)`: no code runs on load.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .augment import DEFAULT_STRATEGY
+from .data.base import DatasetSplits, Preprocess
+from .io import atomic_save, load_json, safe_load, write_json
+from .models import FlatModel, build_model
+from .training import class_weights, test_network, train_epoch
+
+
+class BufferError(ValueError):
+    """A trajectory store that is missing, damaged, or made for something else."""
+
+
+@dataclass
+class ExpertConfig:
+    model: str = "ConvNet"
+    train_epochs: int = 50
+    num_experts: int = 10
+    lr_teacher: float = 0.01
+    mom: float = 0.0
+    l2: float = 0.0
+    batch_train: int = 256
+    dsa: bool = True
+    dsa_strategy: str = DEFAULT_STRATEGY
+    decay: bool = False
+    seed: int = 0
+    device: str = "cpu"
+
+    def identity(self) -> dict:
+        """The hyper-parameters that make two buffers interchangeable (device excluded)."""
+        d = asdict(self)
+        d.pop("device")
+        d.pop("num_experts")
+        return d
+
+
+def buffer_identity(splits: DatasetSplits, cfg: ExpertConfig) -> dict:
+    return {"data": splits.describe(), "expert": cfg.identity()}
+
+
+# ----------------------------------------------------------------------------- training
+
+def train_expert(splits: DatasetSplits, cfg: ExpertConfig, index: int,
+                 progress: bool = True) -> tuple[torch.Tensor, dict]:
+    """Train one expert; returns its trajectory (E+1, P) and a summary of how it did."""
+    device = torch.device(cfg.device)
+    seed = cfg.seed * 100_003 + index
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    c, h, w = splits.image_shape
+    net = build_model(cfg.model, c, splits.num_classes, (h, w)).to(device)
+    flat = FlatModel.wrap(net)
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr_teacher, momentum=cfg.mom,
+                          weight_decay=cfg.l2)
+    weights = class_weights(splits.train.labels, splits.num_classes)
+    # torch.cat copies: each snapshot is independent of the live parameters (on CPU too)
+    snapshots = [flat.flat_params().cpu().clone()]
+    epochs = tqdm(range(cfg.train_epochs), desc=f"expert {index}", leave=False, disable=not progress)
+    for epoch in epochs:
+        if cfg.decay and epoch == cfg.train_epochs // 2 + 1:
+            for g in opt.param_groups:
+                g["lr"] *= 0.1
+        loss, acc = train_epoch(net, splits.train.images, splits.train.labels, opt,
+                                batch_size=cfg.batch_train, device=device,
+                                preprocess=splits.preprocess,
+                                dsa_strategy=cfg.dsa_strategy if cfg.dsa else None,
+                                weights=weights, generator=gen)
+        snapshots.append(flat.flat_params().cpu().clone())
+        epochs.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}")
+    test = test_network(net, splits.test.images, splits.test.labels, splits.num_classes,
+                        device=device, preprocess=splits.preprocess)
+    train = test_network(net, splits.train.images, splits.train.labels, splits.num_classes,
+                         device=device, preprocess=splits.preprocess)
+    summary = {"index": index, "seed": seed, "train_accuracy": train.accuracy,
+               "test_accuracy": test.accuracy, "test_per_class": test.per_class,
+               "test_confusion": test.confusion}
+    return torch.stack(snapshots), summary
+
+
+def train_experts(splits: DatasetSplits, cfg: ExpertConfig, buffer_dir: str | Path,
+                  rank: int = 0, world_size: int = 1, progress: bool = True) -> "TrajectoryStore":
+    """Train cfg.num_experts experts into buffer_dir, skipping those already stored.
+
+    Under torchrun each rank trains the experts i with i % world_size == rank.
+    """
+    store = TrajectoryStore.create(buffer_dir, buffer_identity(splits, cfg), splits.preprocess)
+    todo = [i for i in range(cfg.num_experts) if i % world_size == rank and not store.has(i)]
+    for i in tqdm(todo, desc="experts", disable=not progress):
+        traj, summary = train_expert(splits, cfg, i, progress=progress)
+        store.save(i, traj, summary)
+        tqdm.write(f"expert {i}: train acc {summary['train_accuracy']:.4f}, "
+                   f"test acc {summary['test_accuracy']:.4f}")
+    return store
+
+
+# ----------------------------------------------------------------------------- the store
+
+@dataclass
+class TrajectoryStore:
+    root: Path
+    identity: dict
+    preprocess: Preprocess
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def create(cls, root: str | Path, identity: dict, preprocess: Preprocess) -> "TrajectoryStore":
+        """Open (or start) a buffer for this identity; refuse one made for something else."""
+        root = Path(root)
+        if (root / "buffer.json").exists():
+            store = cls.open(root)
+            store.check(identity)
+            return store
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_save(preprocess.state_dict(), root / "preprocess.pt")
+        write_json(root / "buffer.json", identity)
+        return cls(root, identity, preprocess)
+
+    @classmethod
+    def open(cls, root: str | Path) -> "TrajectoryStore":
+        root = Path(root)
+        meta = root / "buffer.json"
+        if not meta.exists():
+            raise BufferError(f"no expert buffer at {root} (missing {meta.name}); "
+                              "train experts first with `trajdistill buffer`")
+        identity = load_json(meta)
+        preprocess = Preprocess.from_state_dict(safe_load(root / "preprocess.pt"))
+        return cls(root, identity, preprocess)
+
+    def path(self, i: int) -> Path:
+        return self.root / f"expert_{i:03d}.pt"
+
+    def has(self, i: int) -> bool:
+        return self.path(i).exists()
+
+    def indices(self) -> list[int]:
+        return sorted(int(p.stem.split("_")[1]) for p in self.root.glob("expert_[0-9]*.pt"))
+
+    def save(self, i: int, trajectory: torch.Tensor, summary: dict) -> None:
+        atomic_save({"trajectory": trajectory.float().contiguous(),
+                     "meta": json.dumps(summary)}, self.path(i))
+
+    def load(self, i: int) -> torch.Tensor:
+        """(E+1, P) float32 trajectory, memory-mapped."""
+        if i not in self._cache:
+            blob = safe_load(self.path(i), mmap=True)
+            traj = blob.get("trajectory") if isinstance(blob, dict) else None
+            if not isinstance(traj, torch.Tensor) or traj.ndim != 2:
+                raise BufferError(f"{self.path(i)}: no (epochs+1, params) 'trajectory' tensor")
+            self._cache[i] = traj
+        return self._cache[i]
+
+    def summary(self, i: int) -> dict:
+        return json.loads(safe_load(self.path(i), mmap=True)["meta"])
+
+    @property
+    def num_epochs(self) -> int:
+        return self.identity["expert"]["train_epochs"]
+
+    @property
+    def model(self) -> str:
+        return self.identity["expert"]["model"]
+
+    def check(self, expected: dict) -> None:
+        """Refuse a buffer whose data or expert settings differ from what is expected."""
+        problems = _differences(self.identity, expected)
+        if problems:
+            raise BufferError(f"expert buffer {self.root} was made for something else:\n  "
+                              + "\n  ".join(problems))
+
+    def check_data(self, data_identity: dict) -> None:
+        problems = _differences(self.identity["data"], data_identity, prefix="data.")
+        if problems:
+            raise BufferError(f"expert buffer {self.root} was made from other data:\n  "
+                              + "\n  ".join(problems))
+
+
+def _differences(have: dict, want: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(have) | set(want)):
+        a, b = have.get(key), want.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, prefix + key + ".")
+        elif a != b:
+            out.append(f"{prefix}{key}: buffer has {a!r}, expected {b!r}")
+    return out
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) under torchrun, (0, 1) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

@@ -1,0 +1,77 @@
+"""Safe, atomic files.
+
+Writes go to a temporary file in the same directory, are flushed to disk, then renamed
+over the target: a kill at any moment leaves either the old file or the new one.
+Reads of tensors use `torch.load(weights_only=True)`, which refuses pickled code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+
+class FileFormatError(ValueError):
+    """A file that cannot be read as what it should be; the message names the file."""
+
+
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
+def write_json(path: str | Path, obj) -> None:
+    data = json.dumps(obj, indent=2, default=_json_default).encode()
+    _atomic_write(Path(path), lambda f: f.write(data))
+
+
+def _json_default(o):
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def load_json(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileFormatError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FileFormatError(f"{path}: not valid JSON ({e})") from None
+
+
+def safe_load(path: str | Path, mmap: bool = False):
+    """torch.load without code execution; damaged or foreign files get a clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise FileFormatError(f"{path}: file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        raise FileFormatError(f"{path}: refused to load — it holds objects other than tensors "
+                              f"and plain data, which could run code ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise FileFormatError(f"{path}: damaged or truncated file ({str(e).splitlines()[0]})") from None

@@ -1,0 +1,51 @@
+"""A distilled set as a file: images, labels, learned lr(s) and what is needed to use them.
+
+Images are stored in network input space (normalised, and ZCA-whitened when the experts
+were); the preprocess is stored with them so evaluation and display always use the same
+transform the experts saw.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .data.base import Preprocess
+from .io import FileFormatError, atomic_save, safe_load
+
+FORMAT = "trajdistill.synthetic/1"
+
+
+@dataclass
+class SyntheticSet:
+    images: torch.Tensor
+    labels: torch.Tensor
+    lrs: list[float]
+    preprocess: Preprocess
+    data: dict                     # identity of the real data (DatasetSplits.describe())
+    model: str                     # architecture of the experts it was distilled from
+    syn_steps: int = 0
+    meta: dict = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> None:
+        atomic_save({"format": FORMAT, "images": self.images.detach().cpu().float(),
+                     "labels": self.labels.cpu().long(), "lrs": [float(v) for v in self.lrs],
+                     "preprocess": self.preprocess.state_dict(), "data": self.data,
+                     "model": self.model, "syn_steps": self.syn_steps, "meta": self.meta}, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SyntheticSet":
+        blob = safe_load(path)
+        if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+            raise FileFormatError(f"{path}: not a trajdistill synthetic set (format {FORMAT!r})")
+        images, labels = blob["images"], blob["labels"]
+        if images.ndim != 4 or labels.shape != (images.shape[0],):
+            raise FileFormatError(f"{path}: images {tuple(images.shape)} and labels "
+                                  f"{tuple(labels.shape)} do not match")
+        return cls(images, labels, list(blob["lrs"]), Preprocess.from_state_dict(blob["preprocess"]),
+                   blob["data"], blob["model"], blob.get("syn_steps", 0), blob.get("meta", {}))
+
+    def pixels(self) -> torch.Tensor:
+        """Images back in [0,1] pixel space (ZCA inverted), unclipped."""
+        return self.preprocess.inverse(self.images)
