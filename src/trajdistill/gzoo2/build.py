@@ -1,0 +1,347 @@
+"""Build the curated GZoo2 / GZoo2_aug datasets (algorithm.md section 7) into a directory.
+
+Steps: label every catalog galaxy by its most confident class; per class walk the
+galaxies from most to least confident, skipping those without a usable image, until
+`per_class` are kept; shuffle each class with its own seeded generator and split
+test/train; write the uint8 arrays, then the manifest (last, atomically, so a
+half-written build is never mistaken for a finished one).
+
+Output directory:
+  train_images.npy (N, 3, S, S) uint8, train_labels.npy (N,) int64,
+  test_images.npy, test_labels.npy, manifest.json,
+  montage.png (examples per class), class_means.png + class_means.npy (K, 3, S, S) float32 in [0, 1].
+Row order: class by class; within a class, the shuffled galaxy order; in the training
+set each galaxy's `aug` rotations are consecutive (row = galaxy * aug + k, angle
+k * 360 / aug degrees), so rows 0::aug of a class are its unrotated images.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.base import DataError, channel_stats
+from . import classes as tree_mod
+from .catalog import Catalog, read_catalog, read_mapping, sha256_file
+from .images import Found, ImageSource, augmented, to_array
+from .montage import class_means, save_class_means, save_montage
+
+FORMAT = "trajdistill-gzoo2"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ARRAYS = ("train_images.npy", "train_labels.npy", "test_images.npy", "test_labels.npy")
+
+# Reference sizes: nine classes 600 per class, 100 test (1/6); ten classes 100, 80/20.
+_DEFAULT_PER_CLASS = {9: 600, 10: 100}
+_DEFAULT_TEST_FRACTION = {9: 1 / 6, 10: 0.2}
+
+
+class GZoo2Warning(UserWarning):
+    """A class that could not be filled, or galaxies skipped for want of an image."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    per_class: int
+    test_per_class: int
+    aug: int
+    votes: str
+    seed: int
+    size: int
+    tree: int
+
+    @property
+    def angles(self) -> list[float]:
+        return [360.0 * k / self.aug for k in range(self.aug)]
+
+    @property
+    def name(self) -> str:
+        return ("GZoo2" if self.tree == 9 else "GZoo2_10class") + ("_aug" if self.aug > 1 else "")
+
+
+def resolve_options(per_class=None, test_per_class=None, aug=10, votes="fraction", seed=0,
+                    size=128, tree=9) -> BuildOptions:
+    """Fill the tree-dependent defaults and reject impossible settings."""
+    if tree not in tree_mod.TREES:
+        raise ValueError(f"tree must be 9 or 10, got {tree!r}")
+    if votes not in tree_mod.VOTES:
+        raise ValueError(f"votes must be one of {', '.join(tree_mod.VOTES)}, got {votes!r}")
+    per_class = _DEFAULT_PER_CLASS[tree] if per_class is None else int(per_class)
+    if test_per_class is None:
+        test_per_class = int(per_class * _DEFAULT_TEST_FRACTION[tree] + 0.5)
+    if per_class < 2 or not 1 <= test_per_class < per_class:
+        raise ValueError(f"need per_class >= 2 and 1 <= test_per_class < per_class, got "
+                         f"per_class={per_class}, test_per_class={test_per_class}")
+    if aug < 1 or size < 1:
+        raise ValueError(f"aug and size must be >= 1, got aug={aug}, size={size}")
+    return BuildOptions(per_class, int(test_per_class), int(aug), votes, int(seed), int(size), tree)
+
+
+# ---------------------------------------------------------------- labelling and selection
+
+def label_catalog(catalog: Catalog | str | Path, votes: str = "fraction", tree: int = 9,
+                  progress: bool = True) -> tuple[Catalog, np.ndarray, np.ndarray, np.ndarray]:
+    """(catalog, confidences (N, K), labels (N,) with -1 = none, best confidence (N,))."""
+    answers = tree_mod.required_answers(tree)
+    if not isinstance(catalog, Catalog):
+        columns = [tree_mod.column_name(a, votes) for a in answers]
+        catalog = read_catalog(catalog, columns, progress=progress)
+    p = {a: catalog.values[tree_mod.column_name(a, votes)] for a in answers}
+    conf = tree_mod.confidences(p, tree)
+    labels, best = tree_mod.assign_labels(conf)
+    return catalog, conf, labels, best
+
+
+def ranked(ids: np.ndarray, labels: np.ndarray, best: np.ndarray, c: int) -> np.ndarray:
+    """Row indices of the galaxies labelled c, most confident first, ties by ascending id."""
+    idx = np.flatnonzero(labels == c)
+    return idx[np.lexsort((ids[idx], -best[idx]))]
+
+
+def _select_class(order: np.ndarray, need: int, find, pool: ThreadPoolExecutor, bar
+                  ) -> tuple[list[tuple[int, Found]], list[tuple[int, Found]]]:
+    """Walk `order` until `need` galaxies have a usable image (next ones replace skipped ones).
+
+    Checked in batches of exactly the number still missing, so the result does not
+    depend on the number of threads.
+    """
+    kept, skipped, pos = [], [], 0
+    while len(kept) < need and pos < len(order):
+        batch = order[pos:pos + need - len(kept)]
+        pos += len(batch)
+        for i, found in zip(batch, pool.map(find, batch)):
+            (kept if found.ok else skipped).append((int(i), found))
+        bar.update(len(batch))
+    return kept, skipped
+
+
+def _split(kept: list, opts: BuildOptions, c: int) -> tuple[list, list]:
+    """Shuffle one class with its own generator, then first n_test -> test, rest -> train.
+
+    A class that could not be filled keeps the test:train ratio.
+    """
+    perm = np.random.default_rng([opts.seed, c]).permutation(len(kept))
+    shuffled = [kept[j] for j in perm]
+    n_test = int(len(kept) * opts.test_per_class / opts.per_class + 0.5)
+    return shuffled[n_test:], shuffled[:n_test]
+
+
+# ---------------------------------------------------------------- output
+
+def _open_npy(out: Path, name: str, dtype, shape) -> tuple[np.ndarray, Path]:
+    tmp = out / (name[:-4] + ".tmp.npy")
+    if shape[0] == 0:  # an empty file cannot be memory-mapped
+        return np.zeros(shape, dtype), tmp
+    return np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape), tmp
+
+
+def _commit(arr: np.ndarray, tmp: Path, final: Path) -> None:
+    if isinstance(arr, np.memmap):
+        arr.flush()
+    else:
+        np.save(tmp, arr)
+    del arr
+    os.replace(tmp, final)
+
+
+def _write_images(out: Path, name: str, galaxies: list[Found], source: ImageSource,
+                  angles: list[float], size: int, pool: ThreadPoolExecutor, progress: bool
+                  ) -> tuple[np.memmap, Path]:
+    """Decode, rotate, crop and resize each galaxy straight into a memory-mapped .npy."""
+    arr, tmp = _open_npy(out, name, np.uint8, (len(galaxies) * len(angles), 3, size, size))
+
+    def one(found: Found) -> np.ndarray:
+        img = source.load(found)
+        return augmented(img, size, angles) if len(angles) > 1 else to_array(img, size)[None]
+
+    chunk = 64  # bounded number of results in flight
+    with tqdm(total=len(galaxies), desc=f"images {name}", unit=" galaxies",
+              disable=not progress) as bar:
+        for s in range(0, len(galaxies), chunk):
+            for j, x in enumerate(pool.map(one, galaxies[s:s + chunk]), start=s):
+                arr[j * len(angles):(j + 1) * len(angles)] = x
+            bar.update(min(chunk, len(galaxies) - s))
+    return arr, tmp
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def code_version() -> dict:
+    from .. import __version__
+    commit = None
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                           capture_output=True, text=True, timeout=10)
+        commit = r.stdout.strip() or None if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"trajdistill": __version__, "git_commit": commit}
+
+
+# ---------------------------------------------------------------- the build
+
+def build_gzoo2(catalog, images, out, mapping=None, per_class=None, test_per_class=None,
+                aug=10, votes="fraction", seed=0, size=128, tree=9, workers=None,
+                examples=8, progress=True, verbose=True) -> dict:
+    """Build a curated GZoo2 dataset directory from a catalog and cut-outs; returns the manifest.
+
+    catalog: CSV / CSV.gz / FITS with `dr7objid` or `objid` and the vote columns;
+    images: folder of `<objid>.jpg`, or `<asset_id>.jpg` with `mapping` (CSV
+    `objid, sample, asset_id`); per_class / test_per_class default to 600 / 100 (tree 9)
+    or 100 / 20 (tree 10); aug: copies of each training image (rotations by 360/aug);
+    votes: 'fraction' or 'debiased' columns; workers: decoding threads (results do not
+    depend on it); examples: images per class in montage.png.
+    """
+    opts = resolve_options(per_class, test_per_class, aug, votes, seed, size, tree)
+    log = (lambda msg: print(msg, file=sys.stderr)) if verbose else (lambda msg: None)
+    images, out = Path(images), Path(out)
+    if not images.is_dir():
+        raise DataError(f"image folder {images} does not exist")
+    cat, _, labels, best = label_catalog(catalog, opts.votes, opts.tree, progress)
+    table = read_mapping(mapping, progress) if mapping is not None else None
+    source = ImageSource(images, table)
+    names = tree_mod.class_names(opts.tree)
+    k = len(names)
+
+    def find(i: int) -> Found:
+        return source.find(int(cat.ids[i]), None if cat.samples is None else str(cat.samples[i]))
+
+    found_counts = np.bincount(labels[labels >= 0], minlength=k)
+    pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1))
+    try:
+        per_class_info, train, test, skipped_all = [], [], [], []
+        with tqdm(total=int(np.minimum(found_counts, opts.per_class).sum()), desc="checking images",
+                  unit=" galaxies", disable=not progress) as bar:
+            for c in range(k):
+                kept, skipped = _select_class(ranked(cat.ids, labels, best, c), opts.per_class,
+                                              find, pool, bar)
+                tr, te = _split(kept, opts, c)
+                train += [(c, i, f) for i, f in tr]
+                test += [(c, i, f) for i, f in te]
+                skipped_all += [(c, i, f) for i, f in skipped]
+                per_class_info.append(_class_info(c, names[c], found_counts[c], kept, tr, te,
+                                                  skipped, best, cat, opts))
+        _report(per_class_info, skipped_all, cat, opts, log)
+        if not train:
+            raise DataError(f"no training images: none of the selected galaxies has a usable "
+                            f"image in {images}")
+        manifest = _write_output(out, opts, names, train, test, source, pool, progress, examples)
+    finally:
+        pool.shutdown()
+    manifest.update(_provenance(cat, mapping, images, labels, opts, names, per_class_info,
+                                skipped_all, train + test))
+    _write_json(out / MANIFEST, manifest)  # last: its presence marks a finished build
+    log(f"{opts.name}: {manifest['counts']['train']} train + {manifest['counts']['test']} test "
+        f"images written to {out}")
+    return manifest
+
+
+def _class_info(c, name, found, kept, train, test, skipped, best, cat, opts) -> dict:
+    return {"class": c, "name": name, "found": int(found), "kept": len(kept),
+            "train": len(train), "test": len(test), "skipped": len(skipped),
+            "filled": len(kept) == opts.per_class,
+            # ranking is by confidence, so the last kept is the least confident kept
+            "last_confidence": float(best[kept[-1][0]]) if kept else None,
+            "train_ids": [int(cat.ids[i]) for i, _ in train],
+            "test_ids": [int(cat.ids[i]) for i, _ in test]}
+
+
+def _report(info: list[dict], skipped: list, cat: Catalog, opts: BuildOptions, log) -> None:
+    """Say which classes could not be filled and which galaxies had no usable image."""
+    log(f"{'class':>24} {'found':>7} {'kept':>6} {'train':>6} {'test':>5} {'skipped':>7}")
+    for d in info:
+        log(f"{str(d['class']) + ' ' + d['name']:>24} {d['found']:>7} {d['kept']:>6} "
+            f"{d['train']:>6} {d['test']:>5} {d['skipped']:>7}")
+    short = [d for d in info if not d["filled"]]
+    for d in short:
+        warnings.warn(f"GZoo2 class {d['class']} ({d['name']}): only {d['kept']} of "
+                      f"{opts.per_class} galaxies kept ({d['found']} labelled in the catalog, "
+                      f"{d['skipped']} skipped for want of an image)", GZoo2Warning, stacklevel=3)
+    if skipped:
+        warnings.warn(f"{len(skipped)} selected galaxies had no usable image and were replaced by "
+                      "the next most confident of their class (listed in manifest.json)",
+                      GZoo2Warning, stacklevel=3)
+        shown = 100
+        for c, i, f in skipped[:shown]:
+            log(f"  skipped {int(cat.ids[i])} (class {c}): {f.reason}")
+        if len(skipped) > shown:
+            log(f"  ... and {len(skipped) - shown} more (see manifest.json 'missing_images')")
+
+
+def _write_output(out: Path, opts: BuildOptions, names: list[str], train: list, test: list,
+                  source: ImageSource, pool: ThreadPoolExecutor, progress: bool,
+                  examples: int) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # a rebuild must never be read with an old manifest
+    k, angles = len(names), opts.angles
+    arrays = {}
+    for split, rows, split_angles in (("train", train, angles), ("test", test, [0.0])):
+        imgs, tmp = _write_images(out, f"{split}_images.npy", [f for _, _, f in rows], source,
+                                  split_angles, opts.size, pool, progress)
+        lab = np.repeat(np.array([c for c, _, _ in rows], np.int64), len(split_angles))
+        if split == "train":
+            mean, std = channel_stats(torch.from_numpy(imgs))
+            means = class_means(imgs, lab, k)
+            rows_by_class = [list(np.flatnonzero(lab == c)[::len(angles)][:examples]) for c in range(k)]
+            save_montage(imgs, rows_by_class, names, out / "montage.png")
+        _commit(imgs, tmp, out / f"{split}_images.npy")
+        ltmp = out / f"{split}_labels.tmp.npy"
+        np.save(ltmp, lab)
+        os.replace(ltmp, out / f"{split}_labels.npy")
+        for a in (f"{split}_images.npy", f"{split}_labels.npy"):
+            arr = np.load(out / a, mmap_mode="r")
+            arrays[a] = {"shape": list(arr.shape), "dtype": str(arr.dtype),
+                         "sha256": sha256_file(out / a)}
+            del arr
+    mtmp = out / "class_means.tmp.npy"
+    np.save(mtmp, means)
+    os.replace(mtmp, out / "class_means.npy")
+    save_class_means(means, names, out / "class_means.png")
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "name": opts.name,
+            "classes": names, "class_descriptions": tree_mod.class_descriptions(opts.tree),
+            "image_shape": [3, opts.size, opts.size],
+            "counts": {"train": arrays["train_labels.npy"]["shape"][0],
+                       "test": arrays["test_labels.npy"]["shape"][0]},
+            "mean": list(mean), "std": list(std), "arrays": arrays,
+            "augment": {"copies": opts.aug, "angles": angles,
+                        "train_row": "class by class; row = galaxy * copies + k, rotated by "
+                                     "angles[k] degrees counter-clockwise before the crop"}}
+
+
+def _provenance(cat: Catalog, mapping, images: Path, labels: np.ndarray, opts: BuildOptions,
+                names: list[str], info: list[dict], skipped: list, used: list) -> dict:
+    files = sorted((int(cat.ids[i]), f.path.name, f.sha256) for _, i, f in used)
+    digest = hashlib.sha256("".join(f"{o} {n} {s}\n" for o, n, s in files).encode()).hexdigest()
+    return {
+        "code_version": code_version(),
+        "options": asdict(opts),
+        "inputs": {
+            "catalog": {"path": str(cat.path.resolve()), "sha256": sha256_file(cat.path),
+                        "rows": len(cat), "id_column": cat.id_column},
+            "mapping": None if mapping is None else {"path": str(Path(mapping).resolve()),
+                                                     "sha256": sha256_file(mapping)},
+            "images": {"dir": str(images.resolve()), "used": len(files), "sha256": digest,
+                       "files": [[o, n, s] for o, n, s in files]},
+        },
+        "unlabelled": int((labels < 0).sum()),
+        "per_class": info,
+        "missing_images": [{"objid": int(cat.ids[i]), "class": c, "class_name": names[c],
+                            "reason": f.reason} for c, i, f in skipped],
+    }
