@@ -1,0 +1,190 @@
+"""Image folders: `train/<class>/*` and `test/<class>/*` (or `val/`), decoded to uint8.
+
+Also the decoding helpers that the ImageNet-subset and Tiny ImageNet loaders share:
+listing a class folder, decoding a list of files in parallel into one (N, C, H, W)
+array (cached on disk, see cache.py), and the resize conventions.
+
+Resizing follows torchvision's `Resize(side)` + `CenterCrop(side)` on PIL images, which
+is what the reference code applied to ImageNet: the shorter side is scaled to `side`
+(the longer to `int(side * long / short)`), bilinear with PIL's antialiasing, then the
+centre `side` x `side` is cut with the offset rounded.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .base import DataError, DatasetSplits, ImageDataset, Preprocess, channel_stats
+from .cache import cached_images
+
+TEST_SPLIT_NAMES = ("test", "val")
+
+
+# ---------------------------------------------------------------- single images
+
+def resize_center_crop(im: Image.Image, side: int) -> Image.Image:
+    """Shorter side to `side`, then the central `side` x `side` square."""
+    w, h = im.size
+    if min(w, h) != side:
+        if w <= h:
+            im = im.resize((side, int(side * h / w)), Image.BILINEAR)
+        else:
+            im = im.resize((int(side * w / h), side), Image.BILINEAR)
+    w, h = im.size
+    left, top = int(round((w - side) / 2.0)), int(round((h - side) / 2.0))
+    return im.crop((left, top, left + side, top + side))
+
+
+def decode_image(path: Path, shape: tuple[int, int], crop: bool, mode: str = "RGB") -> np.ndarray:
+    """One file -> uint8 (C, H, W) of `shape` = (H, W).
+
+    `crop`: resize-and-centre-crop to a square (ImageNet style); otherwise a plain resize
+    to `shape`, a no-op for images that already have it.
+    """
+    try:
+        with Image.open(path) as im:
+            im = im.convert(mode)  # convert() forces the full decode inside the try
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    h, w = shape
+    if crop:
+        im = resize_center_crop(im, h)
+    elif im.size != (w, h):
+        im = im.resize((w, h), Image.BILINEAR)
+    arr = np.asarray(im, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def image_shape(path: Path) -> tuple[int, int]:
+    """(H, W) from the file header, without decoding the pixels."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    return h, w
+
+
+# ---------------------------------------------------------------- many images
+
+def decode_images(files: Sequence[Path], shape: tuple[int, int], crop: bool, mode: str = "RGB",
+                  tag: str = "images", workers: int | None = None) -> np.ndarray:
+    """Decode `files` into one uint8 (N, C, H, W) array, through the on-disk cache.
+
+    Threads help because Pillow releases the GIL while decoding and resizing.
+    """
+    options = {"shape": list(shape), "crop": crop, "mode": mode}
+    return cached_images(tag, files, options,
+                         lambda: _decode_all(files, shape, crop, mode, tag, workers))
+
+
+def _decode_all(files, shape, crop, mode, tag, workers) -> np.ndarray:
+    channels = len(Image.new(mode, (1, 1)).getbands())
+    out = np.empty((len(files), channels, *shape), dtype=np.uint8)
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool, \
+            tqdm(total=len(files), desc=f"decoding {tag}", unit="img", disable=None) as bar:
+        for i, arr in enumerate(pool.map(lambda f: decode_image(f, shape, crop, mode), files)):
+            out[i] = arr
+            bar.update()
+    return out
+
+
+# ---------------------------------------------------------------- folder layout
+
+def list_images(folder: Path) -> list[Path]:
+    """Every non-hidden file under `folder` (recursively), sorted; an empty class is an error.
+
+    Hidden files (`.DS_Store`, `._x.jpg` of macOS copies) are skipped because file
+    managers create them unasked; any other file must decode, or decoding names it.
+    """
+    if not folder.is_dir():
+        raise DataError(f"{folder}: missing class folder")
+    files = sorted(p for p in folder.rglob("*")
+                   if p.is_file() and not any(part.startswith(".")
+                                              for part in p.relative_to(folder).parts))
+    if not files:
+        raise DataError(f"{folder}: empty class folder (no image files)")
+    return files
+
+
+def class_folders(split_dir: Path) -> list[str]:
+    """Sorted names of the sub-folders of `split_dir`: the classes."""
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir}: missing directory")
+    names = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not names:
+        raise DataError(f"{split_dir}: no class folders inside")
+    return names
+
+
+def scan_split(split_dir: Path, folders: Sequence[str]) -> tuple[list[Path], list[int]]:
+    """Files and labels for the class folders `folders` (label = position in the list)."""
+    files, labels = [], []
+    for label, name in enumerate(folders):
+        found = list_images(split_dir / name)
+        files += found
+        labels += [label] * len(found)
+    return files, labels
+
+
+def find_split(root: Path, names: Sequence[str]) -> Path:
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    raise DataError(f"{root}: no {' or '.join(n + '/' for n in names)} directory")
+
+
+def check_root(data_path) -> Path:
+    if data_path is None:
+        raise DataError("no data_path given: pass the folder that holds the dataset")
+    root = Path(data_path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root}: missing directory")
+    return root
+
+
+def to_dataset(images: np.ndarray, labels: Sequence[int], classes: list[str]) -> ImageDataset:
+    return ImageDataset(torch.from_numpy(images), torch.tensor(labels, dtype=torch.int64), classes)
+
+
+# ---------------------------------------------------------------- the generic loader
+
+def load_image_folder(data_path, size: int | None = None, mode: str = "RGB",
+                      workers: int | None = None) -> DatasetSplits:
+    """Any folder with `train/<class>/` and `test/<class>/` (or `val/<class>/`).
+
+    Classes are the train sub-folders sorted by name; the test split must have the same.
+    `size`: resize the shorter side and centre-crop to `size` x `size`; by default every
+    image is resized to the first training image's size. Mean/std come from the train split.
+    """
+    root = check_root(data_path)
+    classes = class_folders(root / "train")
+    test_dir = find_split(root, TEST_SPLIT_NAMES)
+    test_classes = class_folders(test_dir)
+    if test_classes != classes:
+        raise DataError(f"{test_dir}: class folders {test_classes} differ from train/'s {classes}")
+    train_files, train_labels = scan_split(root / "train", classes)
+    test_files, test_labels = scan_split(test_dir, classes)
+    shape, crop = _target_shape(size, train_files[0])
+    decode = dict(shape=shape, crop=crop, mode=mode, workers=workers)
+    train = to_dataset(decode_images(train_files, tag="imagefolder-train", **decode), train_labels, classes)
+    test = to_dataset(decode_images(test_files, tag="imagefolder-test", **decode), test_labels, classes)
+    mean, std = channel_stats(train.images)
+    meta = {"folder": root.resolve().name, "size": list(shape), "mode": mode}
+    return DatasetSplits("imagefolder", train, test, Preprocess(mean, std), meta)
+
+
+def _target_shape(size, first: Path) -> tuple[tuple[int, int], bool]:
+    if size is None:
+        return image_shape(first), False
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise DataError(f"size must be a positive int (the square side), got {size!r}")
+    return (size, size), True
