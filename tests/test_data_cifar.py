@@ -111,7 +111,7 @@ def _py2(obj, out: bytearray) -> None:
             _py2(v, out)
         out += b"u"
     elif isinstance(obj, (list, tuple)):
-        out += b"]("if isinstance(obj, list) else b"("
+        out += b"](" if isinstance(obj, list) else b"("
         for v in obj:
             _py2(v, out)
         out += b"e" if isinstance(obj, list) else b"t"

@@ -89,11 +89,15 @@ def _decode_all(files, shape, crop, mode, tag, workers) -> np.ndarray:
     channels = len(Image.new(mode, (1, 1)).getbands())
     out = np.empty((len(files), channels, *shape), dtype=np.uint8)
     workers = workers or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool, \
-            tqdm(total=len(files), desc=f"decoding {tag}", unit="img", disable=None) as bar:
-        for i, arr in enumerate(pool.map(lambda f: decode_image(f, shape, crop, mode), files)):
-            out[i] = arr
-            bar.update()
+    pool = ThreadPoolExecutor(workers)
+    try:
+        with tqdm(total=len(files), desc=f"decoding {tag}", unit="img", disable=None) as bar:
+            for i, arr in enumerate(pool.map(lambda f: decode_image(f, shape, crop, mode), files)):
+                out[i] = arr
+                bar.update()
+    finally:
+        # On a bad file (or Ctrl-C) stop at once instead of decoding the rest of the folder.
+        pool.shutdown(wait=True, cancel_futures=True)
     return out
 
 
