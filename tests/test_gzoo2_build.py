@@ -196,6 +196,8 @@ def test_missing_and_unreadable_images_are_replaced_and_reported(tmp_path, gz2, 
                         mapping=mapping, **OPTS)
     messages = [str(w.message) for w in record]
     assert any("class 6 (bar_no_spiral): only 3 of 4" in s and "109 labelled" in s for s in messages)
+    assert any("109 galaxies considered had no usable image (2 missing file, 106 not in the mapping "
+               "table, 1 unreadable file)" in s for s in messages)
     info = m["per_class"]
     assert sorted(info[4]["train_ids"] + info[4]["test_ids"]) == sorted(ranking[4][2:2 + PER_CLASS])
     assert sorted(info[5]["train_ids"] + info[5]["test_ids"]) == sorted(ranking[5][1:1 + PER_CLASS])
@@ -261,16 +263,54 @@ def test_loader_rejects_half_built_directories(built, tmp_path):
         load_dataset("GZoo2", data_path=half)
 
 
-def test_cli_reports_bad_input(tmp_path, gz2):
+def test_cli_reports_bad_input(tmp_path, gz2, capsys):
     parser = argparse.ArgumentParser(prog="trajdistill")
     add_gzoo2_parser(parser.add_subparsers(dest="command"))
     (tmp_path / "cat.csv").write_text("objid,t01_smooth_or_features_a01_smooth_fraction\n1,0.5\n")
     args = parser.parse_args(["gzoo2", "build", "--catalog", str(tmp_path / "cat.csv"),
                               "--images", str(gz2 / "images"), "--out", str(tmp_path / "o"),
                               "--no-progress"])
-    with pytest.raises(SystemExit, match="cat.csv: missing columns 't01_smooth_or_features_a02"):
+    with pytest.raises(SystemExit) as exit_:
         args.func(args)
+    assert exit_.value.code == 2
+    assert "cat.csv: missing columns 't01_smooth_or_features_a02" in capsys.readouterr().err
     args = parser.parse_args(["gzoo2", "build", "--catalog", "x", "--images", "y", "--out", "z",
                               "--tree", "10"])
     assert args.tree == 10 and args.per_class is None and args.test_per_class is None
     assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_ten_class_build(tmp_path, gz2, pairing, ranking):
+    # the ten-class tree adds star/artifact; give its 5 most confident galaxies images too
+    # (re-using cut-outs already paired above: an image may serve two catalog rows here)
+    cat, _, labels, best = label_catalog(gz2 / "gz2_stripe82_table5.csv.gz", tree=10, progress=False)
+    stars = cat.ids[ranked(cat.ids, labels, best, 9)[:5]].tolist()
+    pairs = list(pairing.items()) + list(zip(stars, list(pairing.values())[:5]))
+    mapping = write_mapping(tmp_path / "mapping.csv", pairs)
+    m = build_gzoo2(gz2 / "gz2_stripe82_table5.csv.gz", gz2 / "images", tmp_path / "out",
+                    mapping=mapping, tree=10, per_class=5, aug=1, size=16, progress=False,
+                    verbose=False)
+    assert all(d["filled"] for d in m["per_class"]) and m["missing_images"] == []
+    assert m["name"] == "GZoo2_10class" and len(m["classes"]) == 10
+    assert m["classes"][9] == "star_or_artifact"
+    star = m["per_class"][9]
+    assert sorted(star["train_ids"] + star["test_ids"]) == sorted(stars)
+    assert (star["train"], star["test"]) == (4, 1)  # the 80/20 split
+    assert m["per_class"][9]["found"] == 256
+    d = load_dataset("GZoo2", data_path=tmp_path / "out")
+    assert d.num_classes == 10 and d.name == "GZoo2_10class"
+
+
+def test_mapping_prefers_the_catalog_sample(tmp_path):
+    from trajdistill.gzoo2.catalog import read_mapping
+    from trajdistill.gzoo2.images import ImageSource
+
+    path = tmp_path / "m.csv"
+    path.write_text("objid,sample,asset_id\n7,stripe82_coadd_1,11\n7,original,12\n8,original,13\n")
+    table = read_mapping(path, progress=False)
+    assert table == {7: [("stripe82_coadd_1", "11"), ("original", "12")], 8: [("original", "13")]}
+    src = ImageSource(tmp_path, table)
+    assert [p.name for p in src.candidates(7, "original")] == ["12.jpg", "11.jpg"]
+    assert [p.name for p in src.candidates(7, "stripe82_c")] == ["11.jpg", "12.jpg"]  # file order
+    assert src.find(9).reason == "not in the mapping table"
+    assert "missing file 11.jpg; missing file 12.jpg" == src.find(7).reason

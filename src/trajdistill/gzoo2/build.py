@@ -22,19 +22,20 @@ import os
 import subprocess
 import sys
 import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from ..data.base import DataError, channel_stats
+from ..data.base import DataError
 from . import classes as tree_mod
 from .catalog import Catalog, read_catalog, read_mapping, sha256_file
 from .images import Found, ImageSource, augmented, to_array
-from .montage import class_means, save_class_means, save_montage
+from .montage import save_class_means, save_montage
+from .output import NpyWriter, PixelStats, save_npy
 
 FORMAT = "trajdistill-gzoo2"
 FORMAT_VERSION = 1
@@ -82,8 +83,9 @@ def resolve_options(per_class=None, test_per_class=None, aug=10, votes="fraction
     if per_class < 2 or not 1 <= test_per_class < per_class:
         raise ValueError(f"need per_class >= 2 and 1 <= test_per_class < per_class, got "
                          f"per_class={per_class}, test_per_class={test_per_class}")
-    if aug < 1 or size < 1:
-        raise ValueError(f"aug and size must be >= 1, got aug={aug}, size={size}")
+    if aug < 1 or size < 1 or seed < 0:
+        raise ValueError(f"need aug >= 1, size >= 1, seed >= 0, got aug={aug}, size={size}, "
+                         f"seed={seed}")
     return BuildOptions(per_class, int(test_per_class), int(aug), votes, int(seed), int(size), tree)
 
 
@@ -138,40 +140,41 @@ def _split(kept: list, opts: BuildOptions, c: int) -> tuple[list, list]:
 
 # ---------------------------------------------------------------- output
 
-def _open_npy(out: Path, name: str, dtype, shape) -> tuple[np.ndarray, Path]:
-    tmp = out / (name[:-4] + ".tmp.npy")
-    if shape[0] == 0:  # an empty file cannot be memory-mapped
-        return np.zeros(shape, dtype), tmp
-    return np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape), tmp
+def _write_images(out: Path, split: str, rows: list[tuple[int, int, Found]], source: ImageSource,
+                  angles: list[float], size: int, pool: ThreadPoolExecutor, progress: bool,
+                  stats: PixelStats | None = None, examples: list[list] | None = None,
+                  max_examples: int = 0) -> dict:
+    """Decode, rotate, crop and resize each galaxy, appending to `<split>_images.npy` in order.
 
-
-def _commit(arr: np.ndarray, tmp: Path, final: Path) -> None:
-    if isinstance(arr, np.memmap):
-        arr.flush()
-    else:
-        np.save(tmp, arr)
-    del arr
-    os.replace(tmp, final)
-
-
-def _write_images(out: Path, name: str, galaxies: list[Found], source: ImageSource,
-                  angles: list[float], size: int, pool: ThreadPoolExecutor, progress: bool
-                  ) -> tuple[np.memmap, Path]:
-    """Decode, rotate, crop and resize each galaxy straight into a memory-mapped .npy."""
-    arr, tmp = _open_npy(out, name, np.uint8, (len(galaxies) * len(angles), 3, size, size))
+    Also writes `<split>_labels.npy`; feeds `stats` and keeps the first unrotated images
+    of each class in `examples` (both for the training split).
+    """
+    n = len(rows) * len(angles)
+    writer = NpyWriter(out / f"{split}_images.npy", np.uint8, (n, 3, size, size))
 
     def one(found: Found) -> np.ndarray:
         img = source.load(found)
         return augmented(img, size, angles) if len(angles) > 1 else to_array(img, size)[None]
 
-    chunk = 64  # bounded number of results in flight
-    with tqdm(total=len(galaxies), desc=f"images {name}", unit=" galaxies",
-              disable=not progress) as bar:
-        for s in range(0, len(galaxies), chunk):
-            for j, x in enumerate(pool.map(one, galaxies[s:s + chunk]), start=s):
-                arr[j * len(angles):(j + 1) * len(angles)] = x
-            bar.update(min(chunk, len(galaxies) - s))
-    return arr, tmp
+    chunk = 64  # a bounded number of results in flight
+    try:
+        with tqdm(total=len(rows), desc=f"{split} images", unit=" galaxies",
+                  disable=not progress) as bar:
+            for s in range(0, len(rows), chunk):
+                part = rows[s:s + chunk]
+                for (c, _, _), x in zip(part, pool.map(one, [f for _, _, f in part])):
+                    writer.write(x)
+                    if stats is not None:
+                        stats.add(x, c)
+                    if examples is not None and len(examples[c]) < max_examples:
+                        examples[c].append(x[0].copy())
+                bar.update(len(part))
+    except BaseException:
+        writer.abort()
+        raise
+    labels = np.repeat(np.array([c for c, _, _ in rows], np.int64), len(angles))
+    return {f"{split}_images.npy": writer.commit(),
+            f"{split}_labels.npy": save_npy(out / f"{split}_labels.npy", labels)}
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -218,26 +221,14 @@ def build_gzoo2(catalog, images, out, mapping=None, per_class=None, test_per_cla
     table = read_mapping(mapping, progress) if mapping is not None else None
     source = ImageSource(images, table)
     names = tree_mod.class_names(opts.tree)
-    k = len(names)
 
     def find(i: int) -> Found:
         return source.find(int(cat.ids[i]), None if cat.samples is None else str(cat.samples[i]))
 
-    found_counts = np.bincount(labels[labels >= 0], minlength=k)
     pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1))
     try:
-        per_class_info, train, test, skipped_all = [], [], [], []
-        with tqdm(total=int(np.minimum(found_counts, opts.per_class).sum()), desc="checking images",
-                  unit=" galaxies", disable=not progress) as bar:
-            for c in range(k):
-                kept, skipped = _select_class(ranked(cat.ids, labels, best, c), opts.per_class,
-                                              find, pool, bar)
-                tr, te = _split(kept, opts, c)
-                train += [(c, i, f) for i, f in tr]
-                test += [(c, i, f) for i, f in te]
-                skipped_all += [(c, i, f) for i, f in skipped]
-                per_class_info.append(_class_info(c, names[c], found_counts[c], kept, tr, te,
-                                                  skipped, best, cat, opts))
+        per_class_info, train, test, skipped_all = _select(cat, labels, best, opts, names, find,
+                                                           pool, progress)
         _report(per_class_info, skipped_all, cat, opts, log)
         if not train:
             raise DataError(f"no training images: none of the selected galaxies has a usable "
@@ -251,6 +242,29 @@ def build_gzoo2(catalog, images, out, mapping=None, per_class=None, test_per_cla
     log(f"{opts.name}: {manifest['counts']['train']} train + {manifest['counts']['test']} test "
         f"images written to {out}")
     return manifest
+
+
+def _select(cat: Catalog, labels, best, opts: BuildOptions, names: list[str], find,
+            pool: ThreadPoolExecutor, progress: bool) -> tuple[list, list, list, list]:
+    """Per class: keep the most confident galaxies that have an image, then split.
+
+    Returns the per-class manifest entries and (class, row, Found) lists for train,
+    test and the skipped galaxies.
+    """
+    found_counts = np.bincount(labels[labels >= 0], minlength=len(names))
+    info, train, test, skipped_all = [], [], [], []
+    with tqdm(total=int(np.minimum(found_counts, opts.per_class).sum()), desc="checking images",
+              unit=" galaxies", disable=not progress) as bar:
+        for c in range(len(names)):
+            kept, skipped = _select_class(ranked(cat.ids, labels, best, c), opts.per_class,
+                                          find, pool, bar)
+            tr, te = _split(kept, opts, c)
+            train += [(c, i, f) for i, f in tr]
+            test += [(c, i, f) for i, f in te]
+            skipped_all += [(c, i, f) for i, f in skipped]
+            info.append(_class_info(c, names[c], found_counts[c], kept, tr, te, skipped, best,
+                                    cat, opts))
+    return info, train, test, skipped_all
 
 
 def _class_info(c, name, found, kept, train, test, skipped, best, cat, opts) -> dict:
@@ -275,8 +289,10 @@ def _report(info: list[dict], skipped: list, cat: Catalog, opts: BuildOptions, l
                       f"{opts.per_class} galaxies kept ({d['found']} labelled in the catalog, "
                       f"{d['skipped']} skipped for want of an image)", GZoo2Warning, stacklevel=3)
     if skipped:
-        warnings.warn(f"{len(skipped)} selected galaxies had no usable image and were replaced by "
-                      "the next most confident of their class (listed in manifest.json)",
+        kinds = Counter(_reason_kind(f.reason) for _, _, f in skipped)
+        summary = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        warnings.warn(f"{len(skipped)} galaxies considered had no usable image ({summary}) and were "
+                      "replaced by the next most confident of their class (listed in manifest.json)",
                       GZoo2Warning, stacklevel=3)
         shown = 100
         for c, i, f in skipped[:shown]:
@@ -285,42 +301,37 @@ def _report(info: list[dict], skipped: list, cat: Catalog, opts: BuildOptions, l
             log(f"  ... and {len(skipped) - shown} more (see manifest.json 'missing_images')")
 
 
+def _reason_kind(reason: str) -> str:
+    """'missing file 123.jpg; unreadable file 456.jpg: ...' -> 'unreadable file' (the last tried)."""
+    last = reason.split("; ")[-1]
+    for kind in ("not in the mapping table", "missing file", "unreadable file"):
+        if last.startswith(kind):
+            return kind
+    return last
+
+
 def _write_output(out: Path, opts: BuildOptions, names: list[str], train: list, test: list,
                   source: ImageSource, pool: ThreadPoolExecutor, progress: bool,
                   examples: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # a rebuild must never be read with an old manifest
-    k, angles = len(names), opts.angles
-    arrays = {}
-    for split, rows, split_angles in (("train", train, angles), ("test", test, [0.0])):
-        imgs, tmp = _write_images(out, f"{split}_images.npy", [f for _, _, f in rows], source,
-                                  split_angles, opts.size, pool, progress)
-        lab = np.repeat(np.array([c for c, _, _ in rows], np.int64), len(split_angles))
-        if split == "train":
-            mean, std = channel_stats(torch.from_numpy(imgs))
-            means = class_means(imgs, lab, k)
-            rows_by_class = [list(np.flatnonzero(lab == c)[::len(angles)][:examples]) for c in range(k)]
-            save_montage(imgs, rows_by_class, names, out / "montage.png")
-        _commit(imgs, tmp, out / f"{split}_images.npy")
-        ltmp = out / f"{split}_labels.tmp.npy"
-        np.save(ltmp, lab)
-        os.replace(ltmp, out / f"{split}_labels.npy")
-        for a in (f"{split}_images.npy", f"{split}_labels.npy"):
-            arr = np.load(out / a, mmap_mode="r")
-            arrays[a] = {"shape": list(arr.shape), "dtype": str(arr.dtype),
-                         "sha256": sha256_file(out / a)}
-            del arr
-    mtmp = out / "class_means.tmp.npy"
-    np.save(mtmp, means)
-    os.replace(mtmp, out / "class_means.npy")
+    k, shape = len(names), (3, opts.size, opts.size)
+    stats, shown = PixelStats(k, shape), [[] for _ in range(k)]
+    arrays = _write_images(out, "train", train, source, opts.angles, opts.size, pool, progress,
+                           stats, shown, examples)
+    arrays.update(_write_images(out, "test", test, source, [0.0], opts.size, pool, progress))
+    mean, std = stats.mean_std()
+    means = stats.class_means()
+    save_npy(out / "class_means.npy", means)
     save_class_means(means, names, out / "class_means.png")
+    save_montage(shown, names, out / "montage.png")
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "name": opts.name,
             "classes": names, "class_descriptions": tree_mod.class_descriptions(opts.tree),
-            "image_shape": [3, opts.size, opts.size],
+            "image_shape": list(shape),
             "counts": {"train": arrays["train_labels.npy"]["shape"][0],
                        "test": arrays["test_labels.npy"]["shape"][0]},
-            "mean": list(mean), "std": list(std), "arrays": arrays,
-            "augment": {"copies": opts.aug, "angles": angles,
+            "mean": mean, "std": std, "arrays": arrays,
+            "augment": {"copies": opts.aug, "angles": opts.angles,
                         "train_row": "class by class; row = galaxy * copies + k, rotated by "
                                      "angles[k] degrees counter-clockwise before the crop"}}
 

@@ -175,7 +175,9 @@ def _read_fits(path: Path, columns: list[str], progress: bool):
                 raise DataError(f"{path}, column {c!r}: type {arr.dtype} is not numeric")
             cols[c] = np.array(arr)  # copy out of the (closing) file
     where = [f"row {i + 1}" for i in range(len(cols[id_col]))]
-    samples = (np.asarray([str(s).strip() for s in cols[sample_col]]) if sample_col else None)
+    def text(s):  # FITS string columns may come back as bytes
+        return (s.decode("ascii", "replace") if isinstance(s, bytes) else str(s)).strip()
+    samples = np.asarray([text(s) for s in cols[sample_col]]) if sample_col else None
     return id_col, cols, samples, where
 
 

@@ -6,6 +6,7 @@ stored here needs nothing else from the main CLI.
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
 
 from ..data.base import DataError
@@ -48,17 +49,25 @@ def add_gzoo2_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def run_build(args: argparse.Namespace) -> int:
     from .build import build_gzoo2
 
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("always")  # every unfilled class is reported, not just the first
+            # every unfilled class is reported (not just the first), as one plain line
+            warnings.simplefilter("always")
+            warnings.showwarning = _show_warning
             build_gzoo2(args.catalog, args.images, args.out, mapping=args.mapping,
                         per_class=args.per_class, test_per_class=args.test_per_class, aug=args.aug,
                         votes=args.votes, seed=args.seed, size=args.size, tree=args.tree,
                         workers=args.workers, examples=args.examples,
                         progress=not args.no_progress, verbose=not args.quiet)
     except (DataError, ImportError, ValueError) as e:
-        raise SystemExit(f"trajdistill gzoo2 build: error: {e}") from None
+        # as the main CLI reports errors: one line, exit status 2, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     return 0

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..data.base import DataError
+
 
 def decode(data: bytes) -> Image.Image:
     """Decode fully (a truncated JPEG only fails on load) and convert to RGB."""
@@ -121,7 +123,10 @@ class ImageSource:
 
     def load(self, found: Found) -> Image.Image:
         """Decode a file found earlier, checking it has not changed since."""
-        data = found.path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != found.sha256:
-            raise OSError(f"{found.path} changed during the build")
-        return decode(data)
+        try:
+            data = found.path.read_bytes()
+            if hashlib.sha256(data).hexdigest() == found.sha256:
+                return decode(data)
+        except OSError as e:
+            raise DataError(f"{found.path}: unreadable on the second read ({e})") from None
+        raise DataError(f"{found.path} changed during the build; run it again")

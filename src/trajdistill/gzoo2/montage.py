@@ -1,7 +1,8 @@
 """Figures of a built dataset: example galaxies per class, and the class-mean images.
 
-The class means are the seed's baseline (one average image per class). matplotlib's
-object API (Figure + Agg canvas) avoids pyplot's global state and any display backend.
+The class means (computed in output.PixelStats) are the seed's baseline, one average
+image per class. matplotlib's object API (Figure + Agg canvas) avoids pyplot's global
+state and any display backend.
 """
 from __future__ import annotations
 
@@ -32,39 +33,22 @@ def _show(ax, img_chw: np.ndarray | None) -> None:
     for s in ax.spines.values():
         s.set_visible(False)
     if img_chw is not None:
-        ax.imshow(np.clip(np.rint(img_chw.transpose(1, 2, 0)), 0, 255).astype(np.uint8), interpolation="nearest")
+        pixels = np.clip(np.rint(img_chw.transpose(1, 2, 0)), 0, 255).astype(np.uint8)
+        ax.imshow(pixels, interpolation="nearest")
 
 
-def save_montage(images, rows_by_class: list[list[int]], labels: list[str], path: str | Path) -> None:
-    """A row per class: images[rows_by_class[c]] (uint8 (N, 3, H, W)), labelled on the left."""
-    ncols = max(1, max((len(r) for r in rows_by_class), default=1))
+def save_montage(examples: list[list[np.ndarray]], labels: list[str], path: str | Path) -> None:
+    """A row per class of uint8 (3, H, W) images, labelled with the class name on the left."""
+    ncols = max(1, max((len(r) for r in examples), default=1))
     fig = _figure(2.6 + 1.1 * ncols, 0.3 + 1.1 * len(labels))
     grid = fig.subplots(len(labels), ncols, squeeze=False)
     for c, label in enumerate(labels):
         for j in range(ncols):
-            rows = rows_by_class[c]
-            _show(grid[c][j], np.asarray(images[rows[j]]) if j < len(rows) else None)
+            _show(grid[c][j], examples[c][j] if j < len(examples[c]) else None)
         grid[c][0].set_ylabel(f"{c}: {label}", rotation=0, ha="right", va="center", fontsize=9)
     fig.subplots_adjust(left=2.4 / (2.6 + 1.1 * ncols), right=0.99, top=0.99, bottom=0.01,
                         wspace=0.04, hspace=0.04)
     _save(fig, Path(path))
-
-
-def class_means(images, labels: np.ndarray, num_classes: int, chunk: int = 2048) -> np.ndarray:
-    """(K, C, H, W) float32 mean image of each class in [0, 1]; NaN for an empty class.
-
-    Accumulated in float64 chunks so a memory-mapped 45,000-image set is never copied.
-    """
-    shape = images.shape[1:]
-    total = np.zeros((num_classes,) + shape, np.float64)
-    count = np.bincount(labels, minlength=num_classes)
-    for i in range(0, len(labels), chunk):
-        x = np.asarray(images[i:i + chunk], np.float64)
-        for c in np.unique(labels[i:i + chunk]):
-            total[c] += x[labels[i:i + chunk] == c].sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = total / count[:, None, None, None] / 255.0
-    return means.astype(np.float32)
 
 
 def save_class_means(means: np.ndarray, labels: list[str], path: str | Path) -> None:
