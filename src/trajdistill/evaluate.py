@@ -118,3 +118,22 @@ def class_means(splits: DatasetSplits) -> tuple[torch.Tensor, torch.Tensor]:
             total = x if total is None else total + x
         means.append(total / max(len(members), 1))
     return torch.stack(means), torch.arange(splits.num_classes)
+
+
+# ----------------------------------------------------------------------------- model pools
+
+def eval_pool(mode: str, model: str) -> list[str]:
+    """The evaluation architectures of the reference's --eval_mode letters."""
+    pools = {
+        "S": [model],
+        "C": [model] if model == "ConvNet" else [model, "ConvNet"],
+        "M": ["ConvNet", "AlexNet", "VGG11", "ResNet18_AP", "ResNet18"],
+        "W": ["ConvNetW32", "ConvNetW64", "ConvNetW128", "ConvNetW256"],
+        "D": ["ConvNetD1", "ConvNetD2", "ConvNetD3", "ConvNetD4"],
+        "A": ["ConvNetAS", "ConvNetAR", "ConvNetAL"],
+        "P": ["ConvNetNP", "ConvNetMP", "ConvNetAP"],
+        "N": ["ConvNetNN", "ConvNetBN", "ConvNetLN", "ConvNetIN", "ConvNetGN"],
+    }
+    if mode not in pools:
+        raise ValueError(f"unknown --eval_mode {mode!r}; known: {', '.join(pools)}")
+    return pools[mode]

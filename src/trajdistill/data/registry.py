@@ -30,6 +30,7 @@ def dataset_names() -> list[str]:
 def load_dataset(name: str, data_path: str | None = None, zca: bool = False, **options) -> DatasetSplits:
     """Load a dataset by name (see `dataset_names()`), offline, from `data_path`."""
     _import_loaders()
+    name = str(name)  # a Path to an image folder is welcome too
     fn = _LOADERS.get(name.lower())
     if fn is None:
         if os.path.isdir(name) and "imagefolder" in _LOADERS:

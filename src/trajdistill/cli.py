@@ -1,0 +1,335 @@
+"""Command line: a thin shell over the Python API.
+
+    trajdistill buffer   --dataset=CIFAR10 --model=ConvNet --train_epochs=50 --num_experts=10 --zca
+    trajdistill distill  --dataset=CIFAR10 --ipc=1 --syn_steps=50 --expert_epochs=1 ...
+    trajdistill evaluate --syn RUN_DIR/synthetic_best.pt --dataset=CIFAR10 --data_path=...
+    trajdistill baseline --kind random|mean|full --dataset=... --ipc=1
+    trajdistill report   RUN_DIR
+    trajdistill gzoo2 build --catalog ... --images ... --out ...
+    trajdistill demo
+
+The flags of the seed documents are accepted as written there (`--Iteration`, `--lr_teacher`,
+`--buffer_path`, ...). `--preset NAME` fills the published settings; explicit flags win.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from .presets import BUFFER_PRESETS, PRESETS, preset
+
+
+def _bool(s: str) -> bool:
+    if str(s).lower() in ("true", "1", "yes"):
+        return True
+    if str(s).lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {s!r}")
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ----------------------------------------------------------------------------- shared flags
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help="dataset name (CIFAR10, CIFAR100, ImageNet, Tiny, MNIST, "
+                   "FashionMNIST, GZoo2, GZoo2_aug, digits) or an image-folder path")
+    p.add_argument("--data_path", help="where the dataset's files are")
+    p.add_argument("--subset", help="ImageNet subset (imagenette, imagewoof, ...)")
+    p.add_argument("--zca", action="store_true", default=None, help="ZCA-whiten (CIFAR)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="network (ConvNet, ConvNetD4, ResNet18, ...)")
+    p.add_argument("--dsa", type=_bool, default=None, help="differentiable augmentation (True/False)")
+    p.add_argument("--dsa_strategy", default=None)
+    p.add_argument("--no_aug", action="store_true", default=None, help="same as --dsa False")
+    p.add_argument("--batch_train", type=int, default=None)
+
+
+def _add_eval_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eval_mode", default=None, help="S, M, W, D, A, P, N or C (model pools)")
+    p.add_argument("--num_eval", type=int, default=None)
+    p.add_argument("--epoch_eval_train", type=int, default=None)
+
+
+def _resolve(args: argparse.Namespace, defaults: dict, table: dict | None = None) -> dict:
+    """defaults < preset < explicit flags."""
+    merged = dict(defaults)
+    if table is not None and getattr(args, "preset", None):
+        merged.update(preset(args.preset, table))
+    merged.update({k: v for k, v in vars(args).items() if v is not None and k != "func"})
+    if merged.get("no_aug"):
+        merged["dsa"] = False
+    if not merged.get("device"):
+        merged["device"] = _default_device()
+    return merged
+
+
+def _load_splits(o: dict):
+    from .data import load_dataset
+    if not o.get("dataset"):
+        raise SystemExit("error: --dataset is required (or a --preset that names one)")
+    opts = {"subset": o["subset"]} if o.get("subset") else {}
+    return load_dataset(o["dataset"], o.get("data_path"), zca=bool(o.get("zca")), **opts)
+
+
+def buffer_dir(buffer_path: str, dataset: str, model: str, zca: bool, subset: str | None) -> Path:
+    """Where experts live: <buffer_path>/<dataset>[-<subset>][-zca]/<model> (as the reference)."""
+    name = Path(dataset).name + (f"-{subset}" if subset else "") + ("-zca" if zca else "")
+    return Path(buffer_path) / name / model
+
+
+# ----------------------------------------------------------------------------- buffer
+
+BUFFER_DEFAULTS = {"model": "ConvNet", "train_epochs": 50, "num_experts": 10, "lr_teacher": [0.01],
+                   "mom": 0.0, "l2": 0.0, "batch_train": 256, "dsa": True, "decay": False,
+                   "buffer_path": "./buffers", "seed": 0}
+
+
+def cmd_buffer(args) -> None:
+    from .experts import ExpertConfig, distributed_rank, train_experts
+    o = _resolve(args, BUFFER_DEFAULTS, BUFFER_PRESETS)
+    splits = _load_splits(o)
+    rank, world = distributed_rank()
+    device = o["device"]
+    if world > 1:
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        if device.startswith("cuda"):
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    cfg = ExpertConfig(model=o["model"], train_epochs=o["train_epochs"],
+                       num_experts=o["num_experts"], lr_teacher=float(o["lr_teacher"][0]),
+                       mom=o["mom"], l2=o["l2"], batch_train=o["batch_train"], dsa=o["dsa"],
+                       dsa_strategy=o.get("dsa_strategy") or ExpertConfig.dsa_strategy,
+                       decay=o["decay"], seed=o["seed"], device=device)
+    out = buffer_dir(o["buffer_path"], o["dataset"], o["model"], bool(o.get("zca")), o.get("subset"))
+    store = train_experts(splits, cfg, out, rank=rank, world_size=world, progress=not o.get("quiet"))
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    if rank == 0:
+        accs = [store.summary(i)["test_accuracy"] for i in store.indices()]
+        print(f"{len(accs)} experts in {out}; test accuracy "
+              f"{100 * sum(accs) / len(accs):.2f} % (mean)")
+
+
+# ----------------------------------------------------------------------------- distill
+
+def cmd_distill(args) -> None:
+    from .distill import DistillConfig, Distiller, open_buffer
+    from .evaluate import eval_pool
+    from .report import build_report
+    o = _resolve(args, {"buffer_path": "./buffers", "model": "ConvNet", "eval_mode": "S"}, PRESETS)
+    splits = _load_splits(o)
+    bdir = buffer_dir(o["buffer_path"], o["dataset"], o["model"], bool(o.get("zca")), o.get("subset"))
+    store = open_buffer(bdir, splits)
+    names = {f.name for f in fields(DistillConfig)}
+    kw = {k: v for k, v in o.items() if k in names}
+    if "Iteration" in o:
+        kw["iterations"] = o["Iteration"]
+    kw["eval_models"] = eval_pool(o["eval_mode"], store.model)
+    cfg = DistillConfig(**kw)
+    run_dir = Path(o.get("run_dir") or Path("runs") / (
+        o.get("wandb_name") or f"{Path(o['dataset']).name}-{cfg.method}-ipc{cfg.ipc}-"
+        f"{time.strftime('%Y%m%d-%H%M%S')}"))
+    distiller = Distiller(cfg, splits, store, run_dir, progress=not o.get("quiet"))
+    best = distiller.run()
+    html = build_report(run_dir, splits.classes)
+    print(f"best accuracy {best}; run directory {run_dir}; report {html}")
+
+
+def _add_distill_parser(sub) -> None:
+    p = sub.add_parser("distill", help="learn a synthetic set by trajectory matching (STM or MTT)")
+    _add_data_flags(p)
+    _add_train_flags(p)
+    _add_eval_flags(p)
+    p.add_argument("--preset", help=f"published settings: {', '.join(sorted(PRESETS))}")
+    p.add_argument("--method", help="STM (default) or original-MTT")
+    p.add_argument("--ipc", type=int)
+    p.add_argument("--syn_steps", type=int)
+    p.add_argument("--expert_epochs", type=int)
+    p.add_argument("--max_start_epoch", type=int)
+    p.add_argument("--lr_img", type=float)
+    p.add_argument("--lr_lr", type=float)
+    p.add_argument("--lr_teacher", type=float, nargs="+", help="initial synthetic lr(s)")
+    p.add_argument("--learn_lr", type=_bool, help="learn the synthetic lr (default True)")
+    p.add_argument("--lr_mode", help="global-lr (default) or independent-lr")
+    p.add_argument("--sample_method", help="cycle (default) or random")
+    p.add_argument("--init_epoch", type=int)
+    p.add_argument("--sigma", type=float, help="STM threshold (default 5)")
+    p.add_argument("--min_duration", type=int)
+    p.add_argument("--max_duration", "--T_max", dest="max_duration", type=int)
+    p.add_argument("--pix_init", help="real (default) or noise")
+    p.add_argument("--batch_syn", type=int)
+    p.add_argument("--Iteration", type=int)
+    p.add_argument("--eval_it", type=int)
+    p.add_argument("--gradient", help="lean (default, memory of one step) or unroll (reference)")
+    p.add_argument("--max_experts", type=int)
+    p.add_argument("--checkpoint_every", type=int)
+    p.add_argument("--buffer_path")
+    p.add_argument("--run_dir")
+    p.add_argument("--prev_iter", type=int)
+    p.add_argument("--load_syn_image")
+    p.add_argument("--wandb_name", help="name of the run (directory under runs/)")
+    p.set_defaults(func=cmd_distill)
+
+
+# ----------------------------------------------------------------------------- evaluate / baseline
+
+def cmd_evaluate(args) -> None:
+    from dataclasses import replace
+
+    from .evaluate import EvalConfig, eval_pool, evaluate_set
+    from .synthetic import SyntheticSet
+    o = _resolve(args, {"eval_mode": "S", "num_eval": 5, "epoch_eval_train": 1000, "dsa": True,
+                        "batch_train": 256, "seed": 0})
+    syn = SyntheticSet.load(o["syn"])
+    o.setdefault("dataset", syn.data.get("dataset"))
+    splits = _load_splits({**o, "zca": syn.data.get("zca")})
+    if list(splits.image_shape) != list(syn.images.shape[1:]) or splits.classes != syn.data["classes"]:
+        raise SystemExit(f"error: {o['syn']} was distilled from {syn.data['dataset']} "
+                         f"{syn.data['image_shape']} with classes {syn.data['classes']}; "
+                         f"{o['dataset']} gives {list(splits.image_shape)} with {splits.classes}")
+    # the test set goes through the synthetic set's own transform (its ZCA included)
+    splits = replace(splits, preprocess=syn.preprocess)
+    cfg = EvalConfig(num_eval=o["num_eval"], epoch_eval_train=o["epoch_eval_train"],
+                     batch_train=o["batch_train"], dsa=o["dsa"], device=o["device"], seed=o["seed"])
+    result = evaluate_set(syn.images, syn.labels, splits, syn.lrs, eval_pool(o["eval_mode"], syn.model),
+                          cfg, syn.syn_steps, progress=not o.get("quiet"))
+    _print_results(result)
+    if o.get("out"):
+        Path(o["out"]).write_text(json.dumps(result, indent=2))
+
+
+def cmd_baseline(args) -> None:
+    from .evaluate import EvalConfig, class_means, eval_pool, evaluate_set, random_real
+    o = _resolve(args, {"kind": "random", "ipc": 1, "model": "ConvNet", "eval_mode": "S",
+                        "num_eval": 5, "epoch_eval_train": None, "lr": 0.01, "dsa": True,
+                        "batch_train": 256, "seed": 0})
+    splits = _load_splits(o)
+    if o["kind"] == "random":
+        images, labels = random_real(splits, o["ipc"], o["seed"])
+    elif o["kind"] == "mean":
+        images, labels = class_means(splits)
+    elif o["kind"] == "full":
+        images, labels = splits.train.images, splits.train.labels
+    else:
+        raise SystemExit(f"error: --kind must be random, mean or full, got {o['kind']!r}")
+    epochs = o["epoch_eval_train"] or (50 if o["kind"] == "full" else 1000)
+    cfg = EvalConfig(num_eval=o["num_eval"], epoch_eval_train=epochs, batch_train=o["batch_train"],
+                     dsa=o["dsa"], device=o["device"], seed=o["seed"])
+    result = evaluate_set(images, labels, splits, [o["lr"]], eval_pool(o["eval_mode"], o["model"]),
+                          cfg, progress=not o.get("quiet"))
+    _print_results(result)
+
+
+def _print_results(result: dict) -> None:
+    for model, r in result.items():
+        print(f"{model}: {100 * r['mean']:.2f} ± {100 * r['std']:.2f} % over {len(r['accuracies'])} "
+              f"networks; per class: " + ", ".join(f"{100 * a:.1f}" for a in r["per_class"]))
+
+
+# ----------------------------------------------------------------------------- report / demo
+
+def cmd_report(args) -> None:
+    from .report import build_report
+    print(build_report(args.run_dir))
+
+
+def cmd_demo(args) -> None:
+    from .demo import DemoConfig, run_demo
+    cfg = DemoConfig(device=args.device or "cpu")
+    if args.iterations:
+        cfg.iterations = args.iterations
+    run_demo(args.run_dir, cfg, progress=not args.quiet)
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trajdistill", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("buffer", help="train expert trajectories")
+    _add_data_flags(p)
+    _add_train_flags(p)
+    p.add_argument("--preset", help=f"expert settings: {', '.join(sorted(BUFFER_PRESETS))}")
+    p.add_argument("--train_epochs", type=int)
+    p.add_argument("--num_experts", type=int)
+    p.add_argument("--lr_teacher", type=float, nargs="+")
+    p.add_argument("--mom", type=float)
+    p.add_argument("--l2", type=float)
+    p.add_argument("--decay", action="store_true", default=None)
+    p.add_argument("--buffer_path")
+    p.set_defaults(func=cmd_buffer)
+
+    _add_distill_parser(sub)
+
+    p = sub.add_parser("evaluate", help="train fresh networks on a synthetic set, test on real data")
+    p.add_argument("--syn", required=True, help="a synthetic set file (synthetic_best.pt)")
+    _add_data_flags(p)
+    _add_eval_flags(p)
+    p.add_argument("--dsa", type=_bool, default=None)
+    p.add_argument("--batch_train", type=int)
+    p.add_argument("--out", help="write the results as JSON here")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("baseline", help="random real images, class means, or the full set")
+    p.add_argument("--kind", choices=["random", "mean", "full"])
+    p.add_argument("--ipc", type=int)
+    p.add_argument("--lr", type=float)
+    _add_data_flags(p)
+    _add_train_flags(p)
+    _add_eval_flags(p)
+    p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("report", help="(re)build the report of a run directory")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="the whole pipeline on the embedded digits, in minutes")
+    p.add_argument("--run_dir", default="runs/demo")
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    try:
+        from .gzoo2.cli import add_gzoo2_parser
+    except ImportError:  # the Galaxy Zoo builder is optional at import time
+        add_gzoo2_parser = None
+    if add_gzoo2_parser is not None:
+        add_gzoo2_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data.base import DataError
+    from .distill import ConfigError
+    from .experts import BufferError
+    from .io import FileFormatError
+    from .models import ModelError
+    from .presets import PresetError
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (DataError, ConfigError, BufferError, FileFormatError, ModelError, PresetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
