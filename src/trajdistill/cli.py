@@ -130,7 +130,8 @@ def cmd_buffer(args) -> None:
 def cmd_distill(args) -> None:
     from .distill import DistillConfig, Distiller, open_buffer
     from .evaluate import eval_pool
-    from .report import build_report
+    if args.resume:
+        return _resume_distill(args)
     o = _resolve(args, {"buffer_path": "./buffers", "model": "ConvNet", "eval_mode": "S"}, PRESETS)
     splits = _load_splits(o)
     bdir = buffer_dir(o["buffer_path"], o["dataset"], o["model"], bool(o.get("zca")), o.get("subset"))
@@ -144,10 +145,53 @@ def cmd_distill(args) -> None:
     run_dir = Path(o.get("run_dir") or Path("runs") / (
         o.get("wandb_name") or f"{Path(o['dataset']).name}-{cfg.method}-ipc{cfg.ipc}-"
         f"{time.strftime('%Y%m%d-%H%M%S')}"))
-    distiller = Distiller(cfg, splits, store, run_dir, progress=not o.get("quiet"))
+    if (run_dir / "checkpoint.pt").exists():
+        raise SystemExit(f"error: {run_dir} already holds a run; continue it with "
+                         f"`distill --resume {run_dir}` or choose another --run_dir")
+    source = {"dataset": o["dataset"], "data_path": o.get("data_path"), "zca": bool(o.get("zca")),
+              "subset": o.get("subset"), "buffer_dir": str(bdir)}
+    distiller = Distiller(cfg, splits, store, run_dir, progress=not o.get("quiet"), source=source)
+    _finish(distiller, splits)
+
+
+def _resume_distill(args) -> None:
+    from .distill import Distiller, open_buffer
+    from .io import load_json
+    run_dir = Path(args.resume)
+    src = load_json(run_dir / "config.json").get("source") or {}
+    if not src.get("dataset"):
+        raise SystemExit(f"error: {run_dir}/config.json does not say which data the run used")
+    splits = _load_splits(src)
+    store = open_buffer(src["buffer_dir"], splits)
+    distiller = Distiller.resume(run_dir, splits, store, progress=not args.quiet,
+                                 iterations=args.Iteration)
+    print(f"resuming {run_dir} at iteration {distiller.iteration}")
+    _finish(distiller, splits)
+
+
+def _finish(distiller, splits) -> None:
+    from .report import build_report
     best = distiller.run()
-    html = build_report(run_dir, splits.classes)
-    print(f"best accuracy {best}; run directory {run_dir}; report {html}")
+    html = build_report(distiller.run_dir, splits.classes)
+    acc = f"{100 * best['accuracy']:.2f} % at iteration {best['iteration']}" \
+        if best.get("iteration") is not None else "not evaluated"
+    print(f"best accuracy {acc}; run directory {distiller.run_dir}; report {html}")
+
+
+class _OptionalPackage(argparse.Action):
+    """A flag that turns on an optional package: refused at parse time if it is missing."""
+
+    def __init__(self, *args, package: str, **kw):
+        self.package = package
+        super().__init__(*args, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .tracking import TrackingError, require
+        try:
+            require(self.package)
+        except TrackingError as e:
+            parser.error(str(e))
+        setattr(namespace, self.dest, True)
 
 
 def _add_distill_parser(sub) -> None:
@@ -178,11 +222,20 @@ def _add_distill_parser(sub) -> None:
     p.add_argument("--gradient", help="lean (default, memory of one step) or unroll (reference)")
     p.add_argument("--max_experts", type=int)
     p.add_argument("--checkpoint_every", type=int)
+    p.add_argument("--max_failures", type=int, help="non-finite iterations in a row before stopping")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint "
+                   "(its own settings; --Iteration may extend it)")
     p.add_argument("--buffer_path")
     p.add_argument("--run_dir")
     p.add_argument("--prev_iter", type=int)
     p.add_argument("--load_syn_image")
     p.add_argument("--wandb_name", help="name of the run (directory under runs/)")
+    p.add_argument("--wandb", nargs=0, action=_OptionalPackage, package="wandb",
+                   help="log curves and images to Weights & Biases (optional package; "
+                   "WANDB_MODE=offline works without an account)")
+    p.add_argument("--tensorboard", nargs=0, action=_OptionalPackage, package="tensorboard",
+                   help="log curves and images for TensorBoard under RUN_DIR/tensorboard "
+                   "(optional package)")
     p.set_defaults(func=cmd_distill)
 
 
@@ -194,7 +247,7 @@ def cmd_evaluate(args) -> None:
     from .evaluate import EvalConfig, eval_pool, evaluate_set
     from .synthetic import SyntheticSet
     o = _resolve(args, {"eval_mode": "S", "num_eval": 5, "epoch_eval_train": 1000, "dsa": True,
-                        "batch_train": 256, "seed": 0})
+                        "batch_train": 256, "seed": 0, "eval_batched": "auto"})
     syn = SyntheticSet.load(o["syn"])
     o.setdefault("dataset", syn.data.get("dataset"))
     splits = _load_splits({**o, "zca": syn.data.get("zca")})
@@ -205,7 +258,8 @@ def cmd_evaluate(args) -> None:
     # the test set goes through the synthetic set's own transform (its ZCA included)
     splits = replace(splits, preprocess=syn.preprocess)
     cfg = EvalConfig(num_eval=o["num_eval"], epoch_eval_train=o["epoch_eval_train"],
-                     batch_train=o["batch_train"], dsa=o["dsa"], device=o["device"], seed=o["seed"])
+                     batch_train=o["batch_train"], dsa=o["dsa"], device=o["device"], seed=o["seed"],
+                     batched=o["eval_batched"])
     result = evaluate_set(syn.images, syn.labels, splits, syn.lrs, eval_pool(o["eval_mode"], syn.model),
                           cfg, syn.syn_steps, progress=not o.get("quiet"))
     _print_results(result)
@@ -217,7 +271,7 @@ def cmd_baseline(args) -> None:
     from .evaluate import EvalConfig, class_means, eval_pool, evaluate_set, random_real
     o = _resolve(args, {"kind": "random", "ipc": 1, "model": "ConvNet", "eval_mode": "S",
                         "num_eval": 5, "epoch_eval_train": None, "lr": 0.01, "dsa": True,
-                        "batch_train": 256, "seed": 0})
+                        "batch_train": 256, "seed": 0, "eval_batched": "auto"})
     splits = _load_splits(o)
     if o["kind"] == "random":
         images, labels = random_real(splits, o["ipc"], o["seed"])
@@ -229,10 +283,13 @@ def cmd_baseline(args) -> None:
         raise SystemExit(f"error: --kind must be random, mean or full, got {o['kind']!r}")
     epochs = o["epoch_eval_train"] or (50 if o["kind"] == "full" else 1000)
     cfg = EvalConfig(num_eval=o["num_eval"], epoch_eval_train=epochs, batch_train=o["batch_train"],
-                     dsa=o["dsa"], device=o["device"], seed=o["seed"])
+                     dsa=o["dsa"], device=o["device"], seed=o["seed"], batched=o["eval_batched"])
     result = evaluate_set(images, labels, splits, [o["lr"]], eval_pool(o["eval_mode"], o["model"]),
                           cfg, progress=not o.get("quiet"))
     _print_results(result)
+    if o.get("out"):
+        Path(o["out"]).write_text(json.dumps({"kind": o["kind"], "ipc": o["ipc"], "lr": o["lr"],
+                                              "epochs": epochs, **result}, indent=2))
 
 
 def _print_results(result: dict) -> None:
@@ -245,7 +302,23 @@ def _print_results(result: dict) -> None:
 
 def cmd_report(args) -> None:
     from .report import build_report
-    print(build_report(args.run_dir))
+    splits = None
+    if args.dataset:
+        from .synthetic import SyntheticSet
+        run = Path(args.run_dir)
+        zca = args.zca
+        for name in ("synthetic_best.pt", "synthetic_last.pt"):
+            if zca is None and (run / name).exists():
+                zca = bool(SyntheticSet.load(run / name).data.get("zca"))
+        splits = _load_splits({"dataset": args.dataset, "data_path": args.data_path,
+                               "subset": args.subset, "zca": zca})
+    print(build_report(args.run_dir, splits=splits))
+
+
+def cmd_export(args) -> None:
+    from .export import export_synthetic
+    out = export_synthetic(args.syn, args.out_dir)
+    print(f"exported {args.syn} to {out} (images/, grid.png, synthetic.pt, metadata.json, README.txt)")
 
 
 def cmd_demo(args) -> None:
@@ -284,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dsa", type=_bool, default=None)
     p.add_argument("--batch_train", type=int)
     p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--eval_batched", choices=["auto", "on", "off"],
+                   help="train the num_eval networks together (vmap); auto: on GPUs only")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("baseline", help="random real images, class means, or the full set")
@@ -293,11 +368,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(p)
     _add_train_flags(p)
     _add_eval_flags(p)
+    p.add_argument("--eval_batched", choices=["auto", "on", "off"],
+                   help="train the num_eval networks together (vmap); auto: on GPUs only")
+    p.add_argument("--out", help="write the results as JSON here")
     p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("report", help="(re)build the report of a run directory")
     p.add_argument("run_dir")
+    p.add_argument("--dataset", help="the run's dataset: adds synthetic vs class mean vs real images")
+    p.add_argument("--data_path")
+    p.add_argument("--subset")
+    p.add_argument("--zca", action="store_true", default=None,
+                   help="(default: as the synthetic set was made)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="a distilled set as PNGs per class + a tensor file + README")
+    p.add_argument("syn", help="a synthetic set file (RUN_DIR/synthetic_best.pt)")
+    p.add_argument("out_dir")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded digits, in minutes")
     p.add_argument("--run_dir", default="runs/demo")
@@ -317,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .data.base import DataError
-    from .distill import ConfigError
+    from .distill import ConfigError, DivergenceError
     from .experts import BufferError
     from .io import FileFormatError
     from .models import ModelError
@@ -325,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (DataError, ConfigError, BufferError, FileFormatError, ModelError, PresetError) as e:
+    except (DataError, ConfigError, BufferError, FileFormatError, ModelError, PresetError,
+            DivergenceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

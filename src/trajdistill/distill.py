@@ -7,11 +7,12 @@ the stage machine, log one JSON line.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from .augment import DEFAULT_STRATEGY
 from .data.base import DatasetSplits
 from .evaluate import EvalConfig, evaluate_set
 from .experts import BufferError, TrajectoryStore
-from .io import atomic_save, safe_load, write_json
+from .io import atomic_save, atomic_write_text, load_json, safe_load, write_json
 from .matching import GRADIENT_METHODS, MatchProblem, matching_loss, plan_unroll
 from .models import FlatModel, build_model
 from .schedule import StageMachine, UniformStart
@@ -30,6 +31,13 @@ from .synthetic import SyntheticSet
 
 class ConfigError(ValueError):
     pass
+
+
+class DivergenceError(RuntimeError):
+    """Repeated non-finite losses, gradients or lrs: the run stops instead of saving NaNs."""
+
+
+CHECKPOINT_FORMAT = "trajdistill.checkpoint/1"
 
 
 @dataclass
@@ -61,6 +69,7 @@ class DistillConfig:
     gradient: str = "lean"              # or "unroll"
     max_experts: int | None = None
     checkpoint_every: int = 50
+    max_failures: int = 5               # consecutive non-finite iterations before giving up
     seed: int = 0
     device: str = "cpu"
     prev_iter: int = 0
@@ -125,6 +134,33 @@ def open_buffer(buffer_dir: str | Path, splits: DatasetSplits) -> TrajectoryStor
     return store
 
 
+def _truncate_jsonl(path: Path, keep) -> None:
+    """Keep the records a resumed run has not redone (a line cut by a kill ends the file)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if keep(record):
+            kept.append(line + "\n")
+    atomic_write_text(path, "".join(kept))
+
+
+def _non_finite(result, heldout: float | None) -> str | None:
+    if not math.isfinite(result.loss):
+        return f"non-finite matching loss ({result.loss})"
+    if heldout is not None and not math.isfinite(heldout):
+        return f"non-finite held-out loss ({heldout})"
+    if not torch.isfinite(result.grad_images).all():
+        return "non-finite image gradient"
+    if not torch.isfinite(result.grad_log_lr).all():
+        return "non-finite lr gradient"
+    return None
+
+
 def _same_preprocess(a: dict, b: dict) -> bool:
     if not (torch.allclose(torch.tensor(a["mean"]), torch.tensor(b["mean"]), atol=1e-5)
             and torch.allclose(torch.tensor(a["std"]), torch.tensor(b["std"]), atol=1e-5)):
@@ -138,8 +174,9 @@ class Distiller:
     """Learnable state + loop. `run()` distills; `state_dict()` is everything to resume."""
 
     def __init__(self, cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore,
-                 run_dir: str | Path, progress: bool = True):
+                 run_dir: str | Path, progress: bool = True, source: dict | None = None):
         self.cfg = validate(cfg, splits, store)
+        self.source = source or {}  # where data and buffer came from (for --resume)
         self.splits, self.store, self.progress = splits, store, progress
         self.run_dir = Path(run_dir)
         self.device = torch.device(cfg.device)
@@ -163,6 +200,8 @@ class Distiller:
         self.expert_order: list[int] = []
         self.iteration = cfg.prev_iter
         self.best = {"accuracy": -1.0, "iteration": None}
+        self.failures = 0  # consecutive iterations whose update was refused as non-finite
+        self.last_failure = ""
         self.grad_fn = GRADIENT_METHODS[cfg.gradient]
 
     # ------------------------------------------------------------------ state
@@ -198,14 +237,19 @@ class Distiller:
                                                  "lr_mode": self.cfg.lr_mode})
 
     def state_dict(self) -> dict:
-        return {"iteration": self.iteration, "images": self.images.detach().cpu(),
+        return {"format": CHECKPOINT_FORMAT, "iteration": self.iteration, "images": self.images.detach().cpu(),
                 "log_lrs": [p.detach().cpu() for p in self.log_lrs],
                 "opt_img": self.opt_img.state_dict(), "opt_lrs": [o.state_dict() for o in self.opt_lrs],
                 "schedule": self.schedule.state_dict(), "expert_order": list(self.expert_order),
                 "rng": json.dumps(self.rng.getstate()), "gen": self.gen.get_state(),
-                "best": dict(self.best)}
+                "best": dict(self.best), "failures": self.failures}
 
-    def load_state_dict(self, s: dict) -> None:
+    def load_state_dict(self, s: dict, source: str = "checkpoint") -> None:
+        if not isinstance(s, dict) or s.get("format") != CHECKPOINT_FORMAT:
+            raise ConfigError(f"{source}: not a trajdistill distillation checkpoint")
+        if tuple(s["images"].shape) != tuple(self.images.shape):
+            raise ConfigError(f"{source}: images of shape {tuple(s['images'].shape)}, but this run "
+                              f"needs {tuple(self.images.shape)}")
         self.iteration = s["iteration"]
         with torch.no_grad():
             self.images.copy_(s["images"].to(self.device))
@@ -220,6 +264,27 @@ class Distiller:
         self.rng.setstate((state[0], tuple(state[1]), state[2]))
         self.gen.set_state(s["gen"])
         self.best = dict(s["best"])
+        self.failures = s.get("failures", 0)
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, splits: DatasetSplits, store: TrajectoryStore,
+               progress: bool = True, iterations: int | None = None) -> "Distiller":
+        """Continue a run from its last checkpoint; logs are cut back to that point."""
+        run_dir = Path(run_dir)
+        saved = load_json(run_dir / "config.json")
+        names = {f.name for f in fields(DistillConfig)}
+        cfg = DistillConfig(**{k: v for k, v in saved.items() if k in names})
+        if iterations is not None:
+            cfg.iterations = iterations
+        d = cls(cfg, splits, store, run_dir, progress, source=saved.get("source"))
+        ckpt = run_dir / "checkpoint.pt"
+        if ckpt.exists():
+            d.load_state_dict(safe_load(ckpt), str(ckpt))
+        else:
+            tqdm.write(f"{ckpt} not written yet: starting {run_dir} from the beginning")
+        _truncate_jsonl(run_dir / "metrics.jsonl", lambda r: r.get("it", -1) < d.iteration)
+        _truncate_jsonl(run_dir / "evals.jsonl", lambda r: r.get("it", -1) <= d.iteration)
+        return d
 
     # ------------------------------------------------------------------ one iteration
     def _next_expert(self) -> int:
@@ -257,7 +322,10 @@ class Distiller:
                               self.log_lrs[lr_index])
         record["loss"] = result.loss
         record[f"loss_epoch_{start_epoch}"] = result.loss
-        self._apply(result, lr_index)
+        trouble = _non_finite(result, heldout) or self._apply_guarded(result, lr_index)
+        if trouble:
+            return self._refuse(record, trouble, t0)
+        self.failures = 0
 
         if heldout is not None:
             event = sched.record(heldout)
@@ -274,6 +342,46 @@ class Distiller:
         record["seconds"] = time.perf_counter() - t0
         self.iteration += 1
         return record
+
+    def _apply_guarded(self, result, lr_index: int) -> str | None:
+        """Apply the update; if it leaves non-finite images or lrs, put the old state back."""
+        saved = (self.images.detach().clone(), [p.detach().clone() for p in self.log_lrs],
+                 copy.deepcopy(self.opt_img.state_dict()),
+                 [copy.deepcopy(o.state_dict()) for o in self.opt_lrs])
+        self._apply(result, lr_index)
+        bad = [name for name, t in [("images", self.images), *((f"lr {k}", p) for k, p in
+                                                              enumerate(self.log_lrs))]
+               if not torch.isfinite(t).all()]
+        if not bad:
+            return None
+        with torch.no_grad():
+            self.images.copy_(saved[0])
+            for p, v in zip(self.log_lrs, saved[1]):
+                p.copy_(v)
+        self.opt_img.load_state_dict(saved[2])
+        for o, st in zip(self.opt_lrs, saved[3]):
+            o.load_state_dict(st)
+        return "the update made " + ", ".join(bad) + " non-finite"
+
+    def _refuse(self, record: dict, reason: str, t0: float) -> dict:
+        """No update this iteration; the last good state stays. Too many in a row: stop."""
+        self.failures += 1
+        self.last_failure = reason
+        record.update(diverged=reason, failures=self.failures, lrs=self.lrs(),
+                      seconds=time.perf_counter() - t0)
+        self.iteration += 1
+        tqdm.write(f"it {record['it']}: {reason}; update skipped, last good state kept "
+                   f"({self.failures}/{self.cfg.max_failures})")
+        return record
+
+    def _check_divergence(self) -> None:
+        if self.failures >= self.cfg.max_failures:
+            self.checkpoint()  # the state is the last good one: every bad update was refused
+            raise DivergenceError(
+                f"distillation diverged: {self.failures} iterations in a row with non-finite "
+                f"values (last: {self.last_failure}). The last good state is in "
+                f"{self.run_dir / 'checkpoint.pt'}; try a smaller --lr_img or --lr_lr, or "
+                f"--learn_lr False.")
 
     def _apply(self, result, lr_index: int) -> None:
         self.opt_img.zero_grad(set_to_none=True)
@@ -310,7 +418,7 @@ class Distiller:
     def run(self) -> dict:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.run_dir / "config.json", asdict(cfg))
+        write_json(self.run_dir / "config.json", {**asdict(cfg), "source": self.source})
         metrics = open(self.run_dir / "metrics.jsonl", "a")
         evals = open(self.run_dir / "evals.jsonl", "a")
         bar = tqdm(range(self.iteration, cfg.iterations), desc="distill", disable=not self.progress)
@@ -318,6 +426,7 @@ class Distiller:
             for _ in bar:
                 record = self.step()
                 metrics.write(json.dumps(record) + "\n")
+                self._check_divergence()
                 bar.set_postfix(loss=f"{record['loss']:.3f}", cap=record.get("cap", "-"))
                 done = record.get("finished", False) or self.iteration >= cfg.iterations
                 if cfg.eval_it and (self.iteration % cfg.eval_it == 0 or done):

@@ -40,6 +40,11 @@ def atomic_save(obj, path: str | Path) -> None:
     _atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    data = text.encode()
+    _atomic_write(Path(path), lambda f: f.write(data))
+
+
 def write_json(path: str | Path, obj) -> None:
     data = json.dumps(obj, indent=2, default=_json_default).encode()
     _atomic_write(Path(path), lambda f: f.write(data))
