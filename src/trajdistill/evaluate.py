@@ -3,19 +3,35 @@
 A set (synthetic, or a baseline's real images) is judged by training `num_eval` fresh
 networks on it from scratch and testing them on the real test set: mean and standard
 deviation of accuracy, per-class accuracy and the summed confusion matrix.
+
+Randomness, per evaluation network k (seed s_k = seed * 7919 + k):
+- its initialisation: `torch.manual_seed(s_k)` then `build_model` (the same draws whether
+  the networks are built one at a time or all together);
+- its minibatch order and augmentation draws: one `torch.Generator` seeded with s_k, used
+  for the epoch's permutation and then every batch's DSA draws, in that order.
+So the K networks of the batched trainer (one vmapped step over stacked parameters) see
+exactly the initialisations, batches and augmentations of the one-at-a-time trainer; the
+two differ only in floating-point summation order (tested in tests/test_evaluate.py).
 """
 from __future__ import annotations
 
 import statistics
+import warnings
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
+from . import augment as dsa
 from .augment import DEFAULT_STRATEGY
 from .data.base import DatasetSplits
 from .models import build_model
-from .training import class_weights, confusion_result, test_network, train_epoch
+from .training import class_weights, confusion_result, test_network, to_input, train_epoch
+
+BATCHED_CHOICES = ("auto", "on", "off")
 
 
 @dataclass
@@ -29,6 +45,14 @@ class EvalConfig:
     dsa_strategy: str = DEFAULT_STRATEGY
     device: str = "cpu"
     seed: int = 0
+    # train the num_eval networks together (vmap over stacked parameters): "on", "off", or
+    # "auto" = on for GPUs, off on CPU (measured in benchmarks/eval_benchmark.py)
+    batched: str = "auto"
+
+
+def network_seed(seed: int, k: int) -> int:
+    """The seed of evaluation network k (initialisation, batch order and augmentation)."""
+    return seed * 7919 + k
 
 
 def lr_schedule(lrs: list[float], epochs: int, syn_steps: int) -> list[float]:
@@ -39,6 +63,8 @@ def lr_schedule(lrs: list[float], epochs: int, syn_steps: int) -> list[float]:
     epochs in order, then 500 more epochs at the last lr x0.1 (`epochs` is ignored).
     """
     lrs = [float(v) for v in lrs]
+    if not lrs:
+        raise ValueError("lr_schedule needs at least one learning rate")
     if len(lrs) == 1:
         half = epochs // 2
         return [lrs[0]] * half + [lrs[0] * 0.1] * (epochs - half)
@@ -46,17 +72,27 @@ def lr_schedule(lrs: list[float], epochs: int, syn_steps: int) -> list[float]:
     return [lr for lr in lrs for _ in range(k)] + [lrs[-1] * 0.1] * 500
 
 
+# ----------------------------------------------------------------------------- one network
+
+def _build(model: str, splits: DatasetSplits, seed: int, device) -> nn.Module:
+    torch.manual_seed(seed)
+    c, h, w = splits.image_shape
+    return build_model(model, c, splits.num_classes, (h, w)).to(device)
+
+
+def _train_images(images: torch.Tensor) -> torch.Tensor:
+    return images.detach().cpu() if images.dtype != torch.uint8 else images
+
+
 def train_and_test(model: str, images: torch.Tensor, labels: torch.Tensor, splits: DatasetSplits,
                    schedule: list[float], cfg: EvalConfig, seed: int, progress: bool = False):
     """Train one fresh network on (images, labels) with the per-epoch lr schedule; test it."""
     device = torch.device(cfg.device)
-    torch.manual_seed(seed)
+    net = _build(model, splits, seed, device)
     gen = torch.Generator().manual_seed(seed)
-    c, h, w = splits.image_shape
-    net = build_model(model, c, splits.num_classes, (h, w)).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=schedule[0], momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
-    images = images.detach().cpu() if images.dtype != torch.uint8 else images
+    images = _train_images(images)
     weights = class_weights(labels, splits.num_classes)
     for lr in tqdm(schedule, desc=f"train {model}", leave=False, disable=not progress):
         for g in opt.param_groups:
@@ -68,17 +104,102 @@ def train_and_test(model: str, images: torch.Tensor, labels: torch.Tensor, split
                         device=device, preprocess=splits.preprocess)
 
 
+# ----------------------------------------------------------------------------- K networks at once
+
+def batchable(model: str, splits: DatasetSplits) -> bool:
+    """Whether `model` can be trained vmapped: no buffers (batch-norm running statistics)."""
+    c, h, w = splits.image_shape
+    with torch.device("meta"):
+        net = build_model(model, c, splits.num_classes, (h, w))
+    return not any(True for _ in net.buffers()) and not any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
+def use_batched(model: str, splits: DatasetSplits, cfg: EvalConfig) -> bool:
+    """Resolve cfg.batched for one model: "off", "on" (where the model allows), or "auto"."""
+    mode = str(cfg.batched).lower()
+    if mode not in BATCHED_CHOICES:
+        raise ValueError(f"--eval_batched must be one of {', '.join(BATCHED_CHOICES)}, got {cfg.batched!r}")
+    if mode == "off" or cfg.num_eval < 2:
+        return False
+    ok = batchable(model, splits)
+    if mode == "on":
+        if not ok:
+            warnings.warn(f"{model} has batch-norm running statistics; its evaluation networks "
+                          "are trained one at a time", stacklevel=2)
+        return ok
+    return ok and torch.device(cfg.device).type == "cuda"
+
+
+def train_and_test_batched(model: str, images: torch.Tensor, labels: torch.Tensor,
+                           splits: DatasetSplits, schedule: list[float], cfg: EvalConfig,
+                           seeds: list[int], progress: bool = False) -> list:
+    """Train len(seeds) networks together: one vmapped forward/backward over stacked
+    parameters per step, each network with its own batch order and augmentation draws
+    (exactly those `train_and_test` would use for the same seed); test each."""
+    device = torch.device(cfg.device)
+    nets = [_build(model, splits, s, device) for s in seeds]
+    base = nets[0]
+    names = [n for n, _ in base.named_parameters()]
+    stacked = {n: torch.stack([dict(net.named_parameters())[n].detach() for net in nets])
+               .clone().requires_grad_(True) for n in names}
+    opt = torch.optim.SGD(list(stacked.values()), lr=schedule[0], momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    images = _train_images(images)
+    weights = class_weights(labels, splits.num_classes).to(device)
+    strategy = cfg.dsa_strategy if cfg.dsa else None
+    n, bs = images.shape[0], cfg.batch_train
+
+    def loss_one(params, x, y):
+        return F.cross_entropy(functional_call(base, params, (x,)), y, weight=weights)
+
+    losses = vmap(loss_one)
+    base.train()
+    for lr in tqdm(schedule, desc=f"train {len(seeds)} x {model}", leave=False, disable=not progress):
+        for g in opt.param_groups:
+            g["lr"] = lr
+        orders = [torch.randperm(n, generator=g) for g in gens]
+        for start in range(0, n, bs):
+            xs, ys = [], []
+            for order, g in zip(orders, gens):
+                idx = order[start:start + bs]
+                x = to_input(images[idx], splits.preprocess, device)
+                xs.append(dsa.augment(x, strategy, generator=g) if strategy else x)
+                ys.append(labels[idx])
+            loss = losses(stacked, torch.stack(xs), torch.stack(ys).to(device)).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    results = []
+    for k, net in enumerate(nets):
+        with torch.no_grad():
+            for name, p in net.named_parameters():
+                p.copy_(stacked[name][k])
+        results.append(test_network(net, splits.test.images, splits.test.labels,
+                                    splits.num_classes, device=device,
+                                    preprocess=splits.preprocess))
+    return results
+
+
+# ----------------------------------------------------------------------------- a set
+
 def evaluate_set(images: torch.Tensor, labels: torch.Tensor, splits: DatasetSplits,
                  lrs: list[float], models: list[str], cfg: EvalConfig, syn_steps: int = 0,
                  progress: bool = True) -> dict:
     """Evaluate a set on each model: {model: {mean, std, accuracies, per_class, confusion}}."""
     schedule = lr_schedule(lrs, cfg.epoch_eval_train, syn_steps)
+    seeds = [network_seed(cfg.seed, k) for k in range(cfg.num_eval)]
     out = {}
     for model in models:
-        results = [train_and_test(model, images, labels, splits, schedule, cfg,
-                                  seed=cfg.seed * 7919 + k, progress=progress)
-                   for k in tqdm(range(cfg.num_eval), desc=f"evaluate {model}", leave=False,
-                                 disable=not progress)]
+        if use_batched(model, splits, cfg):
+            results = train_and_test_batched(model, images, labels, splits, schedule, cfg, seeds,
+                                             progress=progress)
+        else:
+            results = [train_and_test(model, images, labels, splits, schedule, cfg, seed=s,
+                                      progress=progress)
+                       for s in tqdm(seeds, desc=f"evaluate {model}", leave=False,
+                                     disable=not progress)]
         out[model] = summarise(results)
     return out
 

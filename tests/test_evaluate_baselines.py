@@ -1,0 +1,64 @@
+"""The three baselines of the evaluation protocol on the real CIFAR-10 subset
+(../shared/data/cifar10-subset: 500 train / 100 test images per class).
+
+Kept fast with a narrow ConvNet (ConvNetW32 / W16: the same family, fewer channels) and
+short schedules; the thresholds are set from measured values (in each docstring) with a
+wide margin, all far above chance (10 %): with 1000 test images a network at chance
+stays below 13 % with probability > 0.999.
+"""
+import json
+
+import pytest
+import torch
+
+from trajdistill.cli import main
+from trajdistill.data import load_dataset
+from trajdistill.evaluate import EvalConfig, class_means, evaluate_set, random_real
+
+
+@pytest.fixture(scope="module")
+def cifar(shared_data):
+    return load_dataset("CIFAR10", shared_data / "cifar10-subset")
+
+
+def _check(r, splits, n):
+    cm = torch.tensor(r["confusion"])
+    assert cm.shape == (10, 10) and cm.sum() == n * len(splits.test)
+    assert len(r["per_class"]) == 10 and len(r["accuracies"]) == n
+
+
+def test_random_real_images(cifar):
+    """10 random real images per class, 50 epochs: measured 25.1 / 24.6 / 26.2 % for draws
+    0 / 1 / 2 (1 ipc: 11-21 % depending on the draw, too close to chance to test cheaply)."""
+    images, labels = random_real(cifar, 10, seed=0)
+    assert images.dtype == torch.uint8 and torch.bincount(labels).tolist() == [10] * 10
+    r = evaluate_set(images, labels, cifar, [0.01], ["ConvNetW32"],
+                     EvalConfig(num_eval=1, epoch_eval_train=50), progress=False)["ConvNetW32"]
+    _check(r, cifar, 1)
+    assert r["mean"] > 0.18, r["accuracies"]
+
+
+def test_class_mean_images(cifar):
+    """One mean image per class, 50 epochs: measured 23.0 / 21.9 % (two networks)."""
+    images, labels = class_means(cifar)
+    assert images.shape == (10, 3, 32, 32) and labels.tolist() == list(range(10))
+    # the mean of a class, in network input space, is the preprocessed pixel mean
+    pix = cifar.train.images[cifar.train.labels == 3].double().mean(0, keepdim=True) / 255
+    assert torch.allclose(images[3:4], cifar.preprocess(pix.float()), atol=1e-4)
+    r = evaluate_set(images, labels, cifar, [0.01], ["ConvNetW32"],
+                     EvalConfig(num_eval=1, epoch_eval_train=50), progress=False)["ConvNetW32"]
+    _check(r, cifar, 1)
+    assert r["mean"] > 0.15, r["accuracies"]
+
+
+def test_full_training_set_through_the_cli(cifar, shared_data, tmp_path, capsys):
+    """All 5000 training images, 2 epochs (lr 0.01 then 0.001): measured 24.5 %."""
+    out = tmp_path / "full.json"
+    assert main(["baseline", "--kind", "full", "--dataset", "CIFAR10", "--data_path",
+                 str(shared_data / "cifar10-subset"), "--model", "ConvNetW16", "--num_eval", "1",
+                 "--epoch_eval_train", "2", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    assert "ConvNetW16:" in capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert r["kind"] == "full" and r["epochs"] == 2
+    _check(r["ConvNetW16"], cifar, 1)
+    assert r["ConvNetW16"]["mean"] > 0.17, r["ConvNetW16"]["accuracies"]
