@@ -1,12 +1,17 @@
-"""What a person looks at: image grids, curves, and a short report of a run directory.
+"""What a person looks at: image grids, curves, and a self-contained report of a run directory.
 
-Everything reads the run directory's files (metrics.jsonl, evals.jsonl, synthetic_*.pt,
-results.json), so `trajdistill report RUN_DIR` can rebuild it at any time.
+Everything reads the run directory's files (config.json, metrics.jsonl, evals.jsonl,
+synthetic_*.pt, results.json), so `trajdistill report RUN_DIR` can rebuild it at any time.
+The HTML embeds its figures (base64 PNG), so the single file can be mailed or attached;
+the PNGs stay in RUN_DIR/figures/ as well. Given the real data (`splits`), it also shows
+each class's synthetic image(s) beside the class mean and a few real training images.
 """
 from __future__ import annotations
 
+import base64
 import html
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -18,19 +23,34 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from .data.base import DatasetSplits  # noqa: E402
 from .synthetic import SyntheticSet  # noqa: E402
+
+CLIP_STD = 2.5
 
 
 # ----------------------------------------------------------------------------- images
 
-def display_images(pixels: torch.Tensor, clip_std: float = 2.5) -> torch.Tensor:
+def display_images(pixels: torch.Tensor, clip_std: float = CLIP_STD) -> torch.Tensor:
     """Pixels (N, C, H, W) -> [0,1] for showing: clip at mean +- clip_std std, scale each image."""
     x = pixels.detach().float()
-    m, s = x.mean(), x.std()
+    m, s = x.mean(), x.std() if x.numel() > 1 else torch.tensor(0.0)
     x = x.clamp(m - clip_std * s, m + clip_std * s)
     lo = x.amin(dim=(1, 2, 3), keepdim=True)
     hi = x.amax(dim=(1, 2, 3), keepdim=True)
     return (x - lo) / (hi - lo).clamp_min(1e-8)
+
+
+def synthetic_display(syn: SyntheticSet, clip_std: float = CLIP_STD) -> torch.Tensor:
+    """The synthetic images as shown everywhere (grid, export): ZCA inverted, clipped, scaled."""
+    return display_images(syn.pixels(), clip_std)
+
+
+def to_uint8_hwc(image01: torch.Tensor) -> np.ndarray:
+    """One [0,1] image (C, H, W) -> uint8 (H, W, 3) (grey images repeated to RGB)."""
+    img = (image01.detach().float().clamp(0, 1) * 255).round().byte()
+    img = img.repeat(3, 1, 1) if img.shape[0] == 1 else img[:3]
+    return img.permute(1, 2, 0).numpy()
 
 
 def grid_image(images01: torch.Tensor, rows: int, cols: int, min_cell: int = 64,
@@ -41,37 +61,87 @@ def grid_image(images01: torch.Tensor, rows: int, cols: int, min_cell: int = 64,
     H, W = h * scale, w * scale
     canvas = np.ones((rows * (H + pad) + pad, cols * (W + pad) + pad, 3), dtype=np.uint8) * 255
     for k in range(min(n, rows * cols)):
-        img = (images01[k].clamp(0, 1) * 255).round().byte()
-        img = img.repeat(3, 1, 1) if c == 1 else img[:3]
-        arr = img.permute(1, 2, 0).numpy().repeat(scale, 0).repeat(scale, 1)
+        arr = to_uint8_hwc(images01[k]).repeat(scale, 0).repeat(scale, 1)
         r, q = divmod(k, cols)
         y0, x0 = pad + r * (H + pad), pad + q * (W + pad)
         canvas[y0:y0 + H, x0:x0 + W] = arr
     return Image.fromarray(canvas)
 
 
+def synthetic_grid(syn: SyntheticSet, num_classes: int) -> tuple[Image.Image, int]:
+    """The bare grid (no labels): one row per class (a single row when ipc == 1)."""
+    ipc = max(1, len(syn.labels) // max(num_classes, 1))
+    order = torch.argsort(syn.labels, stable=True)
+    shown = synthetic_display(syn)[order]
+    if ipc == 1:
+        return grid_image(shown, 1, len(shown)), ipc
+    return grid_image(shown, num_classes, ipc), ipc
+
+
 def save_synthetic_grid(syn: SyntheticSet, classes: list[str], path: str | Path) -> Path:
     """One row per class, one column per image of that class, class names on the left."""
+    classes = list(classes) or [str(i) for i in range(int(syn.labels.max()) + 1)]
     num_classes = len(classes)
-    ipc = len(syn.labels) // num_classes
-    order = torch.argsort(syn.labels, stable=True)
-    shown = display_images(syn.pixels()[order])
+    grid, ipc = synthetic_grid(syn, num_classes)
+    zca = " ZCA inverted," if syn.preprocess.zca is not None else ""
     if ipc == 1:  # a single row reads better than a column
-        grid = grid_image(shown, 1, num_classes)
-        fig, ax = plt.subplots(figsize=(max(6, 1.2 * num_classes), 2.0))
+        fig, ax = plt.subplots(figsize=(max(6, 1.2 * num_classes), 2.2))
         ax.imshow(grid)
         cell = grid.size[0] / num_classes
         ax.set_xticks([cell * (i + 0.5) for i in range(num_classes)], classes, rotation=30,
                       ha="right", fontsize=8)
         ax.set_yticks([])
     else:
-        grid = grid_image(shown, num_classes, ipc)
         fig, ax = plt.subplots(figsize=(max(4, 0.9 * ipc + 1.5), max(3, 0.8 * num_classes)))
         ax.imshow(grid)
         cell = grid.size[1] / num_classes
         ax.set_yticks([cell * (i + 0.5) for i in range(num_classes)], classes, fontsize=8)
         ax.set_xticks([])
-    ax.set_title(f"synthetic images ({ipc} per class)")
+    ax.set_title(f"synthetic images ({ipc} per class;{zca} clipped at {CLIP_STD} std)", fontsize=9)
+    return _save(fig, path)
+
+
+def class_pixel_means(splits: DatasetSplits, chunk: int = 2048) -> torch.Tensor:
+    """Per-class mean training image in [0,1] pixel space (C, H, W each), chunked."""
+    c, h, w = splits.image_shape
+    out = torch.zeros(splits.num_classes, c, h, w, dtype=torch.float64)
+    for k in range(splits.num_classes):
+        members = splits.train.indices_of(k)
+        for part in members.split(chunk):
+            out[k] += splits.train.images[part].to(torch.float64).sum(0) / 255.0
+        out[k] /= max(len(members), 1)
+    return out.float()
+
+
+def save_class_comparison(syn: SyntheticSet, splits: DatasetSplits, path: str | Path,
+                          n_real: int = 4, seed: int = 0) -> Path:
+    """Per class (one row): its synthetic image(s) | the class mean | n_real real images."""
+    classes = splits.classes
+    shown = synthetic_display(syn)
+    ipc = max(1, len(syn.labels) // splits.num_classes)
+    means = display_images(class_pixel_means(splits))  # contrast-stretched like the synthetic
+    gen = torch.Generator().manual_seed(seed)
+    cols = ipc + 1 + n_real
+    cells = []
+    for k in range(splits.num_classes):
+        mine = shown[syn.labels == k][:ipc]
+        mine = torch.cat([mine, torch.ones(ipc - len(mine), *shown.shape[1:])]) if len(mine) < ipc else mine
+        members = splits.train.indices_of(k)
+        pick = members[torch.randperm(len(members), generator=gen)[:n_real]]
+        real = splits.train.images[pick].float() / 255.0
+        if len(real) < n_real:
+            real = torch.cat([real, torch.ones(n_real - len(real), *real.shape[1:])])
+        cells += [mine, means[k:k + 1], real]
+    grid = grid_image(torch.cat(cells), splits.num_classes, cols)
+    fig, ax = plt.subplots(figsize=(max(5, 1.0 * cols + 1.5), max(3, 0.85 * splits.num_classes + 0.8)))
+    ax.imshow(grid)
+    cw, ch = grid.size[0] / cols, grid.size[1] / splits.num_classes
+    ax.set_yticks([ch * (i + 0.5) for i in range(splits.num_classes)], classes, fontsize=8)
+    labels = [f"synthetic {i + 1}" if ipc > 1 else "synthetic" for i in range(ipc)] + \
+             ["class mean"] + [f"real {i + 1}" for i in range(n_real)]
+    ax.set_xticks([cw * (i + 0.5) for i in range(cols)], labels, rotation=30, ha="right", fontsize=8)
+    ax.set_title("each class: synthetic | mean of its training images | random real images",
+                 fontsize=9)
     return _save(fig, path)
 
 
@@ -91,42 +161,91 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return out
 
 
+def stage_events(metrics: list[dict]) -> list[dict]:
+    """The stage timeline: level-ups (and why), stage resets at the top, fine-tuning, stop."""
+    events = []
+    for r in metrics:
+        if r.get("reset") or r.get("level_up"):
+            why = ("held-out loss falling (r < threshold)" if r.get("passed")
+                   else "held-out loss rising (r > rise threshold)")
+            events.append({"it": r["it"], "event": "level-up" if r.get("level_up") else
+                           "stage reset (cap at max_start_epoch)", "cap": r.get("cap"),
+                           "n": r.get("n"), "r": r.get("r"), "threshold": r.get("threshold"),
+                           "rise_threshold": r.get("rise_threshold"), "why": why})
+        if r.get("fine_tuning_started"):
+            events.append({"it": r["it"], "event": "fine-tuning starts", "cap": r.get("cap"),
+                           "n": r.get("n"), "r": r.get("r"), "threshold": r.get("threshold"),
+                           "rise_threshold": r.get("rise_threshold"),
+                           "why": "no significant change within T_max held-out measurements"})
+    if metrics:
+        last = metrics[-1]
+        events.append({"it": last["it"], "event": "stop", "cap": last.get("cap"),
+                       "why": "early stop: image lr fell below its floor" if last.get("finished")
+                       else "iteration limit (or the run is still going)"})
+    return events
+
+
 def plot_matching(metrics: list[dict], path: str | Path) -> Path:
-    """Matching loss of every start epoch on one chart; held-out loss of every stage on one."""
+    """Matching loss of every start epoch on one chart; held-out loss of every stage on one;
+    the stage timeline."""
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4))
     by_epoch = defaultdict(list)
     for r in metrics:
         by_epoch[r["start_epoch"]].append((r["it"], r["loss"]))
-    for e in sorted(by_epoch):
+    cmap = plt.get_cmap("viridis")
+    n_ep = max(len(by_epoch), 1)
+    for i, e in enumerate(sorted(by_epoch)):
         its, losses = zip(*by_epoch[e])
-        a.plot(its, losses, ".", ms=3, label=f"start epoch {e}")
-    a.set(title="matching loss by start epoch", xlabel="iteration", ylabel="loss", yscale="log")
+        a.plot(its, losses, ".-", ms=3, lw=0.6, color=cmap(i / max(n_ep - 1, 1)),
+               label=f"start epoch {e}")
+    a.set(title="matching loss, one line per start epoch", xlabel="iteration", ylabel="loss",
+          yscale="log")
     if len(by_epoch) <= 12:
         a.legend(fontsize=7)
     by_stage = defaultdict(list)
     for r in metrics:
         if "heldout" in r:
-            by_stage[r["cap"] if "cap" in r else 0].append((r["it"], r["heldout"]))
-    for cap in sorted(by_stage):
+            by_stage[r.get("cap", 0)].append((r["it"], r["heldout"]))
+    for i, cap in enumerate(sorted(by_stage)):
         its, losses = zip(*by_stage[cap])
-        b.plot(its, losses, lw=1, label=f"epoch {cap}")
-    b.set(title="held-out next-epoch loss (one line per stage)", xlabel="iteration",
-          yscale="log")
+        b.plot(its, losses, lw=1, color=cmap(i / max(len(by_stage) - 1, 1)),
+               label=f"stage cap {cap} (epoch {cap}->{cap + 1})")
+    b.set(title="held-out next-epoch loss, one line per stage", xlabel="iteration", yscale="log")
     if by_stage and len(by_stage) <= 12:
         b.legend(fontsize=7)
     its = [r["it"] for r in metrics]
     if any("cap" in r for r in metrics):
-        c.step(its, [r.get("cap", 0) for r in metrics], where="post", label="stage cap c")
-        for r in metrics:
-            if r.get("level_up"):
-                c.axvline(r["it"], color="g", lw=0.5, alpha=0.5)
-            if r.get("fine_tuning_started"):
-                c.axvline(r["it"], color="r", lw=1)
-        c.set(title="stage timeline (green: level-up, red: fine-tuning)", xlabel="iteration",
-              ylabel="cap")
+        c.step(its, [r.get("cap", 0) for r in metrics], where="post", color="k", label="stage cap c")
+        for ev in stage_events(metrics):
+            color = {"level-up": "g", "fine-tuning starts": "r", "stop": "k"}.get(ev["event"], "orange")
+            c.axvline(ev["it"], color=color, lw=0.8 if ev["event"] == "level-up" else 1.5,
+                      alpha=0.6, ls="--" if ev["event"] == "stop" else "-")
+        c.set(title="stage timeline", xlabel="iteration", ylabel="stage cap c")
+        c.text(0.01, 0.98, "green: level-up, red: fine-tuning,\nblack dashed: stop", fontsize=7,
+               transform=c.transAxes, va="top")
     else:
         c.plot(its, [r["start_epoch"] for r in metrics], ".", ms=2)
         c.set(title="start epoch drawn (MTT)", xlabel="iteration")
+    return _save(fig, path)
+
+
+def plot_stage_test(metrics: list[dict], path: str | Path) -> Path | None:
+    """STM's test: r against its thresholds at every test, and the image lr (fine-tuning)."""
+    tests = [r for r in metrics if r.get("r") is not None]
+    if not tests:
+        return None
+    fig, a = plt.subplots(figsize=(8, 3.5))
+    its = [r["it"] for r in tests]
+    a.plot(its, [r["r"] for r in tests], "o-", ms=3, label="r (held-out loss vs time)")
+    a.plot(its, [r["threshold"] for r in tests], "g--", label="pass below (-sigma s)")
+    a.plot(its, [r["rise_threshold"] for r in tests], "r--", label="over-fit above (3 s)")
+    for r in tests:
+        if r.get("level_up") or r.get("reset"):
+            a.axvline(r["it"], color="g", lw=0.5, alpha=0.5)
+    lo = max(-3.0, min(-1.0, *(r["threshold"] for r in tests)))
+    a.set(title="stage test: Pearson r of the held-out losses with time", xlabel="iteration",
+          ylim=(lo - 0.05, 1.05))
+    a.legend(fontsize=7, loc="upper left")
     return _save(fig, path)
 
 
@@ -138,7 +257,8 @@ def plot_lrs(metrics: list[dict], path: str | Path) -> Path:
         pts = [(r["it"], r["lrs"][k]) for r in metrics if len(r["lrs"]) > k]
         a.plot(*zip(*pts), label=f"lr {k}" if width > 1 else "learned lr")
     a.set(title="learned student lr", xlabel="iteration", yscale="log")
-    a.legend(fontsize=7)
+    if width:
+        a.legend(fontsize=7)
     if any("lr_img" in r for r in metrics):
         b.plot(its, [r.get("lr_img", np.nan) for r in metrics])
     b.set(title="image learning rate", xlabel="iteration")
@@ -151,9 +271,9 @@ def plot_accuracy(evals: list[dict], path: str | Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     models = [k for k in evals[0] if isinstance(evals[0][k], dict)]
     for m in models:
-        its = [e["it"] for e in evals]
-        mean = np.array([100 * e[m]["mean"] for e in evals])
-        std = np.array([100 * e[m]["std"] for e in evals])
+        its = [e["it"] for e in evals if m in e]
+        mean = np.array([100 * e[m]["mean"] for e in evals if m in e])
+        std = np.array([100 * e[m]["std"] for e in evals if m in e])
         ax.errorbar(its, mean, yerr=std, marker="o", capsize=3, label=m)
     ax.set(title="test accuracy of networks trained on the synthetic set", xlabel="iteration",
            ylabel="accuracy (%)")
@@ -166,16 +286,32 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | P
     cm = np.array(confusion, dtype=float)
     cm = cm / cm.sum(1, keepdims=True).clip(min=1)
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+    fig, ax = plt.subplots(figsize=(1.6 + 0.55 * n, 1.2 + 0.5 * n))
     im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, f"{cm[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                    color="white" if cm[i, j] > 0.5 else "black")
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{cm[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if cm[i, j] > 0.5 else "black")
     ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(n), classes, fontsize=7)
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def plot_per_class(rows: list[tuple[str, list[float]]], classes: list[str], path: str | Path) -> Path:
+    """Grouped bars: per-class test accuracy of each set (distilled first, then baselines)."""
+    n, m = len(classes), len(rows)
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * n * max(m, 1) + 2), 3.8))
+    width = 0.8 / max(m, 1)
+    x = np.arange(n)
+    for i, (name, acc) in enumerate(rows):
+        ax.bar(x + (i - (m - 1) / 2) * width, 100 * np.asarray(acc, dtype=float), width, label=name)
+    ax.axhline(100 / max(n, 1), color="grey", lw=0.8, ls=":", label="chance")
+    ax.set_xticks(x, classes, rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="test accuracy (%)", title="per-class test accuracy", ylim=(0, 100))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
 
 
@@ -190,39 +326,143 @@ def _save(fig, path) -> Path:
 
 # ----------------------------------------------------------------------------- the report
 
-def build_report(run_dir: str | Path, classes: list[str] | None = None) -> Path:
-    """Write figures/ and report.html (+ report.md) for a run directory; returns the HTML path."""
+def _best_eval(evals: list[dict]) -> tuple[dict | None, str | None]:
+    """The evaluation with the best mean accuracy of the first model, and that model."""
+    if not evals:
+        return None, None
+    models = [k for k in evals[0] if isinstance(evals[0][k], dict)]
+    if not models:
+        return None, None
+    m = models[0]
+    return max((e for e in evals if m in e), key=lambda e: e[m]["mean"]), m
+
+
+def build_report(run_dir: str | Path, classes: list[str] | None = None,
+                 splits: DatasetSplits | None = None) -> Path:
+    """Write figures/ and report.html (self-contained) + report.md for a run directory.
+
+    `splits` (the real data the run used) adds the per-class comparison of synthetic
+    images with class means and real examples. Returns the HTML path."""
     run = Path(run_dir)
     figs = run / "figures"
     metrics = read_jsonl(run / "metrics.jsonl")
     evals = read_jsonl(run / "evals.jsonl")
     results = json.loads((run / "results.json").read_text()) if (run / "results.json").exists() else {}
+    config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
     syn_path = run / "synthetic_best.pt" if (run / "synthetic_best.pt").exists() else run / "synthetic_last.pt"
     syn = SyntheticSet.load(syn_path) if syn_path.exists() else None
-    classes = classes or (syn.data.get("classes") if syn else None) or []
-    sections: list[tuple[str, str | None, str]] = []  # (title, image file, caption)
+    if splits is not None and classes is None:
+        classes = splits.classes
+    classes = list(classes or (syn.data.get("classes") if syn else None) or [])
+    best, best_model = _best_eval(evals)
+
+    sections: list[dict] = []  # {title, img, caption, html}
+
+    def add(title, img=None, caption="", body=""):
+        sections.append({"title": title, "img": img, "caption": caption, "html": body})
+
     if syn is not None:
         save_synthetic_grid(syn, classes, figs / "synthetic.png")
-        sections.append(("Synthetic images", "figures/synthetic.png",
-                         f"{syn_path.name}; learned lr(s): {', '.join(f'{v:.4g}' for v in syn.lrs)}"))
+        add("Synthetic images", "figures/synthetic.png",
+            f"{syn_path.name} (iteration {syn.meta.get('iteration', '?')}); learned lr(s): "
+            f"{', '.join(f'{v:.4g}' for v in syn.lrs)}. Shown in pixel space"
+            f"{' (ZCA inverted)' if syn.preprocess.zca is not None else ''}, clipped at "
+            f"{CLIP_STD} std of the set and stretched per image.")
+    if syn is not None and splits is not None and len(splits.classes) == int(syn.labels.max()) + 1:
+        save_class_comparison(syn, splits, figs / "classes.png")
+        add("Each class: synthetic vs class mean vs real", "figures/classes.png",
+            "Row per class: the synthetic image(s), the mean of the class's training images (the "
+            "class-mean baseline, contrast-stretched the same way) and random real training images.")
+    if plot_accuracy(evals, figs / "accuracy.png"):
+        add("Accuracy over iterations", "figures/accuracy.png",
+            f"Mean ± std test accuracy of {len(evals[0][best_model]['accuracies'])} fresh networks "
+            f"per evaluation; best {best_model}: {100 * best[best_model]['mean']:.2f} % at "
+            f"iteration {best['it']}.")
     if metrics:
         plot_matching(metrics, figs / "matching.png")
-        sections.append(("Matching loss and stages", "figures/matching.png",
-                         "left: loss of every start epoch; middle: STM's held-out next-epoch loss, "
-                         "one line per stage; right: stage cap over time"))
+        add("Matching loss and stages", "figures/matching.png",
+            "Left: the normalised matching loss of every start epoch on one chart. Middle: STM's "
+            "held-out next-epoch loss, one line per stage. Right: the stage cap over iterations "
+            "with level-ups, fine-tuning and the stop.")
+        if plot_stage_test(metrics, figs / "stage_test.png"):
+            add("Why each stage ended", "figures/stage_test.png",
+                "The stage test every 10 held-out losses: a level-up when r falls below "
+                "-sigma·s (loss falling) or rises above 3·s (over-fitting).")
+        add("Stage timeline", body=_events_table(stage_events(metrics)))
         plot_lrs(metrics, figs / "lrs.png")
-        sections.append(("Learning rates", "figures/lrs.png", ""))
-    if plot_accuracy(evals, figs / "accuracy.png"):
-        sections.append(("Accuracy over iterations", "figures/accuracy.png", ""))
-    table = results.get("table", [])
+        add("Learning rates", "figures/lrs.png",
+            f"Final learned lr(s): {', '.join(f'{v:.4g}' for v in metrics[-1].get('lrs', []))}.")
     cm = results.get("confusion")
-    if cm and classes:
-        plot_confusion(cm, classes, figs / "confusion.png", "distilled set: confusion (row-normalised)")
-        sections.append(("Confusion matrix", "figures/confusion.png", ""))
+    cm_title = "distilled set"
+    if not cm and best is not None:
+        cm, cm_title = best[best_model]["confusion"], f"{best_model}, iteration {best['it']}"
+    if cm and classes and len(cm) == len(classes):
+        plot_confusion(cm, classes, figs / "confusion.png", f"{cm_title}: confusion (row-normalised)")
+        add("Confusion matrix", "figures/confusion.png",
+            "Summed over the evaluation networks, rows normalised: row = true class.")
+    per_class = _per_class_rows(results, best, best_model)
+    if per_class and classes and all(len(a) == len(classes) for _, a in per_class):
+        plot_per_class(per_class, classes, figs / "per_class.png")
+        add("Per-class accuracy", "figures/per_class.png", body=_per_class_table(per_class, classes))
+
+    table = results.get("table") or _table_from_evals(evals)
     html_path = run / "report.html"
-    html_path.write_text(_html(run.name, table, sections, results))
+    html_path.write_text(_html(run, table, sections, results, config, syn))
     (run / "report.md").write_text(_markdown(run.name, table, sections))
     return html_path
+
+
+def _per_class_rows(results: dict, best: dict | None, best_model: str | None):
+    rows = []
+    details = results.get("details") or {}
+    for name, res in details.items():
+        if isinstance(res, dict) and res:
+            first = next(iter(res.values()))
+            if isinstance(first, dict) and "per_class" in first:
+                rows.append((name, first["per_class"]))
+    if not rows and best is not None:
+        rows.append((f"distilled ({best_model}, it {best['it']})", best[best_model]["per_class"]))
+    return rows
+
+
+def _table_from_evals(evals: list[dict]) -> list[dict]:
+    if not evals:
+        return []
+    out = []
+    models = [k for k in evals[0] if isinstance(evals[0][k], dict)]
+    for m in models:
+        best = max((e for e in evals if m in e), key=lambda e: e[m]["mean"])
+        last = [e for e in evals if m in e][-1]
+        out.append({"name": f"{m}: best (iteration {best['it']})", "mean": best[m]["mean"],
+                    "std": best[m]["std"], "n": len(best[m]["accuracies"])})
+        out.append({"name": f"{m}: last (iteration {last['it']})", "mean": last[m]["mean"],
+                    "std": last[m]["std"], "n": len(last[m]["accuracies"])})
+    return out
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.3f}" if not math.isnan(v) else ""
+    return str(v)
+
+
+def _events_table(events: list[dict]) -> str:
+    head = ["iteration", "event", "cap after", "n", "r", "threshold", "rise threshold", "reason"]
+    keys = ["it", "event", "cap", "n", "r", "threshold", "rise_threshold", "why"]
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(e.get(k)))}</td>" for k in keys) + "</tr>"
+                   for e in events)
+    return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + f"</tr>{rows}</table>"
+            if events else "<p>no stage events</p>")
+
+
+def _per_class_table(rows, classes) -> str:
+    head = "<tr><th>class</th>" + "".join(f"<th>{html.escape(n)}</th>" for n, _ in rows) + "</tr>"
+    body = "".join("<tr><td>" + html.escape(c) + "</td>" +
+                   "".join(f"<td>{100 * a[i]:.1f}</td>" for _, a in rows) + "</tr>"
+                   for i, c in enumerate(classes))
+    return f"<table>{head}{body}</table>"
 
 
 def _table_rows(table: list[dict]) -> list[tuple[str, str, str]]:
@@ -230,26 +470,53 @@ def _table_rows(table: list[dict]) -> list[tuple[str, str, str]]:
              str(r.get("n", ""))) for r in table]
 
 
-def _html(title: str, table: list[dict], sections, results: dict) -> str:
+def _embed(run: Path, rel: str) -> str:
+    data = base64.b64encode((run / rel).read_bytes()).decode()
+    return f"data:image/png;base64,{data}"
+
+
+_CONFIG_KEYS = ("dataset", "method", "ipc", "syn_steps", "expert_epochs", "max_start_epoch",
+                "init_epoch", "sigma", "max_duration", "lr_img", "lr_lr", "lr_teacher", "lr_mode",
+                "pix_init", "iterations", "eval_models", "num_eval", "epoch_eval_train", "dsa",
+                "gradient", "seed")
+
+
+def _html(run: Path, table: list[dict], sections, results: dict, config: dict,
+          syn: SyntheticSet | None) -> str:
+    title = run.name
     rows = "".join(f"<tr><td>{html.escape(a)}</td><td>{b}</td><td>{c}</td></tr>"
                    for a, b, c in _table_rows(table))
-    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px}"
-             "img{max-width:100%}</style>",
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1150px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;"
+             "padding:3px 9px;font-size:90%}th{background:#f3f3f3}img{max-width:100%}"
+             "nav a{margin-right:1em}.cap{color:#555}</style></head><body>",
              f"<h1>Distillation report: {html.escape(title)}</h1>"]
+    facts = dict((k, config[k]) for k in _CONFIG_KEYS if k in config)
+    if syn is not None:
+        facts.setdefault("dataset", syn.data.get("dataset"))
+        facts["images"] = f"{len(syn.labels)} x {list(syn.images.shape[1:])}"
+        facts["zca"] = syn.preprocess.zca is not None
+    if facts:
+        parts.append("<p>" + "; ".join(f"<b>{html.escape(k)}</b> {html.escape(str(v))}"
+                                       for k, v in facts.items()) + "</p>")
+    parts.append("<nav>" + "".join(f"<a href='#s{i}'>{html.escape(s['title'])}</a>"
+                                   for i, s in enumerate(sections)) + "</nav>")
     if rows:
         parts.append("<h2>Test accuracy (%) — mean ± std over evaluation networks</h2>"
                      f"<table><tr><th>set</th><th>accuracy</th><th>networks</th></tr>{rows}</table>")
-    for key in ("notes",):
-        if results.get(key):
-            parts.append(f"<p>{html.escape(str(results[key]))}</p>")
-    for name, img, caption in sections:
-        parts.append(f"<h2>{html.escape(name)}</h2>")
-        if img:
-            parts.append(f"<img src='{img}' alt='{html.escape(name)}'>")
-        if caption:
-            parts.append(f"<p>{html.escape(caption)}</p>")
+    if results.get("notes"):
+        parts.append(f"<p>{html.escape(str(results['notes']))}</p>")
+    for i, s in enumerate(sections):
+        parts.append(f"<h2 id='s{i}'>{html.escape(s['title'])}</h2>")
+        if s["img"]:
+            parts.append(f"<a href='{s['img']}'><img src='{_embed(run, s['img'])}' "
+                         f"alt='{html.escape(s['title'])}'></a>")
+        if s["caption"]:
+            parts.append(f"<p class='cap'>{html.escape(s['caption'])}</p>")
+        if s["html"]:
+            parts.append(s["html"])
+    parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
 
@@ -259,10 +526,10 @@ def _markdown(title: str, table: list[dict], sections) -> str:
         lines += ["| set | test accuracy (%) | networks |", "| --- | --- | --- |"]
         lines += [f"| {a} | {b} | {c} |" for a, b, c in _table_rows(table)]
         lines.append("")
-    for name, img, caption in sections:
-        lines += [f"## {name}", ""]
-        if img:
-            lines += [f"![{name}]({img})", ""]
-        if caption:
-            lines += [caption, ""]
+    for s in sections:
+        lines += [f"## {s['title']}", ""]
+        if s["img"]:
+            lines += [f"![{s['title']}]({s['img']})", ""]
+        if s["caption"]:
+            lines += [s["caption"], ""]
     return "\n".join(lines)

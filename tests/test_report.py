@@ -1,0 +1,107 @@
+"""The report of a real tiny run (digits: experts -> STM distillation with evaluations):
+every section is there, the HTML is self-contained, the figures open and have their sizes."""
+import base64
+import json
+import re
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from trajdistill.cli import main
+from trajdistill.data import load_dataset
+from trajdistill.distill import DistillConfig, Distiller, open_buffer
+from trajdistill.experts import ExpertConfig, train_experts
+from trajdistill.report import build_report, display_images, read_jsonl, stage_events
+
+DPI = 110
+SECTIONS = ["Synthetic images", "Each class: synthetic vs class mean vs real",
+            "Accuracy over iterations", "Matching loss and stages", "Why each stage ended",
+            "Stage timeline", "Learning rates", "Confusion matrix", "Per-class accuracy"]
+# figure sizes in inches, as report.py draws them for 10 classes, 2 images per class
+SIZES = {"synthetic.png": (4, 8), "classes.png": (8.5, 9.3), "accuracy.png": (6, 3.5),
+         "matching.png": (16, 4), "stage_test.png": (8, 3.5), "lrs.png": (11, 3.5),
+         "confusion.png": (7.1, 6.2), "per_class.png": (6, 3.8)}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("report")
+    splits = load_dataset("digits")
+    train_experts(splits, ExpertConfig(model="ConvNetD2", train_epochs=3, num_experts=1),
+                  root / "buffer", progress=False)
+    store = open_buffer(root / "buffer", splits)
+    cfg = DistillConfig(ipc=2, syn_steps=5, iterations=30, lr_img=30, lr_teacher=[0.01],
+                        eval_it=15, num_eval=1, epoch_eval_train=20, pix_init="noise",
+                        min_duration=10, checkpoint_every=15)
+    Distiller(cfg, splits, store, root / "run", progress=False).run()
+    return splits, root / "run"
+
+
+def test_report_has_every_section_is_self_contained_and_its_figures_open(run):
+    splits, run_dir = run
+    html = build_report(run_dir, splits=splits).read_text()
+    for title in SECTIONS:
+        assert f">{title}</h2>" in html.replace("&#x27;", "'"), title
+    srcs = re.findall(r"<img src='([^']*)'", html)
+    assert len(srcs) == len(SIZES) and all(s.startswith("data:image/png;base64,") for s in srcs)
+    for name in SIZES:
+        png = (run_dir / "figures" / name).read_bytes()
+        assert base64.b64encode(png).decode() in html, name  # the embedded copy is the file
+        assert f"figures/{name}" in html                      # and links to it
+    assert "<th>iteration</th><th>event</th>" in html and ">stop<" in html
+    assert "Test accuracy (%)" in html and "best (iteration" in html  # table from evals.jsonl
+    assert (run_dir / "report.md").exists()
+    # every figure opens, with the size report.py draws it at
+    for name, (w, h) in SIZES.items():
+        with Image.open(run_dir / "figures" / name) as im:
+            im.load()
+            assert im.format == "PNG"
+            assert abs(im.size[0] - w * DPI) <= 1 and abs(im.size[1] - h * DPI) <= 1, (name, im.size)
+
+
+def test_stage_timeline_follows_the_metrics(run):
+    _, run_dir = run
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    events = stage_events(metrics)
+    assert events[-1]["event"] == "stop" and events[-1]["it"] == metrics[-1]["it"]
+    ups = [r["it"] for r in metrics if r.get("level_up")]
+    assert [e["it"] for e in events if e["event"] == "level-up"] == ups
+    for e in events:
+        if e["event"] == "level-up":
+            assert e["r"] is not None and (e["r"] < e["threshold"] or e["r"] > e["rise_threshold"])
+
+
+def test_demo_style_results_and_cli_rebuild(run, tmp_path, capsys):
+    """results.json (as the demo writes it) adds the baseline table and their per-class bars;
+    `trajdistill report RUN --dataset digits` rebuilds the page with the class comparison."""
+    splits, run_dir = run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    evals = read_jsonl(copy / "evals.jsonl")
+    res = evals[-1]["ConvNetD2"]
+    (copy / "results.json").write_text(json.dumps({
+        "table": [{"name": "STM distilled", "mean": res["mean"], "std": res["std"], "n": 1},
+                  {"name": "class mean", "mean": 0.5, "std": 0.01, "n": 1}],
+        "confusion": res["confusion"], "notes": "tiny test run",
+        "details": {"STM distilled": {"ConvNetD2": res},
+                    "class mean": {"ConvNetD2": {**res, "per_class": [0.5] * 10}}}}))
+    for f in (copy / "figures").iterdir():
+        f.unlink()
+    assert main(["report", str(copy), "--dataset", "digits"]) == 0
+    html = (copy / "report.html").read_text()
+    assert "STM distilled" in html and "class mean" in html and "tiny test run" in html
+    assert (copy / "figures" / "classes.png").exists() and (copy / "figures" / "per_class.png").exists()
+
+
+def test_display_clips_at_two_and_a_half_std_and_scales_each_image():
+    x = torch.zeros(2, 1, 4, 4)
+    x[0, 0, 0, 0] = 100.0  # an outlier must not squash the rest
+    x[1] = torch.linspace(-1, 1, 16).view(1, 4, 4)
+    d = display_images(x)
+    assert d.min() >= 0 and d.max() <= 1
+    assert d[0].max() == 1 and d[0].min() == 0 and d[1].max() == 1 and d[1].min() == 0
+    s = x.std()
+    assert d[0, 0, 0, 0] == 1 and float(x.mean() + 2.5 * s) < 100
