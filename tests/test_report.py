@@ -105,3 +105,27 @@ def test_display_clips_at_two_and_a_half_std_and_scales_each_image():
     assert d[0].max() == 1 and d[0].min() == 0 and d[1].max() == 1 and d[1].min() == 0
     s = x.std()
     assert d[0, 0, 0, 0] == 1 and float(x.mean() + 2.5 * s) < 100
+
+
+def test_many_classes_and_images_stay_readable(tmp_path):
+    """100 classes (CIFAR-100 sized): the grid shows at most 10 images per class, ipc 1 wraps
+    into rows of 10, confusion and per-class figures keep a fixed size."""
+    from trajdistill.data.base import Preprocess
+    from trajdistill.report import (plot_confusion, plot_per_class, save_synthetic_grid,
+                                    synthetic_grid)
+    from trajdistill.synthetic import SyntheticSet
+    classes = [f"c{i}" for i in range(100)]
+    pre = Preprocess((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    for ipc, (cols, rows) in ((12, (10, 100)), (1, (10, 10))):
+        syn = SyntheticSet(torch.randn(100 * ipc, 3, 8, 8),
+                           torch.arange(100).repeat_interleave(ipc), [0.01], pre,
+                           {"classes": classes}, "ConvNet")
+        grid, got_ipc = synthetic_grid(syn, 100)
+        assert got_ipc == ipc and grid.size == (cols * 66 + 2, rows * 66 + 2)
+        with Image.open(save_synthetic_grid(syn, classes, tmp_path / f"g{ipc}.png")) as im:
+            assert max(im.size) < 9000
+    cm = torch.eye(100, dtype=torch.long).tolist()
+    with Image.open(plot_confusion(cm, classes, tmp_path / "cm.png", "t")) as im:
+        assert im.size == (1100, 990)
+    with Image.open(plot_per_class([("a", [0.5] * 100)], classes, tmp_path / "pc.png")) as im:
+        assert im.size == (1540, 418)

@@ -27,6 +27,9 @@ from .data.base import DatasetSplits  # noqa: E402
 from .synthetic import SyntheticSet  # noqa: E402
 
 CLIP_STD = 2.5
+MAX_SHOWN_IPC = 10        # the grid shows at most this many images of each class
+MAX_LABELLED_CLASSES = 30  # beyond this many classes, figures drop per-class labels
+MAX_COMPARED_CLASSES = 20  # the class comparison shows the first classes only
 
 
 # ----------------------------------------------------------------------------- images
@@ -69,13 +72,18 @@ def grid_image(images01: torch.Tensor, rows: int, cols: int, min_cell: int = 64,
 
 
 def synthetic_grid(syn: SyntheticSet, num_classes: int) -> tuple[Image.Image, int]:
-    """The bare grid (no labels): one row per class (a single row when ipc == 1)."""
+    """The bare grid (no labels): one row per class, at most MAX_SHOWN_IPC images each; with
+    one image per class a single row (rows of 10 beyond 20 classes). Returns (grid, ipc)."""
     ipc = max(1, len(syn.labels) // max(num_classes, 1))
     order = torch.argsort(syn.labels, stable=True)
     shown = synthetic_display(syn)[order]
     if ipc == 1:
-        return grid_image(shown, 1, len(shown)), ipc
-    return grid_image(shown, num_classes, ipc), ipc
+        cols = len(shown) if len(shown) <= 20 else 10
+        return grid_image(shown, math.ceil(len(shown) / cols), cols), ipc
+    k = min(ipc, MAX_SHOWN_IPC)
+    labels = syn.labels[order]
+    picked = torch.cat([shown[labels == c][:k] for c in range(num_classes)])
+    return grid_image(picked, num_classes, k), ipc
 
 
 def save_synthetic_grid(syn: SyntheticSet, classes: list[str], path: str | Path) -> Path:
@@ -84,7 +92,15 @@ def save_synthetic_grid(syn: SyntheticSet, classes: list[str], path: str | Path)
     num_classes = len(classes)
     grid, ipc = synthetic_grid(syn, num_classes)
     zca = " ZCA inverted," if syn.preprocess.zca is not None else ""
-    if ipc == 1:  # a single row reads better than a column
+    if ipc == 1 and num_classes > 20:  # rows of 10, classes in order
+        rows = math.ceil(num_classes / 10)
+        fig, ax = plt.subplots(figsize=(12, max(2.0, 1.2 * rows)))
+        ax.imshow(grid)
+        cell = grid.size[1] / rows
+        ax.set_yticks([cell * (i + 0.5) for i in range(rows)], [f"{10 * i}-" for i in range(rows)],
+                      fontsize=7)
+        ax.set_xticks([])
+    elif ipc == 1:  # a single row reads better than a column
         fig, ax = plt.subplots(figsize=(max(6, 1.2 * num_classes), 2.2))
         ax.imshow(grid)
         cell = grid.size[0] / num_classes
@@ -92,7 +108,8 @@ def save_synthetic_grid(syn: SyntheticSet, classes: list[str], path: str | Path)
                       ha="right", fontsize=8)
         ax.set_yticks([])
     else:
-        fig, ax = plt.subplots(figsize=(max(4, 0.9 * ipc + 1.5), max(3, 0.8 * num_classes)))
+        k = min(ipc, MAX_SHOWN_IPC)
+        fig, ax = plt.subplots(figsize=(max(4, 0.9 * k + 1.5), max(3, 0.8 * num_classes)))
         ax.imshow(grid)
         cell = grid.size[1] / num_classes
         ax.set_yticks([cell * (i + 0.5) for i in range(num_classes)], classes, fontsize=8)
@@ -101,7 +118,7 @@ def save_synthetic_grid(syn: SyntheticSet, classes: list[str], path: str | Path)
     return _save(fig, path)
 
 
-def class_pixel_means(splits: DatasetSplits, chunk: int = 2048) -> torch.Tensor:
+def class_pixel_means(splits: DatasetSplits, chunk: int = 256) -> torch.Tensor:
     """Per-class mean training image in [0,1] pixel space (C, H, W each), chunked."""
     c, h, w = splits.image_shape
     out = torch.zeros(splits.num_classes, c, h, w, dtype=torch.float64)
@@ -116,14 +133,15 @@ def class_pixel_means(splits: DatasetSplits, chunk: int = 2048) -> torch.Tensor:
 def save_class_comparison(syn: SyntheticSet, splits: DatasetSplits, path: str | Path,
                           n_real: int = 4, seed: int = 0) -> Path:
     """Per class (one row): its synthetic image(s) | the class mean | n_real real images."""
-    classes = splits.classes
+    n_cls = min(splits.num_classes, MAX_COMPARED_CLASSES)
+    classes = splits.classes[:n_cls]
     shown = synthetic_display(syn)
-    ipc = max(1, len(syn.labels) // splits.num_classes)
+    ipc = min(max(1, len(syn.labels) // splits.num_classes), 3)
     means = display_images(class_pixel_means(splits))  # contrast-stretched like the synthetic
     gen = torch.Generator().manual_seed(seed)
     cols = ipc + 1 + n_real
     cells = []
-    for k in range(splits.num_classes):
+    for k in range(n_cls):
         mine = shown[syn.labels == k][:ipc]
         mine = torch.cat([mine, torch.ones(ipc - len(mine), *shown.shape[1:])]) if len(mine) < ipc else mine
         members = splits.train.indices_of(k)
@@ -132,15 +150,16 @@ def save_class_comparison(syn: SyntheticSet, splits: DatasetSplits, path: str | 
         if len(real) < n_real:
             real = torch.cat([real, torch.ones(n_real - len(real), *real.shape[1:])])
         cells += [mine, means[k:k + 1], real]
-    grid = grid_image(torch.cat(cells), splits.num_classes, cols)
-    fig, ax = plt.subplots(figsize=(max(5, 1.0 * cols + 1.5), max(3, 0.85 * splits.num_classes + 0.8)))
+    grid = grid_image(torch.cat(cells), n_cls, cols)
+    fig, ax = plt.subplots(figsize=(max(5, 1.0 * cols + 1.5), max(3, 0.85 * n_cls + 0.8)))
     ax.imshow(grid)
-    cw, ch = grid.size[0] / cols, grid.size[1] / splits.num_classes
-    ax.set_yticks([ch * (i + 0.5) for i in range(splits.num_classes)], classes, fontsize=8)
+    cw, ch = grid.size[0] / cols, grid.size[1] / n_cls
+    ax.set_yticks([ch * (i + 0.5) for i in range(n_cls)], classes, fontsize=8)
     labels = [f"synthetic {i + 1}" if ipc > 1 else "synthetic" for i in range(ipc)] + \
              ["class mean"] + [f"real {i + 1}" for i in range(n_real)]
     ax.set_xticks([cw * (i + 0.5) for i in range(cols)], labels, rotation=30, ha="right", fontsize=8)
-    ax.set_title("each class: synthetic | mean of its training images | random real images",
+    more = f" (first {n_cls} of {splits.num_classes} classes)" if n_cls < splits.num_classes else ""
+    ax.set_title("each class: synthetic | mean of its training images | random real images" + more,
                  fontsize=9)
     return _save(fig, path)
 
@@ -286,15 +305,16 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | P
     cm = np.array(confusion, dtype=float)
     cm = cm / cm.sum(1, keepdims=True).clip(min=1)
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(1.6 + 0.55 * n, 1.2 + 0.5 * n))
+    big = n > MAX_LABELLED_CLASSES
+    fig, ax = plt.subplots(figsize=(10, 9) if big else (1.6 + 0.55 * n, 1.2 + 0.5 * n))
     im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
-    if n <= 30:
+    if not big:
         for i in range(n):
             for j in range(n):
                 ax.text(j, i, f"{cm[i, j]:.2f}", ha="center", va="center", fontsize=6,
                         color="white" if cm[i, j] > 0.5 else "black")
-    ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=7)
-    ax.set_yticks(range(n), classes, fontsize=7)
+        ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(n), classes, fontsize=7)
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.colorbar(im, ax=ax, fraction=0.046)
     return _save(fig, path)
@@ -303,14 +323,17 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | P
 def plot_per_class(rows: list[tuple[str, list[float]]], classes: list[str], path: str | Path) -> Path:
     """Grouped bars: per-class test accuracy of each set (distilled first, then baselines)."""
     n, m = len(classes), len(rows)
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * n * max(m, 1) + 2), 3.8))
+    big = n > MAX_LABELLED_CLASSES
+    fig, ax = plt.subplots(figsize=(14, 3.8) if big else (max(6, 0.35 * n * max(m, 1) + 2), 3.8))
     width = 0.8 / max(m, 1)
     x = np.arange(n)
     for i, (name, acc) in enumerate(rows):
         ax.bar(x + (i - (m - 1) / 2) * width, 100 * np.asarray(acc, dtype=float), width, label=name)
     ax.axhline(100 / max(n, 1), color="grey", lw=0.8, ls=":", label="chance")
-    ax.set_xticks(x, classes, rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="test accuracy (%)", title="per-class test accuracy", ylim=(0, 100))
+    if not big:
+        ax.set_xticks(x, classes, rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="test accuracy (%)", title="per-class test accuracy", ylim=(0, 100),
+           xlabel="class index" if big else None)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
 
