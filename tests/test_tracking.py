@@ -77,11 +77,11 @@ def test_stub_backend_gets_scalars_multiline_series_eval_and_images():
     by_tag = {}
     for tag, key, step, v in stub.points:
         by_tag.setdefault(tag, {}).setdefault(key, []).append((step, v))
-    assert by_tag["matching_loss_by_start_epoch"] == {"start epoch 0": [(0, 0.9), (1, 0.8), (2, 0.7)],
-                                                      "start epoch 1": [(3, 0.95)]}
-    assert by_tag["heldout_loss_by_stage"] == {"stage 1": [(0, 1.0), (1, 0.9)],
-                                               "stage 2": [(2, 0.8), (3, 1.1)]}
-    assert set(by_tag["learned_lr"]) == {"lr 0", "lr 1"}
+    assert by_tag["matching_loss_by_start_epoch"] == {"start_epoch_0": [(0, 0.9), (1, 0.8), (2, 0.7)],
+                                                      "start_epoch_1": [(3, 0.95)]}
+    assert by_tag["heldout_loss_by_stage"] == {"stage_1": [(0, 1.0), (1, 0.9)],
+                                               "stage_2": [(2, 0.8), (3, 1.1)]}
+    assert set(by_tag["learned_lr"]) == {"lr_0", "lr_1"}
     # whole-history charts redrawn at the evaluation and at close
     chart_tags = [t for t, _, _ in stub.charts]
     assert chart_tags.count("heldout_loss_by_stage") == 2

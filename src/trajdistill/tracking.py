@@ -172,13 +172,13 @@ class Tracker:
         points = []
         if _number(record.get("loss")) and "start_epoch" in record:
             values[f"loss_epoch/{record['start_epoch']}"] = float(record["loss"])
-            points.append(("matching_loss_by_start_epoch", f"start epoch {record['start_epoch']}",
+            points.append(("matching_loss_by_start_epoch", f"start_epoch_{record['start_epoch']}",
                            float(record["loss"])))
         if _number(record.get("heldout")):
             cap = record.get("cap", 0)
-            points.append(("heldout_loss_by_stage", f"stage {cap}", float(record["heldout"])))
+            points.append(("heldout_loss_by_stage", f"stage_{cap}", float(record["heldout"])))
         for k, v in enumerate(record.get("lrs") or []):
-            points.append(("learned_lr", f"lr {k}", float(v)))
+            points.append(("learned_lr", f"lr_{k}", float(v)))
         for tag, key, v in points:
             self.series[tag][key].append((step, v))
         for b in self.backends:
@@ -241,7 +241,7 @@ def _number(v) -> bool:
 
 
 def _natural(key: str):
-    tail = key.rsplit(" ", 1)[-1]
+    tail = key.rsplit("_", 1)[-1]
     return (0, int(tail), key) if tail.isdigit() else (1, 0, key)
 
 
