@@ -172,7 +172,7 @@ def _resume_distill(args) -> None:
 def _finish(distiller, splits) -> None:
     from .report import build_report
     best = distiller.run()
-    html = build_report(distiller.run_dir, splits.classes)
+    html = build_report(distiller.run_dir, splits=splits)
     acc = f"{100 * best['accuracy']:.2f} % at iteration {best['iteration']}" \
         if best.get("iteration") is not None else "not evaluated"
     print(f"best accuracy {acc}; run directory {distiller.run_dir}; report {html}")
@@ -223,6 +223,8 @@ def _add_distill_parser(sub) -> None:
     p.add_argument("--max_experts", type=int)
     p.add_argument("--checkpoint_every", type=int)
     p.add_argument("--max_failures", type=int, help="non-finite iterations in a row before stopping")
+    p.add_argument("--eval_batched", choices=["auto", "on", "off"],
+                   help="train the evaluation networks together with vmap (auto: on CUDA only)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint "
                    "(its own settings; --Iteration may extend it)")
     p.add_argument("--buffer_path")

@@ -98,7 +98,7 @@ def run_demo(run_dir: str | Path = "runs/demo", cfg: DemoConfig | None = None,
     write_json(run_dir / "results.json", {**summary, "details": results})
 
     say("[demo] 4/4 report")
-    html = build_report(run_dir, splits.classes)
+    html = build_report(run_dir, splits=splits)
     for row in table:
         say(f"  {row['name']:<28} {100 * row['mean']:6.2f} ± {100 * row['std']:.2f} %")
     say(f"[demo] done in {seconds:.0f} s; report: {html}")

@@ -27,6 +27,7 @@ from .matching import GRADIENT_METHODS, MatchProblem, matching_loss, plan_unroll
 from .models import FlatModel, build_model
 from .schedule import StageMachine, UniformStart
 from .synthetic import SyntheticSet
+from .tracking import Tracker
 
 
 class ConfigError(ValueError):
@@ -70,6 +71,10 @@ class DistillConfig:
     max_experts: int | None = None
     checkpoint_every: int = 50
     max_failures: int = 5               # consecutive non-finite iterations before giving up
+    eval_batched: str = "auto"          # train the evaluation networks together: auto|on|off
+    wandb: bool = False                 # optional Weights & Biases logging (offline works)
+    tensorboard: bool = False           # optional TensorBoard logging
+    wandb_name: str | None = None
     seed: int = 0
     device: str = "cpu"
     prev_iter: int = 0
@@ -407,7 +412,7 @@ class Distiller:
         cfg = self.cfg
         ecfg = EvalConfig(num_eval=cfg.num_eval, epoch_eval_train=cfg.epoch_eval_train,
                           dsa=cfg.dsa, dsa_strategy=cfg.dsa_strategy, device=cfg.device,
-                          seed=cfg.seed)
+                          seed=cfg.seed, batched=cfg.eval_batched)
         return evaluate_set(self.images.detach().cpu(), self.labels.cpu(), self.splits, self.lrs(),
                             cfg.eval_models, ecfg, syn_steps=cfg.syn_steps, progress=self.progress)
 
@@ -419,6 +424,8 @@ class Distiller:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.run_dir / "config.json", {**asdict(cfg), "source": self.source})
+        self.tracker = Tracker.open(self.run_dir, asdict(cfg), wandb=cfg.wandb,
+                                    tensorboard=cfg.tensorboard, name=cfg.wandb_name)
         metrics = open(self.run_dir / "metrics.jsonl", "a")
         evals = open(self.run_dir / "evals.jsonl", "a")
         bar = tqdm(range(self.iteration, cfg.iterations), desc="distill", disable=not self.progress)
@@ -426,6 +433,7 @@ class Distiller:
             for _ in bar:
                 record = self.step()
                 metrics.write(json.dumps(record) + "\n")
+                self.tracker.log(record, record["it"])
                 self._check_divergence()
                 bar.set_postfix(loss=f"{record['loss']:.3f}", cap=record.get("cap", "-"))
                 done = record.get("finished", False) or self.iteration >= cfg.iterations
@@ -439,6 +447,7 @@ class Distiller:
         finally:
             metrics.close()
             evals.close()
+            self.tracker.close()
         self.checkpoint()
         return self.best
 
@@ -447,6 +456,8 @@ class Distiller:
         main = result[self.cfg.eval_models[0]]
         evals.write(json.dumps({"it": self.iteration, "lrs": self.lrs(), **result}) + "\n")
         evals.flush()
+        self.tracker.log_eval(result, self.iteration)
+        self.tracker.log_images(self.synthetic_set(), self.iteration, self.splits.classes)
         tqdm.write(f"it {self.iteration}: " + ", ".join(
             f"{m} {100 * r['mean']:.2f} ± {100 * r['std']:.2f} %" for m, r in result.items()))
         if main["mean"] > self.best["accuracy"]:
