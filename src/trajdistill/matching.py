@@ -10,9 +10,16 @@ same problem and can be checked against the others:
 
 - `unroll`: the plain autograd unroll (reference; keeps every step's graph alive,
   memory grows with N);
-- `lean`: keeps only the N+1 parameter vectors, then walks back one step at a time,
-  recomputing that step's graph and propagating the adjoint with a Hessian-vector
-  product (activation memory of one step, whatever N is).
+- `lean` (the default of the distillation loop): keeps only the N+1 parameter vectors,
+  then walks back one step at a time, recomputing that step's graph and propagating the
+  adjoint with a Hessian-vector product (activation memory of one step, whatever N is).
+  For networks without batch statistics (every ConvNet but ConvNetBN, ...) a step's
+  minibatch also goes through the network in chunks of `MatchProblem.chunk` images:
+  the loss is a sum over images, so the gradient and both Hessian-vector products are
+  sums over chunks, and the activation memory is that of one chunk, whatever batch_syn is.
+
+Both give the same loss and gradients up to floating-point summation order
+(tests/test_matching.py: 1e-8 relative in float64, 1e-4 in float32).
 """
 from __future__ import annotations
 
@@ -24,6 +31,14 @@ import torch.nn.functional as F
 
 from . import augment as dsa
 from .models import FlatModel
+
+
+# lean walk: images per network call = CHUNK_PIXELS // (H * W) (25 for 32x32, 1 for 128x128).
+# Measured (benchmarks/step_benchmark.py, 2 CPU cores, ConvNet-128, batch_syn 100): chunks of
+# 25 images are ~1.8x faster per step than the whole batch (activations stay in cache, and
+# tensors below glibc's mmap threshold are reused without page faults) and keep the peak
+# resident memory of config A at ~0.7 GB; chunks of 10 are slower again (per-op overhead).
+CHUNK_PIXELS = 25 * 32 * 32
 
 
 @dataclass
@@ -55,14 +70,72 @@ class MatchProblem:
     target: torch.Tensor  # theta*, flat
     labels: torch.Tensor  # labels of the synthetic set
     plan: UnrollPlan
+    # images per network call in the lean walk; None: automatic (see `chunk_size`), 0: no chunks
+    chunk: int | None = None
 
-    def step_loss(self, theta: torch.Tensor, images: torch.Tensor, i: int) -> torch.Tensor:
-        """Cross-entropy of unrolled step i's minibatch at parameters theta."""
+    def step_input(self, images: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unrolled step i's augmented minibatch and its labels (differentiable in images)."""
         idx = self.plan.batches[i].to(images.device)
         x = images[idx]
         if self.plan.augs[i] is not None:
             x = dsa.apply(x, self.plan.augs[i])
-        return F.cross_entropy(self.student(theta, x), self.labels[idx])
+        return x, self.labels[idx]
+
+    def step_loss(self, theta: torch.Tensor, images: torch.Tensor, i: int) -> torch.Tensor:
+        """Cross-entropy of unrolled step i's minibatch at parameters theta."""
+        x, y = self.step_input(images, i)
+        return F.cross_entropy(self.student(theta, x), y)
+
+    def chunk_size(self, batch: int, image_shape: torch.Size) -> int:
+        """Images per network call: the whole minibatch when the network mixes images
+        (batch norm), else about `CHUNK_PIXELS` pixels per call (25 images of 32x32)."""
+        if not self.student.batch_independent or self.chunk == 0:
+            return batch
+        if self.chunk is not None:
+            return max(1, min(self.chunk, batch))
+        pixels = int(image_shape[-1]) * int(image_shape[-2])
+        return max(1, min(batch, CHUNK_PIXELS // max(1, pixels)))
+
+    def step_grad(self, theta: torch.Tensor, images: torch.Tensor, i: int) -> torch.Tensor:
+        """First-order gradient of step i's loss at theta (no graph kept), chunked."""
+        with torch.no_grad():
+            x, y = self.step_input(images, i)
+        theta = theta.detach().requires_grad_(True)
+        n = x.shape[0]
+        total = None
+        for xc, yc in zip(x.split(self.chunk_size(n, x.shape)), y.split(self.chunk_size(n, x.shape))):
+            loss = F.cross_entropy(self.student(theta, xc), yc, reduction="sum") / n
+            g, = torch.autograd.grad(loss, theta)
+            total = g if total is None else total.add_(g)
+        return total
+
+    def step_hvp(self, theta: torch.Tensor, images: torch.Tensor, i: int, v: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step i's gradient g at theta and the products of v with its derivatives:
+        (g, d(g.v)/dtheta = H v, d(g.v)/dimages), recomputing the step's graph chunk by chunk."""
+        x_leaf = images.detach().requires_grad_(True)
+        x, y = self.step_input(x_leaf, i)           # augmentation: cheap, kept whole
+        xa = x.detach()
+        theta = theta.detach().requires_grad_(True)
+        n = xa.shape[0]
+        size = self.chunk_size(n, xa.shape)
+        g_sum = hv_sum = None
+        hx_parts = []
+        for xc, yc in zip(xa.split(size), y.split(size)):
+            xc = xc.requires_grad_(True)
+            loss = F.cross_entropy(self.student(theta, xc), yc, reduction="sum") / n
+            g, = torch.autograd.grad(loss, theta, create_graph=True)
+            hv, hx = torch.autograd.grad(g, (theta, xc), grad_outputs=v)
+            g = g.detach()
+            g_sum = g if g_sum is None else g_sum.add_(g)
+            hv_sum = hv if hv_sum is None else hv_sum.add_(hv)
+            hx_parts.append(hx)
+        hx = torch.cat(hx_parts) if len(hx_parts) > 1 else hx_parts[0]
+        if x.requires_grad:
+            himg, = torch.autograd.grad(x, x_leaf, grad_outputs=hx)
+        else:  # pragma: no cover - step_input always indexes images
+            himg = torch.zeros_like(images)
+        return g_sum, hv_sum, himg
 
     def normaliser(self) -> torch.Tensor:
         return (self.start - self.target).pow(2).sum()
@@ -93,9 +166,9 @@ def plain_unroll(problem: MatchProblem, images: torch.Tensor, log_lr: torch.Tens
 
 
 def lean_unroll(problem: MatchProblem, images: torch.Tensor, log_lr: torch.Tensor) -> MatchResult:
-    """Same gradient as `plain_unroll`, with the memory of one step.
+    """Same gradient as `plain_unroll`, with the memory of one step (of one chunk of it).
 
-    Forward: plain first-order steps, keeping theta_0..theta_N.
+    Forward: plain first-order steps, keeping theta_0..theta_N (flat vectors only).
     Backward, with the adjoint a_{i+1} = dL/dtheta_{i+1} and g_i the step's gradient:
         dL/dX      += -alpha * d(g_i . a_{i+1})/dX
         dL/dalpha  += -(g_i . a_{i+1})
@@ -107,10 +180,7 @@ def lean_unroll(problem: MatchProblem, images: torch.Tensor, log_lr: torch.Tenso
     steps = len(problem.plan.batches)
     thetas = [problem.start.detach()]
     for i in range(steps):
-        theta = thetas[-1].requires_grad_(True)
-        g, = torch.autograd.grad(problem.step_loss(theta, images, i), theta)
-        thetas[-1] = theta.detach()
-        thetas.append((theta - lr * g).detach())
+        thetas.append(thetas[-1] - lr * problem.step_grad(thetas[-1], images, i))
 
     denom = problem.normaliser()
     diff = thetas[-1] - problem.target
@@ -118,32 +188,28 @@ def lean_unroll(problem: MatchProblem, images: torch.Tensor, log_lr: torch.Tenso
     adjoint = 2 * diff / denom
     grad_images = torch.zeros_like(images)
     grad_lr = torch.zeros((), dtype=images.dtype, device=images.device)
-    x_leaf = images.requires_grad_(True)
     for i in reversed(range(steps)):
-        theta = thetas[i].requires_grad_(True)
-        g, = torch.autograd.grad(problem.step_loss(theta, x_leaf, i), theta, create_graph=True)
-        hvp_theta, hvp_x = torch.autograd.grad(g, (theta, x_leaf), grad_outputs=adjoint)
-        grad_images -= lr * hvp_x
-        grad_lr -= torch.dot(g.detach(), adjoint)
-        adjoint = adjoint - lr * hvp_theta
         thetas[i + 1] = None  # free as we go
+        g, hvp_theta, hvp_x = problem.step_hvp(thetas[i], images, i, adjoint)
+        grad_images.sub_(hvp_x, alpha=float(lr))
+        grad_lr -= torch.dot(g, adjoint)
+        adjoint = adjoint - lr * hvp_theta
     return MatchResult(loss.item(), grad_images, (grad_lr * lr).reshape(log_lr.shape))
 
 
 GRADIENT_METHODS: dict[str, GradientMethod] = {"unroll": plain_unroll, "lean": lean_unroll}
 
 
-@torch.no_grad()
 def matching_loss(problem: MatchProblem, images: torch.Tensor, lr: float | torch.Tensor) -> float:
     """The loss alone, with no graph through the images (STM's held-out next-epoch loss).
 
-    Each step needs only a first-order gradient of the student parameters.
+    Each step needs only a first-order gradient of the student parameters (chunked like
+    the lean walk); nothing is kept from one step to the next but theta.
     """
     images = images.detach()
+    lr = lr.detach() if torch.is_tensor(lr) else lr
     theta = problem.start.detach()
     for i in range(len(problem.plan.batches)):
-        with torch.enable_grad():
-            t = theta.requires_grad_(True)
-            g, = torch.autograd.grad(problem.step_loss(t, images, i), t)
-        theta = theta.detach() - lr * g
-    return ((theta - problem.target).pow(2).sum() / problem.normaliser()).item()
+        theta = theta - lr * problem.step_grad(theta, images, i)
+    with torch.no_grad():
+        return ((theta - problem.target).pow(2).sum() / problem.normaliser()).item()

@@ -234,6 +234,9 @@ def _unknown(name: str) -> str:
 
 # ----------------------------------------------------------------------------- flat view
 
+# layers whose output for one image depends on the other images of the batch
+_BATCH_COUPLED = (nn.modules.batchnorm._BatchNorm, nn.SyncBatchNorm)
+
 @dataclass
 class FlatModel:
     """A network seen as `f(flat_params, x)`.
@@ -257,6 +260,12 @@ class FlatModel:
     @property
     def num_params(self) -> int:
         return sum(self.numels)
+
+    @property
+    def batch_independent(self) -> bool:
+        """True when each image's output depends on that image only (no batch statistics),
+        so a loss summed over images can be computed chunk by chunk."""
+        return not any(isinstance(m, _BATCH_COUPLED) for m in self.module.modules())
 
     def flat_params(self) -> torch.Tensor:
         return torch.cat([p.detach().reshape(-1) for p in self.module.parameters()])

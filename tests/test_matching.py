@@ -1,0 +1,154 @@
+"""The lean gradient (and the held-out loss) against the plain autograd unroll."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trajdistill import matching
+from trajdistill.augment import DEFAULT_STRATEGY
+from trajdistill.matching import (GRADIENT_METHODS, MatchProblem, lean_unroll, matching_loss,
+                                  plain_unroll, plan_unroll)
+from trajdistill.models import FlatModel, build_model
+
+
+def make_problem(name="ConvNetW8", shape=(3, 8, 8), classes=4, ipc=3, steps=4, batch=5,
+                 dtype=torch.float64, strategy=DEFAULT_STRATEGY, chunk=None, seed=0):
+    torch.manual_seed(seed)
+    student = FlatModel.wrap(build_model(name, shape[0], classes, shape[1:]).to(dtype))
+    start = student.flat_params()
+    target = start + 0.05 * torch.randn_like(start)
+    n = classes * ipc
+    images = torch.randn(n, *shape, dtype=dtype)
+    labels = torch.arange(classes).repeat_interleave(ipc)
+    plan = plan_unroll(n, steps, batch, shape[1:], strategy, torch.Generator().manual_seed(seed))
+    return MatchProblem(student, start, target, labels, plan, chunk=chunk), images
+
+
+def rel(a, b):
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def test_plan_reshuffles_and_covers_every_image():
+    plan = plan_unroll(12, 5, 5, (8, 8), DEFAULT_STRATEGY, torch.Generator().manual_seed(0))
+    assert [len(b) for b in plan.batches] == [5, 5, 2, 5, 5]
+    assert sorted(torch.cat(plan.batches[:3]).tolist()) == list(range(12))
+    assert all(a is not None for a in plan.augs)
+
+
+def test_gradient_matches_central_finite_differences():
+    """(1) The unrolled gradient against central differences, float64, tiny network."""
+    problem, images = make_problem(name="ConvNetW4", shape=(1, 8, 8), classes=3, ipc=2,
+                                   steps=3, batch=4)
+    log_lr = torch.tensor(math.log(0.1), dtype=torch.float64)
+    res = lean_unroll(problem, images, log_lr)
+    loss = lambda x, ll: plain_unroll(problem, x, ll).loss  # noqa: E731
+    h = 1e-5
+    for idx in [(0, 0, 3, 4), (4, 0, 1, 6)]:
+        xp, xm = images.clone(), images.clone()
+        xp[idx] += h
+        xm[idx] -= h
+        fd = (loss(xp, log_lr) - loss(xm, log_lr)) / (2 * h)
+        assert fd != 0
+        assert res.grad_images[idx].item() == pytest.approx(fd, rel=1e-6, abs=1e-10)
+    fd = (loss(images, log_lr + h) - loss(images, log_lr - h)) / (2 * h)
+    assert res.grad_log_lr.item() == pytest.approx(fd, rel=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [None, 2, 0])
+def test_lean_equals_plain_float64(chunk):
+    """(2) Same loss and gradients, float64, DSA on, batch_syn < set size, any chunking."""
+    problem, images = make_problem(name="ConvNetW16", shape=(3, 16, 16), steps=5, batch=5,
+                                   chunk=chunk)
+    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64)
+    a = plain_unroll(problem, images, log_lr)
+    b = lean_unroll(problem, images, log_lr)
+    assert b.loss == pytest.approx(a.loss, rel=1e-12)
+    assert rel(b.grad_images, a.grad_images) < 1e-8
+    assert rel(b.grad_log_lr, a.grad_log_lr) < 1e-8
+    assert b.grad_log_lr.shape == log_lr.shape
+
+
+def test_lean_equals_plain_with_batch_norm_float64():
+    """Batch statistics couple the images: no chunks there, still the same gradient."""
+    problem, images = make_problem(name="ConvNetBN", shape=(3, 8, 8), steps=3, batch=5)
+    assert problem.chunk_size(5, images.shape) == 5
+    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64)
+    a, b = plain_unroll(problem, images, log_lr), lean_unroll(problem, images, log_lr)
+    assert rel(b.grad_images, a.grad_images) < 1e-8
+    assert rel(b.grad_log_lr, a.grad_log_lr) < 1e-8
+
+
+def test_lean_equals_plain_float32_default_convnet():
+    """(3) The default ConvNet (width 128, depth 3, instance norm) on 3x32x32, float32."""
+    problem, images = make_problem(name="ConvNet", shape=(3, 32, 32), classes=10, ipc=1,
+                                   steps=3, batch=6, dtype=torch.float32, chunk=4)
+    log_lr = torch.tensor(math.log(0.01))
+    a = plain_unroll(problem, images, log_lr)
+    b = lean_unroll(problem, images, log_lr)
+    assert b.loss == pytest.approx(a.loss, rel=1e-5)
+    assert rel(b.grad_images, a.grad_images) < 1e-4
+    assert rel(b.grad_log_lr, a.grad_log_lr) < 1e-4
+
+
+def test_matching_loss_equals_plain_loss_and_builds_no_graph(monkeypatch):
+    """(4) The held-out loss: same value, a float, first-order gradients only."""
+    problem, images = make_problem(steps=4, batch=5)
+    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64)
+    expected = plain_unroll(problem, images, log_lr).loss
+    calls = []
+    real_grad = torch.autograd.grad
+
+    def spy(outputs, inputs, *args, **kwargs):
+        calls.append(bool(kwargs.get("create_graph", False)))
+        return real_grad(outputs, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", spy)
+    leaf = images.clone().requires_grad_(True)
+    value = matching_loss(problem, leaf, log_lr.exp())
+    assert isinstance(value, float)
+    assert value == pytest.approx(expected, rel=1e-12)
+    assert calls and not any(calls)           # never a second-order graph
+    assert leaf.grad is None
+
+
+def test_per_stage_lr_gets_the_same_gradient_in_both_methods():
+    """(5) independent-lr: the stage's own lr tensor, chosen from a list, same gradient."""
+    problem, images = make_problem(steps=4, batch=5)
+    log_lrs = [torch.tensor(math.log(v), dtype=torch.float64) for v in (0.01, 0.03, 0.08)]
+    grads = []
+    for k in range(len(log_lrs)):
+        a = GRADIENT_METHODS["unroll"](problem, images, log_lrs[k])
+        b = GRADIENT_METHODS["lean"](problem, images, log_lrs[k])
+        assert rel(b.grad_images, a.grad_images) < 1e-8
+        assert rel(b.grad_log_lr, a.grad_log_lr) < 1e-8
+        assert b.grad_log_lr.shape == log_lrs[k].shape
+        grads.append(b.grad_log_lr.item())
+    assert len(set(grads)) == 3  # each stage's lr gives its own gradient
+
+
+def test_chunk_size_rules():
+    problem, images = make_problem(name="ConvNet", shape=(3, 32, 32), classes=2, ipc=1,
+                                   steps=1, batch=2, dtype=torch.float32)
+    assert problem.chunk_size(100, torch.Size([100, 3, 32, 32])) == \
+        matching.CHUNK_PIXELS // (32 * 32)
+    assert problem.chunk_size(10, torch.Size([10, 3, 32, 32])) == 10
+    assert problem.chunk_size(10, torch.Size([10, 3, 128, 128])) >= 1
+    problem.chunk = 0
+    assert problem.chunk_size(100, torch.Size([100, 3, 32, 32])) == 100
+    problem.chunk = 7
+    assert problem.chunk_size(100, torch.Size([100, 3, 32, 32])) == 7
+
+
+def test_dsa_apply_is_batched_and_replayable():
+    """DSA: one vectorised call per minibatch (no per-image loop), same draw -> same output."""
+    from trajdistill import augment
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 3, 8, 8)
+    for group in augment.GROUPS:
+        p = augment.sample(group, 6, 8, 8, generator=g)
+        assert all(v.shape[0] == 6 for k, v in p.items()
+                   if torch.is_tensor(v) and k != "size")
+        assert torch.equal(augment.apply(x, p), augment.apply(x, p))
