@@ -172,3 +172,26 @@ def test_an_update_that_overflows_is_rolled_back(buffers, tmp_path):
     rec = d.step()
     assert rec["diverged"] == "the update made images non-finite"
     assert torch.equal(d.images.detach(), good)
+
+
+def test_seed_flags_prev_iter_and_load_syn_image_continue_a_run(buffers, tmp_path):
+    """The seed's way to continue: start from saved images and count on from --prev_iter."""
+    splits = load_dataset("digits")
+    store = open_buffer(buffers / "digits" / "ConvNetD2", splits)
+    first = Distiller(DistillConfig(ipc=1, syn_steps=3, iterations=4, eval_it=0), splits, store,
+                      tmp_path / "first", progress=False)
+    first.run()
+    bare = tmp_path / "images_4.pt"  # the reference code saved a bare image tensor
+    torch.save(first.images.detach().clone(), bare)
+    for source in (bare, tmp_path / "first" / "synthetic_last.pt"):
+        d = Distiller(DistillConfig(ipc=1, syn_steps=3, iterations=6, eval_it=0, prev_iter=4,
+                                    load_syn_image=str(source)), splits, store,
+                      tmp_path / f"second_{source.stem}", progress=False)
+        assert torch.equal(d.images.detach(), first.images.detach())
+        d.run()
+        rows = [json.loads(l) for l in (d.run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert [r["it"] for r in rows] == [4, 5]
+    with pytest.raises(Exception, match="expected an image tensor of shape"):
+        torch.save(torch.zeros(3, 1, 8, 8), tmp_path / "wrong.pt")
+        Distiller(DistillConfig(ipc=1, load_syn_image=str(tmp_path / "wrong.pt")), splits, store,
+                  tmp_path / "third", progress=False)
