@@ -154,7 +154,8 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
         heldouts.append(heldout)
     out = {"config": config, "mode": mode, "ipc": ipc, "syn_steps": syn_steps,
            "batch_syn": batch_syn, "device": str(dev), "threads": threads,
-           "chunk": MatchProblem(student, start, target, labels, None, chunk=chunk)
+           "chunk": None if mode == "unroll" else  # images per network call (lean walk)
+           MatchProblem(student, start, target, labels, None, chunk=chunk)
            .chunk_size(batch_syn, images.shape), "repeats": repeats, "seconds": round(statistics.median(walls), 3),
            "seconds_all": [round(w, 3) for w in walls],
            "cpu_seconds": round(statistics.median(cpus), 3)}
