@@ -195,3 +195,21 @@ def test_seed_flags_prev_iter_and_load_syn_image_continue_a_run(buffers, tmp_pat
         torch.save(torch.zeros(3, 1, 8, 8), tmp_path / "wrong.pt")
         Distiller(DistillConfig(ipc=1, load_syn_image=str(tmp_path / "wrong.pt")), splits, store,
                   tmp_path / "third", progress=False)
+
+
+def test_original_mtt_resumes_to_the_uninterrupted_result(buffers, tmp_path):
+    splits = load_dataset("digits")
+    store = open_buffer(buffers / "digits" / "ConvNetD2", splits)
+    cfg = dict(method="original-MTT", ipc=1, syn_steps=3, eval_it=0, checkpoint_every=2)
+    whole = Distiller(DistillConfig(iterations=6, **cfg), splits, store, tmp_path / "whole",
+                      progress=False)
+    whole.run()
+    part = Distiller(DistillConfig(iterations=4, **cfg), splits, store, tmp_path / "part",
+                     progress=False)
+    part.run()
+    resumed = Distiller.resume(tmp_path / "part", splits, store, progress=False, iterations=6)
+    assert resumed.iteration == 4
+    resumed.run()
+    assert torch.allclose(resumed.images, whole.images, atol=1e-6)
+    rows = lambda d: [json.loads(l)["start_epoch"] for l in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert rows(tmp_path / "part") == rows(tmp_path / "whole")

@@ -35,6 +35,9 @@ class UniformStart:
     def state_dict(self) -> dict:
         return asdict(self)
 
+    def load_state_dict(self, d: dict) -> None:
+        self.max_start_epoch = d["max_start_epoch"]
+
 
 @dataclass
 class StageEvent:
