@@ -1,0 +1,53 @@
+"""STM's independent-lr mode inside the loop: one lr per stage, copied on level-up."""
+import pytest
+
+from trajdistill.data import load_dataset
+from trajdistill.distill import DistillConfig, Distiller, open_buffer
+from trajdistill.experts import ExpertConfig, train_experts
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("modes")
+    splits = load_dataset("digits")
+    train_experts(splits, ExpertConfig(model="ConvNetD2", train_epochs=4, num_experts=1),
+                  root / "buffer", progress=False)
+    return splits, open_buffer(root / "buffer", splits), root
+
+
+def test_independent_lr_adds_a_stage_lr_on_level_up(setup):
+    splits, store, root = setup
+    # sigma 0.1 and min_duration 10: the first test (10 held-out losses) passes on any fall
+    cfg = DistillConfig(ipc=1, syn_steps=3, iterations=40, eval_it=0, lr_mode="independent-lr",
+                        init_epoch=2, lr_teacher=[0.01, 0.02], lr_lr=0.01, sigma=0.1,
+                        min_duration=10, lr_img=30)
+    d = Distiller(cfg, splits, store, root / "run", progress=False)
+    assert d.lrs() == pytest.approx([0.01, 0.02])
+    records = [d.step() for _ in range(10)]
+    assert records[-1]["level_up"] and d.schedule.cap == 3
+    assert len(d.log_lrs) == 3 and d.lrs()[2] == pytest.approx(d.lrs()[1])  # a copy of the last
+    assert all(g["lr"] == pytest.approx(0.01 * 3) for o in d.opt_lrs for g in o.param_groups)
+    # each start epoch t < cap updated its own lr only
+    before = d.lrs()
+    rec = d.step()
+    changed = [k for k, (a, b) in enumerate(zip(before, d.lrs())) if a != b]
+    assert changed == [rec["start_epoch"]]
+
+
+def test_global_lr_keeps_one_lr(setup):
+    splits, store, root = setup
+    d = Distiller(DistillConfig(ipc=1, syn_steps=3, iterations=12, eval_it=0, sigma=0.1,
+                                min_duration=10, lr_img=30), splits, store, root / "g",
+                  progress=False)
+    for _ in range(12):
+        d.step()
+    assert d.schedule.cap >= 2 and len(d.log_lrs) == 1
+
+
+def test_learn_lr_false_keeps_the_lr_fixed(setup):
+    splits, store, root = setup
+    d = Distiller(DistillConfig(ipc=1, syn_steps=3, iterations=3, eval_it=0, learn_lr=False),
+                  splits, store, root / "f", progress=False)
+    for _ in range(3):
+        d.step()
+    assert d.lrs() == pytest.approx([0.01])
