@@ -13,7 +13,8 @@ from trajdistill.cli import main
 from trajdistill.data import load_dataset
 from trajdistill.distill import DistillConfig, Distiller, open_buffer
 from trajdistill.experts import ExpertConfig, train_experts
-from trajdistill.report import build_report, display_images, read_jsonl, stage_events
+from trajdistill.io import read_jsonl
+from trajdistill.report import build_report, display_images, stage_events
 
 DPI = 110
 SECTIONS = ["Synthetic images", "Each class: synthetic vs class mean vs real",

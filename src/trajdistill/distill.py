@@ -22,7 +22,7 @@ from .augment import DEFAULT_STRATEGY
 from .data.base import DatasetSplits
 from .evaluate import EvalConfig, evaluate_set
 from .experts import BufferError, TrajectoryStore
-from .io import atomic_save, atomic_write_text, load_json, safe_load, write_json
+from .io import atomic_save, atomic_write_text, load_json, read_jsonl, safe_load, write_json
 from .matching import GRADIENT_METHODS, MatchProblem, matching_loss, plan_unroll
 from .models import FlatModel, build_model
 from .schedule import StageMachine, UniformStart
@@ -141,17 +141,8 @@ def open_buffer(buffer_dir: str | Path, splits: DatasetSplits) -> TrajectoryStor
 
 def _truncate_jsonl(path: Path, keep) -> None:
     """Keep the records a resumed run has not redone (a line cut by a kill ends the file)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if keep(record):
-            kept.append(line + "\n")
-    atomic_write_text(path, "".join(kept))
+    if path.exists():
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in read_jsonl(path) if keep(r)))
 
 
 def _non_finite(result, heldout: float | None) -> str | None:

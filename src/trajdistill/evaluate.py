@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from . import augment as dsa
 from .augment import DEFAULT_STRATEGY
 from .data.base import DatasetSplits
-from .models import build_model
+from .models import FlatModel, build_model
 from .training import class_weights, confusion_result, test_network, to_input, train_epoch
 
 BATCHED_CHOICES = ("auto", "on", "off")
@@ -115,8 +115,7 @@ def batchable(model: str, splits: DatasetSplits) -> bool:
     c, h, w = splits.image_shape
     with torch.device("meta"):
         net = build_model(model, c, splits.num_classes, (h, w))
-    return not any(True for _ in net.buffers()) and not any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    return FlatModel.wrap(net).batch_independent and not any(True for _ in net.buffers())
 
 
 def use_batched(model: str, splits: DatasetSplits, cfg: EvalConfig) -> bool:

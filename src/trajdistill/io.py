@@ -20,7 +20,8 @@ class FileFormatError(ValueError):
     """A file that cannot be read as what it should be; the message names the file."""
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: str | Path, write) -> None:
+    """Call write(binary file) on a temporary file beside path, then rename it over path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -37,17 +38,17 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def atomic_save(obj, path: str | Path) -> None:
-    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+    atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     data = text.encode()
-    _atomic_write(Path(path), lambda f: f.write(data))
+    atomic_write(Path(path), lambda f: f.write(data))
 
 
 def write_json(path: str | Path, obj) -> None:
     data = json.dumps(obj, indent=2, default=_json_default).encode()
-    _atomic_write(Path(path), lambda f: f.write(data))
+    atomic_write(Path(path), lambda f: f.write(data))
 
 
 def _json_default(o):
@@ -56,6 +57,21 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSON-lines log; a line cut by a kill ends it (what precedes is good)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return out
 
 
 def load_json(path: str | Path) -> dict:

@@ -24,6 +24,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from .data.base import DatasetSplits  # noqa: E402
+from .io import read_jsonl  # noqa: E402
 from .synthetic import SyntheticSet  # noqa: E402
 
 CLIP_STD = 2.5
@@ -165,20 +166,6 @@ def save_class_comparison(syn: SyntheticSet, splits: DatasetSplits, path: str | 
 
 
 # ----------------------------------------------------------------------------- curves
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut by a kill: everything before it is good
-    return out
-
 
 def stage_events(metrics: list[dict]) -> list[dict]:
     """The stage timeline: level-ups (and why), stage resets at the top, fine-tuning, stop."""

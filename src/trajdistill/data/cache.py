@@ -16,12 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+
+from ..io import atomic_write
 
 # Bump when the decoding itself changes, so entries made by older code are not reused.
 CACHE_FORMAT = 1
@@ -75,16 +76,9 @@ def _read(path: Path, n: int) -> np.ndarray | None:
 
 
 def _write(path: Path, images: np.ndarray) -> None:
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, images, allow_pickle=False)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.save(f, images, allow_pickle=False))
     except OSError as e:
         warnings.warn(f"could not write the decoded-image cache {path} ({e}); set "
                       "TRAJDISTILL_CACHE to a writable folder to avoid decoding every time",
                       stacklevel=3)
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)

@@ -17,7 +17,6 @@ k * 360 / aug degrees), so rows 0::aug of a class are its unrotated images.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data.base import DataError
+from ..io import write_json
 from . import classes as tree_mod
 from .catalog import Catalog, read_catalog, read_mapping, sha256_file
 from .images import Found, ImageSource, augmented, to_array
@@ -177,15 +177,6 @@ def _write_images(out: Path, split: str, rows: list[tuple[int, int, Found]], sou
             f"{split}_labels.npy": save_npy(out / f"{split}_labels.npy", labels)}
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def code_version() -> dict:
     from .. import __version__
     commit = None
@@ -238,7 +229,7 @@ def build_gzoo2(catalog, images, out, mapping=None, per_class=None, test_per_cla
         pool.shutdown()
     manifest.update(_provenance(cat, mapping, images, labels, opts, names, per_class_info,
                                 skipped_all, train + test))
-    _write_json(out / MANIFEST, manifest)  # last: its presence marks a finished build
+    write_json(out / MANIFEST, manifest)  # last: its presence marks a finished build
     log(f"{opts.name}: {manifest['counts']['train']} train + {manifest['counts']['test']} test "
         f"images written to {out}")
     return manifest

@@ -6,10 +6,11 @@ state and any display backend.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from ..io import atomic_write
 
 
 def _figure(width: float, height: float):
@@ -22,9 +23,7 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100, metadata={"Software": None})
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, metadata={"Software": None}))
 
 
 def _show(ax, img_chw: np.ndarray | None) -> None:
