@@ -33,7 +33,7 @@ def test_single_mode_draws_every_group_and_independent_per_image_params():
             assert p["scale"].min() >= 1 / 1.2 and p["scale"].max() <= 1.2
         if p["group"] == "crop":
             assert p["shift"].abs().max() <= 4  # 12.5 % of 32
-    assert seen == set(A.GROUPS)
+    assert seen == set(A.parse_strategy(A.DEFAULT_STRATEGY))
 
 
 @pytest.mark.parametrize("group", A.GROUPS)
@@ -99,3 +99,33 @@ def test_scale_and_rotate_identity_and_quarter_turn():
 def test_unknown_strategy_is_refused():
     with pytest.raises(ValueError, match="blur"):
         A.sample("color_blur", 2, 8, 8)
+
+
+# ------------------------------------------------------------------ galaxy groups
+
+def test_galaxy_strategy_draws_full_turns_and_both_flips():
+    assert A.parse_strategy("galaxy") == A.parse_strategy(A.GALAXY_STRATEGY)
+    gen = torch.Generator().manual_seed(1)
+    angles, flips = [], []
+    for _ in range(300):
+        p = A.sample("galaxy", 8, 16, 16, gen)
+        assert p["group"] not in ("rotate", "flip")  # the small turn and h-flip are replaced
+        if p["group"] == "rotate360":
+            angles.append(p["angle"])
+        if p["group"] == "flips":
+            flips.append(torch.stack([p["flip"], p["flip_v"]], 1))
+    angles, flips = torch.cat(angles), torch.cat(flips)
+    assert angles.min() < -0.9 * math.pi and angles.max() > 0.9 * math.pi
+    # all four flip combinations occur, each about a quarter of the time
+    combos = torch.bincount(flips[:, 0].long() * 2 + flips[:, 1].long(), minlength=4).float()
+    assert (combos / combos.sum() - 0.25).abs().max() < 0.08
+
+
+def test_flips_and_half_turn_match_hand_results():
+    x = image(4, 2, 5, 5)
+    out = A.apply(x, {"group": "flips", "flip": torch.tensor([True, False, True, False]),
+                      "flip_v": torch.tensor([False, True, True, False])})
+    assert torch.equal(out[0], x[0].flip(-1)) and torch.equal(out[1], x[1].flip(-2))
+    assert torch.equal(out[2], x[2].flip(-1).flip(-2)) and torch.equal(out[3], x[3])
+    half = A.apply(x, {"group": "rotate360", "angle": torch.full((4,), math.pi, dtype=torch.float64)})
+    assert torch.allclose(half, torch.rot90(x, 2, (2, 3)), atol=1e-9)

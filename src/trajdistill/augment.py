@@ -12,6 +12,11 @@ uniformly in [-0.5, 0.5]), saturation x[0, 2], contrast x[0.5, 1.5], crop = tran
 to 12.5 % of the side with zero padding, cutout = one zeroed square of half the side,
 horizontal flip with p = 0.5, scale x[1/1.2, 1.2] per axis, rotation within +-15 degrees.
 In the default single mode one group of the strategy is drawn per call.
+
+Galaxies have no up, down or handedness, so two more groups exist for them: `rotate360`
+(any angle) and `flips` (a horizontal and an independent vertical flip, p = 0.5 each);
+the strategy name `galaxy` stands for GALAXY_STRATEGY, which uses them in place of the
+small rotation and the horizontal flip.
 """
 from __future__ import annotations
 
@@ -21,7 +26,9 @@ import torch
 import torch.nn.functional as F
 
 DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
-GROUPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
+GROUPS = ("color", "crop", "cutout", "flip", "scale", "rotate", "rotate360", "flips")
+GALAXY_STRATEGY = "color_crop_cutout_flips_scale_rotate360"
+NAMED_STRATEGIES = {"galaxy": GALAXY_STRATEGY}
 
 BRIGHTNESS, SATURATION, CONTRAST = 1.0, 2.0, 0.5
 CROP_RATIO, CUTOUT_RATIO, FLIP_PROB, SCALE_RATIO, ROTATE_DEGREES = 0.125, 0.5, 0.5, 1.2, 15.0
@@ -30,6 +37,7 @@ Params = dict  # {"group": str, tensors of per-image draws}
 
 
 def parse_strategy(strategy: str) -> list[str]:
+    strategy = NAMED_STRATEGIES.get(strategy, strategy)
     groups = [g for g in strategy.split("_") if g]
     bad = [g for g in groups if g not in GROUPS]
     if bad or not groups:
@@ -60,6 +68,10 @@ def sample(strategy: str, n: int, height: int, width: int,
                     torch.randint(0, width + (1 - cw % 2), (n,), generator=generator)], 1)}
     if group == "flip":
         return {"group": group, "flip": rand(n) < FLIP_PROB}
+    if group == "flips":
+        return {"group": group, "flip": rand(n) < FLIP_PROB, "flip_v": rand(n) < FLIP_PROB}
+    if group == "rotate360":
+        return {"group": group, "angle": (rand(n) - 0.5) * 2 * math.pi}
     if group == "scale":
         lo = 1.0 / SCALE_RATIO
         return {"group": group, "scale": rand(n, 2) * (SCALE_RATIO - lo) + lo}
@@ -121,6 +133,11 @@ def _flip(x, p):
     return torch.where(p["flip"].view(-1, 1, 1, 1), x.flip(3), x)
 
 
+def _flips(x, p):
+    x = torch.where(p["flip"].view(-1, 1, 1, 1), x.flip(3), x)
+    return torch.where(p["flip_v"].view(-1, 1, 1, 1), x.flip(2), x)
+
+
 def _affine(x, theta):
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=True)
     return F.grid_sample(x, grid, align_corners=True)
@@ -141,5 +158,5 @@ def _rotate(x, p):
     return _affine(x, theta)
 
 
-_APPLY = {"color": _color, "crop": _crop, "cutout": _cutout, "flip": _flip, "scale": _scale,
-          "rotate": _rotate}
+_APPLY = {"color": _color, "crop": _crop, "cutout": _cutout, "flip": _flip, "flips": _flips,
+          "scale": _scale, "rotate": _rotate, "rotate360": _rotate}

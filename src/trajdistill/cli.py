@@ -50,16 +50,40 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
                    "FashionMNIST, GZoo2, GZoo2_aug, digits) or an image-folder path")
     p.add_argument("--data_path", help="where the dataset's files are")
     p.add_argument("--subset", help="ImageNet subset (imagenette, imagewoof, ...)")
+    _add_folder_flags(p)
     p.add_argument("--zca", action="store_true", default=None, help="ZCA-whiten (CIFAR)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+# Data options passed to the loader when given (image folders, ImageNet subsets, and a flat
+# folder of images + a labels CSV); the loader refuses those it does not take.
+DATA_OPTIONS = ("res", "crop", "labels", "id_column", "label_column", "classes", "class_names",
+                "test_fraction")
+
+
+def _add_folder_flags(p: argparse.ArgumentParser) -> None:
+    from .flags import fraction, positive_int
+    p.add_argument("--res", type=positive_int, help="image side: resize and centre-crop to RES "
+                   "(image folders, ImageNet subsets, labelled folders)")
+    p.add_argument("--crop", choices=["center", "center-half"],
+                   help="with --res: center (shorter side to RES, central square; default) or "
+                   "center-half (the central half, as the Galaxy Zoo cut-outs)")
+    p.add_argument("--labels", help="labels CSV of a flat image folder (images named by id)")
+    p.add_argument("--id_column", help="--labels column with the image id (file name stem)")
+    p.add_argument("--label_column", help="--labels column with the class")
+    p.add_argument("--classes", help="labels to keep, ',' between classes, '+' merges: 0,1+2,3")
+    p.add_argument("--class_names", help="names of the kept classes, comma-separated")
+    p.add_argument("--test_fraction", type=fraction,
+                   help="labelled folder: seeded stratified test share (default 0.2)")
+
+
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="network (ConvNet, ConvNetD4, ResNet18, ...)")
     p.add_argument("--dsa", type=_bool, default=None, help="differentiable augmentation (True/False)")
-    p.add_argument("--dsa_strategy", default=None)
+    p.add_argument("--dsa_strategy", default=None, help="DSA groups joined by _ (default "
+                   "color_crop_cutout_flip_scale_rotate), or galaxy: full turns and both flips")
     p.add_argument("--no_aug", action="store_true", default=None, help="same as --dsa False")
     p.add_argument("--batch_train", type=int, default=None)
 
@@ -88,12 +112,16 @@ def _load_splits(o: dict):
     if not o.get("dataset"):
         raise SystemExit("error: --dataset is required (or a --preset that names one)")
     opts = {"subset": o["subset"]} if o.get("subset") else {}
+    opts.update({k: o[k] for k in DATA_OPTIONS if o.get(k) is not None})
     return load_dataset(o["dataset"], o.get("data_path"), zca=bool(o.get("zca")), **opts)
 
 
-def buffer_dir(buffer_path: str, dataset: str, model: str, zca: bool, subset: str | None) -> Path:
-    """Where experts live: <buffer_path>/<dataset>[-<subset>][-zca]/<model> (as the reference)."""
-    name = Path(dataset).name + (f"-{subset}" if subset else "") + ("-zca" if zca else "")
+def buffer_dir(buffer_path: str, dataset: str, model: str, zca: bool, subset: str | None,
+               res: int | None = None) -> Path:
+    """Where experts live: <buffer_path>/<dataset>[-<subset>][-<res>px][-zca]/<model>
+    (as the reference, plus the side when --res chose it)."""
+    name = (Path(dataset).name + (f"-{subset}" if subset else "") + (f"-{res}px" if res else "")
+            + ("-zca" if zca else ""))
     return Path(buffer_path) / name / model
 
 
@@ -117,9 +145,10 @@ def cmd_buffer(args) -> None:
     cfg = ExpertConfig(model=o["model"], train_epochs=o["train_epochs"],
                        num_experts=o["num_experts"], lr_teacher=float(o["lr_teacher"][0]),
                        mom=o["mom"], l2=o["l2"], batch_train=o["batch_train"], dsa=o["dsa"],
-                       dsa_strategy=o.get("dsa_strategy") or ExpertConfig.dsa_strategy,
+                       dsa_strategy=_strategy(o).get("dsa_strategy", ExpertConfig.dsa_strategy),
                        decay=o["decay"], seed=o["seed"], device=device)
-    out = buffer_dir(o["buffer_path"], o["dataset"], o["model"], bool(o.get("zca")), o.get("subset"))
+    out = buffer_dir(o["buffer_path"], o["dataset"], o["model"], bool(o.get("zca")), o.get("subset"),
+                     o.get("res"))
     store = train_experts(splits, cfg, out, rank=rank, world_size=world, progress=not o.get("quiet"))
     if world > 1:
         torch.distributed.barrier()
@@ -139,7 +168,8 @@ def cmd_distill(args) -> None:
         return _resume_distill(args)
     o = _resolve(args, {"buffer_path": "./buffers", "model": "ConvNet", "eval_mode": "S"}, PRESETS)
     splits = _load_splits(o)
-    bdir = buffer_dir(o["buffer_path"], o["dataset"], o["model"], bool(o.get("zca")), o.get("subset"))
+    bdir = buffer_dir(o["buffer_path"], o["dataset"], o["model"], bool(o.get("zca")), o.get("subset"),
+                      o.get("res"))
     store = open_buffer(bdir, splits)
     names = {f.name for f in fields(DistillConfig)}
     kw = {k: v for k, v in o.items() if k in names}
@@ -154,7 +184,8 @@ def cmd_distill(args) -> None:
         raise SystemExit(f"error: {run_dir} already holds a run; continue it with "
                          f"`distill --resume {run_dir}` or choose another --run_dir")
     source = {"dataset": o["dataset"], "data_path": o.get("data_path"), "zca": bool(o.get("zca")),
-              "subset": o.get("subset"), "buffer_dir": str(bdir)}
+              "subset": o.get("subset"), "buffer_dir": str(bdir),
+              **{k: o[k] for k in DATA_OPTIONS if o.get(k) is not None}}
     distiller = Distiller(cfg, splits, store, run_dir, progress=not o.get("quiet"), source=source)
     _finish(distiller, splits)
 
@@ -181,6 +212,11 @@ def _finish(distiller, splits) -> None:
     acc = f"{100 * best['accuracy']:.2f} % at iteration {best['iteration']}" \
         if best.get("iteration") is not None else "not evaluated"
     print(f"best accuracy {acc}; run directory {distiller.run_dir}; report {html}")
+
+
+def _lr_or_auto(text: str):
+    from .flags import positive_float
+    return "auto" if text == "auto" else positive_float(text)
 
 
 class _OptionalPackage(argparse.Action):
@@ -212,7 +248,9 @@ def _add_distill_parser(sub) -> None:
     p.add_argument("--max_start_epoch", type=int)
     p.add_argument("--lr_img", type=float)
     p.add_argument("--lr_lr", type=float)
-    p.add_argument("--lr_teacher", type=float, nargs="+", help="initial synthetic lr(s)")
+    p.add_argument("--lr_teacher", type=_lr_or_auto, nargs="+", help="initial synthetic lr(s), "
+                   "or auto: derived from the buffer (the first unrolled steps travel about as "
+                   "far as expert_epochs of an expert)")
     p.add_argument("--learn_lr", type=_bool, help="learn the synthetic lr (default True)")
     p.add_argument("--lr_mode", help="global-lr (default) or independent-lr")
     p.add_argument("--sample_method", help="cycle (default) or random")
@@ -220,7 +258,10 @@ def _add_distill_parser(sub) -> None:
     p.add_argument("--sigma", type=float, help="STM threshold (default 5)")
     p.add_argument("--min_duration", type=int)
     p.add_argument("--max_duration", "--T_max", dest="max_duration", type=int)
-    p.add_argument("--pix_init", help="real (default) or noise")
+    p.add_argument("--pix_init", help="real (default), noise, mean (the class-mean image) or "
+                   "mean_noise (class mean plus noise)")
+    p.add_argument("--loss_warn_it", type=int, help="warn if the matching loss has not fallen "
+                   "below 1 by this iteration (default 300; 0: never)")
     p.add_argument("--batch_syn", type=int)
     p.add_argument("--Iteration", type=int)
     p.add_argument("--eval_it", type=int)
@@ -266,7 +307,7 @@ def cmd_evaluate(args) -> None:
     splits = replace(splits, preprocess=syn.preprocess)
     cfg = EvalConfig(num_eval=o["num_eval"], epoch_eval_train=o["epoch_eval_train"],
                      batch_train=o["batch_train"], dsa=o["dsa"], device=o["device"], seed=o["seed"],
-                     batched=o["eval_batched"])
+                     batched=o["eval_batched"], **_strategy(o))
     result = evaluate_set(syn.images, syn.labels, splits, syn.lrs, eval_pool(o["eval_mode"], syn.model),
                           cfg, syn.syn_steps, progress=not o.get("quiet"))
     _print_results(result)
@@ -290,13 +331,27 @@ def cmd_baseline(args) -> None:
         raise SystemExit(f"error: --kind must be random, mean or full, got {o['kind']!r}")
     epochs = o["epoch_eval_train"] or (50 if o["kind"] == "full" else 1000)
     cfg = EvalConfig(num_eval=o["num_eval"], epoch_eval_train=epochs, batch_train=o["batch_train"],
-                     dsa=o["dsa"], device=o["device"], seed=o["seed"], batched=o["eval_batched"])
+                     dsa=o["dsa"], device=o["device"], seed=o["seed"], batched=o["eval_batched"],
+                     **_strategy(o))
     result = evaluate_set(images, labels, splits, [o["lr"]], eval_pool(o["eval_mode"], o["model"]),
                           cfg, progress=not o.get("quiet"))
     _print_results(result)
     if o.get("out"):
         Path(o["out"]).write_text(json.dumps({"kind": o["kind"], "ipc": o["ipc"], "lr": o["lr"],
                                               "epochs": epochs, **result}, indent=2))
+
+
+def _strategy(o: dict) -> dict:
+    """EvalConfig's dsa_strategy when --dsa_strategy was given (checked here, not mid-training)."""
+    from .augment import parse_strategy
+    from .distill import ConfigError
+    if not o.get("dsa_strategy"):
+        return {}
+    try:
+        parse_strategy(o["dsa_strategy"])
+    except ValueError as e:
+        raise ConfigError(f"--dsa_strategy: {e}") from None
+    return {"dsa_strategy": o["dsa_strategy"]}
 
 
 def _print_results(result: dict) -> None:
@@ -318,7 +373,8 @@ def cmd_report(args) -> None:
             if zca is None and (run / name).exists():
                 zca = bool(SyntheticSet.load(run / name).data.get("zca"))
         splits = _load_splits({"dataset": args.dataset, "data_path": args.data_path,
-                               "subset": args.subset, "zca": zca})
+                               "subset": args.subset, "zca": zca,
+                               **{k: getattr(args, k) for k in DATA_OPTIONS}})
     print(build_report(args.run_dir, splits=splits))
 
 
@@ -362,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(p)
     _add_eval_flags(p)
     p.add_argument("--dsa", type=_bool, default=None)
+    p.add_argument("--dsa_strategy", default=None, help="DSA groups, or galaxy (see distill)")
     p.add_argument("--batch_train", type=int)
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--eval_batched", choices=["auto", "on", "off"],
@@ -385,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="the run's dataset: adds synthetic vs class mean vs real images")
     p.add_argument("--data_path")
     p.add_argument("--subset")
+    _add_folder_flags(p)
     p.add_argument("--zca", action="store_true", default=None,
                    help="(default: as the synthetic set was made)")
     p.set_defaults(func=cmd_report)

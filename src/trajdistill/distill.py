@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .augment import DEFAULT_STRATEGY
+from .augment import DEFAULT_STRATEGY, parse_strategy
 from .data.base import DatasetSplits
-from .evaluate import EvalConfig, evaluate_set
+from .evaluate import EvalConfig, class_means, evaluate_set
 from .experts import BufferError, TrajectoryStore
+from .lr_auto import auto_lr, spread
 from .io import atomic_save, atomic_write_text, load_json, read_jsonl, safe_load, write_json
 from .matching import GRADIENT_METHODS, MatchProblem, matching_loss, plan_unroll
 from .models import FlatModel, build_model
@@ -32,6 +33,13 @@ from .tracking import Tracker
 
 class ConfigError(ValueError):
     pass
+
+
+# real: random real images; noise: Gaussian; mean: every image its class mean (a run can
+# only start from that baseline); mean_noise: class mean + MEAN_NOISE_STD Gaussian noise (in
+# normalised input units, i.e. a tenth of the data's std), so ipc > 1 copies differ.
+PIX_INITS = ("real", "noise", "mean", "mean_noise")
+MEAN_NOISE_STD = 0.1
 
 
 class DivergenceError(RuntimeError):
@@ -79,6 +87,8 @@ class DistillConfig:
     device: str = "cpu"
     prev_iter: int = 0
     load_syn_image: str | None = None
+    # --- galaxies (issue 14): warn when nothing is being distilled ---
+    loss_warn_it: int = 300             # warn if the loss has not fallen below 1 by then (0: off)
 
     @property
     def stm(self) -> bool:
@@ -93,8 +103,12 @@ def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) 
         raise ConfigError(f"--gradient must be one of {sorted(GRADIENT_METHODS)}, got {cfg.gradient!r}")
     if cfg.lr_mode not in ("global-lr", "independent-lr"):
         raise ConfigError(f"--lr_mode must be global-lr or independent-lr, got {cfg.lr_mode!r}")
-    if cfg.pix_init not in ("real", "noise"):
-        raise ConfigError(f"--pix_init must be real or noise, got {cfg.pix_init!r}")
+    if cfg.pix_init not in PIX_INITS:
+        raise ConfigError(f"--pix_init must be one of {', '.join(PIX_INITS)}, got {cfg.pix_init!r}")
+    try:
+        parse_strategy(cfg.dsa_strategy)
+    except ValueError as e:
+        raise ConfigError(f"--dsa_strategy: {e}") from None
     epochs = store.num_epochs
     if cfg.max_start_epoch is None:
         cfg.max_start_epoch = epochs - cfg.expert_epochs
@@ -106,6 +120,10 @@ def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) 
         raise ConfigError(f"init_epoch ({cfg.init_epoch}) must be in [1, max_start_epoch="
                           f"{cfg.max_start_epoch}]")
     n_lr = cfg.init_epoch if (cfg.stm and cfg.lr_mode == "independent-lr") else 1
+    if cfg.lr_teacher in ("auto", ["auto"]):
+        return _validate_rest(cfg, splits, store)  # Distiller resolves it from the buffer
+    if "auto" in cfg.lr_teacher:
+        raise ConfigError(f"--lr_teacher auto stands alone (one value), got {cfg.lr_teacher}")
     if len(cfg.lr_teacher) == 1 and n_lr > 1:
         cfg.lr_teacher = cfg.lr_teacher * n_lr
     if len(cfg.lr_teacher) != n_lr:
@@ -113,6 +131,10 @@ def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) 
                           f"(one per initial stage with independent-lr, else one)")
     if any(v <= 0 for v in cfg.lr_teacher):
         raise ConfigError(f"--lr_teacher values must be positive, got {cfg.lr_teacher}")
+    return _validate_rest(cfg, splits, store)
+
+
+def _validate_rest(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) -> DistillConfig:
     counts = splits.train.class_counts()
     if cfg.pix_init == "real" and min(counts) < cfg.ipc:
         c = counts.index(min(counts))
@@ -183,6 +205,10 @@ class Distiller:
                                       .to(self.device))
         self.labels = torch.arange(splits.num_classes).repeat_interleave(cfg.ipc).to(self.device)
         self.images = self._initial_images().to(self.device).requires_grad_(True)
+        if cfg.lr_teacher in ("auto", ["auto"]):
+            cfg.lr_teacher = [self._auto_lr()] * (cfg.init_epoch if (
+                cfg.stm and cfg.lr_mode == "independent-lr") else 1)
+            tqdm.write(f"--lr_teacher auto: {cfg.lr_teacher[0]:.4g}")
         self.log_lrs = [torch.tensor(math.log(v), device=self.device, requires_grad=True)
                         for v in cfg.lr_teacher]
         self.opt_img = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=0.5)
@@ -213,11 +239,25 @@ class Distiller:
             return images.float().clone()
         if cfg.pix_init == "noise":
             return torch.randn(splits.num_classes * cfg.ipc, *splits.image_shape, generator=self.gen)
+        if cfg.pix_init in ("mean", "mean_noise"):
+            means = class_means(splits)[0].repeat_interleave(cfg.ipc, 0)
+            if cfg.pix_init == "mean_noise":
+                means = means + MEAN_NOISE_STD * torch.randn(means.shape, generator=self.gen)
+            return means
         picks = []
         for c in range(splits.num_classes):
             members = splits.train.indices_of(c)
             picks.append(members[torch.randperm(len(members), generator=self.gen)[:cfg.ipc]])
         return splits.preprocess(splits.train.images[torch.cat(picks)])
+
+    def _auto_lr(self) -> float:
+        """lr_auto.auto_lr over 3 experts and up to 5 epochs of the first sampling window."""
+        cfg = self.cfg
+        window = cfg.init_epoch if cfg.stm else cfg.max_start_epoch
+        experts = self.store.indices()[:3]
+        trajectories = [self.store.load(i) for i in experts]
+        return auto_lr(self.student, trajectories, spread(0, window - 1, 5), cfg.expert_epochs,
+                       self.images.detach(), self.labels, cfg.syn_steps)
 
     def _lr_optimizer(self, p: torch.Tensor) -> torch.optim.Optimizer:
         return torch.optim.SGD([p], lr=self.cfg.lr_lr, momentum=0.5)
@@ -423,6 +463,7 @@ class Distiller:
         try:
             for _ in bar:
                 record = self.step()
+                self._warn_if_stuck(record)
                 metrics.write(json.dumps(record) + "\n")
                 self.tracker.log(record, record["it"])
                 self._check_divergence()
@@ -441,6 +482,22 @@ class Distiller:
             self.tracker.close()
         self.checkpoint()
         return self.best
+
+    def _warn_if_stuck(self, record: dict) -> None:
+        """At iteration loss_warn_it: if the loss never fell below 1, nothing is distilled yet.
+
+        A matching loss >= 1 means the student ends no closer to the expert's target than
+        it started; the user should learn that before hours pass.
+        """
+        self.min_loss = min(getattr(self, "min_loss", math.inf), record.get("loss", math.inf))
+        if not self.cfg.loss_warn_it or record["it"] + 1 != self.cfg.loss_warn_it:
+            return
+        if self.min_loss >= 1:
+            msg = (f"warning: after {self.cfg.loss_warn_it} iterations the matching loss has not "
+                   f"fallen below 1 (lowest {self.min_loss:.3f}): nothing is being distilled. "
+                   "Try --lr_teacher auto, a smaller --lr_img, --pix_init mean, or other experts.")
+            record["warning"] = msg
+            tqdm.write(msg)
 
     def _evaluate_and_log(self, evals) -> None:
         result = self.evaluate()

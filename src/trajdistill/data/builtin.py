@@ -75,4 +75,16 @@ def _tiny(data_path=None, **options):
 @register("imagefolder")
 def _imagefolder(data_path=None, **options):
     from .imagefolder import load_image_folder
-    return load_image_folder(data_path, **_take("imagefolder", options, ("size", "mode", "workers")))
+    return load_image_folder(data_path, **_take("imagefolder", options,
+                                                ("size", "res", "crop", "mode", "workers")))
+
+
+LABELLED_OPTIONS = ("labels", "id_column", "label_column", "classes", "class_names",
+                    "test_fraction", "res", "crop", "workers")
+
+
+@register("labelled")
+def _labelled(data_path=None, **options):
+    """A flat folder of images named by id + a labels CSV (data/labelled.py)."""
+    from .labelled import load_labelled_folder
+    return load_labelled_folder(data_path, **_take("labelled", options, LABELLED_OPTIONS))

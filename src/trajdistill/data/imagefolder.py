@@ -23,8 +23,14 @@ from tqdm.auto import tqdm
 
 from .base import DataError, DatasetSplits, ImageDataset, Preprocess, channel_stats
 from .cache import cached_images
+from ..gzoo2.images import central_half
 
-TEST_SPLIT_NAMES = ("test", "val")
+TEST_SPLIT_NAMES = ("test", "val", "validation")  # validation/: the Keras/Kaggle name
+
+# How an image becomes a square of the target side: "center" (shorter side to the side,
+# then the central square, as ImageNet) or "center-half" (the central half of the image in
+# each dimension, then an area resize: the Galaxy Zoo cut-out crop of gzoo2.images).
+CROPS = ("center", "center-half")
 
 
 # ---------------------------------------------------------------- single images
@@ -42,10 +48,11 @@ def resize_center_crop(im: Image.Image, side: int) -> Image.Image:
     return im.crop((left, top, left + side, top + side))
 
 
-def decode_image(path: Path, shape: tuple[int, int], crop: bool, mode: str = "RGB") -> np.ndarray:
+def decode_image(path: Path, shape: tuple[int, int], crop: bool | str, mode: str = "RGB") -> np.ndarray:
     """One file -> uint8 (C, H, W) of `shape` = (H, W).
 
-    `crop`: resize-and-centre-crop to a square (ImageNet style); otherwise a plain resize
+    `crop`: True or "center": resize-and-centre-crop to a square (ImageNet style);
+    "center-half": the central half, area-resized (galaxy cut-outs); False: a plain resize
     to `shape`, a no-op for images that already have it.
     """
     try:
@@ -54,7 +61,9 @@ def decode_image(path: Path, shape: tuple[int, int], crop: bool, mode: str = "RG
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
     h, w = shape
-    if crop:
+    if crop == "center-half":
+        im = central_half(im).resize((w, h), Image.Resampling.BOX)
+    elif crop:
         im = resize_center_crop(im, h)
     elif im.size != (w, h):
         im = im.resize((w, h), Image.BILINEAR)
@@ -74,7 +83,7 @@ def image_shape(path: Path) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- many images
 
-def decode_images(files: Sequence[Path], shape: tuple[int, int], crop: bool, mode: str = "RGB",
+def decode_images(files: Sequence[Path], shape: tuple[int, int], crop: bool | str, mode: str = "RGB",
                   tag: str = "images", workers: int | None = None) -> np.ndarray:
     """Decode `files` into one uint8 (N, C, H, W) array, through the on-disk cache.
 
@@ -162,13 +171,18 @@ def to_dataset(images: np.ndarray, labels: Sequence[int], classes: list[str]) ->
 # ---------------------------------------------------------------- the generic loader
 
 def load_image_folder(data_path, size: int | None = None, mode: str = "RGB",
-                      workers: int | None = None) -> DatasetSplits:
-    """Any folder with `train/<class>/` and `test/<class>/` (or `val/<class>/`).
+                      workers: int | None = None, res: int | None = None,
+                      crop: str | None = None) -> DatasetSplits:
+    """Any folder with `train/<class>/` and `test/<class>/` (or `val/`, `validation/`).
 
     Classes are the train sub-folders sorted by name; the test split must have the same.
-    `size`: resize the shorter side and centre-crop to `size` x `size`; by default every
-    image is resized to the first training image's size. Mean/std come from the train split.
+    `size` (or `res`, the CLI's name): resize the shorter side and centre-crop to `size` x
+    `size` (`crop="center-half"`: the galaxy crop instead); by default every image is resized
+    to the first training image's size. Mean/std come from the train split.
     """
+    if res is not None and size is not None and res != size:
+        raise DataError(f"give the side once: size={size} and res={res} differ")
+    size = size if size is not None else res
     root = check_root(data_path)
     classes = class_folders(root / "train")
     test_dir = find_split(root, TEST_SPLIT_NAMES)
@@ -177,18 +191,24 @@ def load_image_folder(data_path, size: int | None = None, mode: str = "RGB",
         raise DataError(f"{test_dir}: class folders {test_classes} differ from train/'s {classes}")
     train_files, train_labels = scan_split(root / "train", classes)
     test_files, test_labels = scan_split(test_dir, classes)
-    shape, crop = _target_shape(size, train_files[0])
+    shape, crop = _target_shape(size, train_files[0], crop)
     decode = dict(shape=shape, crop=crop, mode=mode, workers=workers)
     train = to_dataset(decode_images(train_files, tag="imagefolder-train", **decode), train_labels, classes)
     test = to_dataset(decode_images(test_files, tag="imagefolder-test", **decode), test_labels, classes)
     mean, std = channel_stats(train.images)
     meta = {"folder": root.resolve().name, "size": list(shape), "mode": mode}
+    if isinstance(crop, str) and crop != "center":
+        meta["crop"] = crop
     return DatasetSplits("imagefolder", train, test, Preprocess(mean, std), meta)
 
 
-def _target_shape(size, first: Path) -> tuple[tuple[int, int], bool]:
+def _target_shape(size, first: Path, crop: str | None = None) -> tuple[tuple[int, int], bool | str]:
+    if crop is not None and crop not in CROPS:
+        raise DataError(f"--crop must be one of {', '.join(CROPS)}, got {crop!r}")
     if size is None:
+        if crop is not None:
+            raise DataError(f"--crop {crop} needs --res (the side to resize the crop to)")
         return image_shape(first), False
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise DataError(f"size must be a positive int (the square side), got {size!r}")
-    return (size, size), True
+    return (size, size), (crop if crop == "center-half" else True)

@@ -2,7 +2,7 @@
 
 Each loader is registered under its name (case-insensitive). A name that is not
 registered but is an existing directory is read as an image folder (train/<class>/,
-test/<class>/).
+test/<class>/), or, with a `labels=` CSV, as a flat folder of images named by id.
 """
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ def load_dataset(name: str, data_path: str | None = None, zca: bool = False, **o
     name = str(name)  # a Path to an image folder is welcome too
     fn = _LOADERS.get(name.lower())
     if fn is None:
-        if os.path.isdir(name) and "imagefolder" in _LOADERS:
+        if os.path.isdir(name) and options.get("labels") is not None:
+            fn, data_path = _LOADERS["labelled"], name
+        elif os.path.isdir(name) and "imagefolder" in _LOADERS:
             fn, data_path = _LOADERS["imagefolder"], name
         else:
             raise DataError(f"unknown dataset {name!r}; known: {', '.join(sorted(_LOADERS))} "
