@@ -260,6 +260,8 @@ def _add_distill_parser(sub) -> None:
     p.add_argument("--max_duration", "--T_max", dest="max_duration", type=int)
     p.add_argument("--pix_init", help="real (default), noise, mean (the class-mean image) or "
                    "mean_noise (class mean plus noise)")
+    p.add_argument("--img_optimizer", choices=["sgd", "adam"], help="image optimiser: sgd "
+                   "(default, momentum 0.5) or adam (--lr_img is then the step per pixel, ~0.01)")
     p.add_argument("--loss_warn_it", type=int, help="warn if the matching loss has not fallen "
                    "below 1 by this iteration (default 300; 0: never)")
     p.add_argument("--batch_syn", type=int)

@@ -39,6 +39,7 @@ class ConfigError(ValueError):
 # only start from that baseline); mean_noise: class mean + MEAN_NOISE_STD Gaussian noise (in
 # normalised input units, i.e. a tenth of the data's std), so ipc > 1 copies differ.
 PIX_INITS = ("real", "noise", "mean", "mean_noise")
+IMG_OPTIMIZERS = ("sgd", "adam")
 MEAN_NOISE_STD = 0.1
 
 
@@ -89,6 +90,10 @@ class DistillConfig:
     load_syn_image: str | None = None
     # --- galaxies (issue 14): warn when nothing is being distilled ---
     loss_warn_it: int = 300             # warn if the loss has not fallen below 1 by then (0: off)
+    # --- galaxies (issue 14): the image optimiser. sgd: SGD with momentum 0.5 (the reference),
+    # lr_img multiplies the raw gradient; adam: lr_img is about the step per pixel and
+    # iteration in normalised units, whatever the gradient's scale ---
+    img_optimizer: str = "sgd"
 
     @property
     def stm(self) -> bool:
@@ -105,6 +110,8 @@ def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) 
         raise ConfigError(f"--lr_mode must be global-lr or independent-lr, got {cfg.lr_mode!r}")
     if cfg.pix_init not in PIX_INITS:
         raise ConfigError(f"--pix_init must be one of {', '.join(PIX_INITS)}, got {cfg.pix_init!r}")
+    if cfg.img_optimizer not in IMG_OPTIMIZERS:
+        raise ConfigError(f"--img_optimizer must be sgd or adam, got {cfg.img_optimizer!r}")
     try:
         parse_strategy(cfg.dsa_strategy)
     except ValueError as e:
@@ -211,11 +218,16 @@ class Distiller:
             tqdm.write(f"--lr_teacher auto: {cfg.lr_teacher[0]:.4g}")
         self.log_lrs = [torch.tensor(math.log(v), device=self.device, requires_grad=True)
                         for v in cfg.lr_teacher]
-        self.opt_img = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=0.5)
+        self.opt_img = (torch.optim.Adam([self.images], lr=cfg.lr_img) if cfg.img_optimizer == "adam"
+                        else torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=0.5))
         self.opt_lrs = [self._lr_optimizer(p) for p in self.log_lrs]
         self.schedule = (StageMachine(cfg.max_start_epoch, cfg.init_epoch, cfg.sigma,
                                       cfg.min_duration, cfg.max_duration,
-                                      sample_method=cfg.sample_method, lr_img=cfg.lr_img)
+                                      sample_method=cfg.sample_method, lr_img=cfg.lr_img,
+                                      # adam's lr is ~1e-2, not ~1e3: stop fine-tuning at the
+                                      # reference's fraction (50 / 1000) of the start lr
+                                      stop_lr_img=(0.05 * cfg.lr_img if cfg.img_optimizer == "adam"
+                                                   else 50.0))
                          if cfg.stm else UniformStart(cfg.max_start_epoch))
         experts = store.indices()
         self.experts = experts[:cfg.max_experts] if cfg.max_experts else experts

@@ -17,8 +17,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data.base import DataError
+from .kaggle import is_kaggle, kaggle_columns, kaggle_fractions
 
-ID_COLUMNS = ("dr7objid", "objid")  # main sample / Hart 2016 use dr7objid, Stripe 82 objid
+# main sample / Hart 2016 use dr7objid, Stripe 82 objid, the Kaggle challenge table GalaxyID
+ID_COLUMNS = ("dr7objid", "objid", "galaxyid")
 
 
 @dataclass
@@ -76,7 +78,8 @@ def _id_column(path: Path, header: list[str]) -> str:
     for name in ID_COLUMNS:
         if name in lower:
             return name
-    raise DataError(f"{path}: missing id column: expected 'dr7objid' or 'objid' in the header")
+    raise DataError(f"{path}: missing id column: expected 'dr7objid' or 'objid' (GZ2 tables), "
+                    "or 'GalaxyID' (the Kaggle challenge table) in the header")
 
 
 def _to_ids(path: Path, column: str, raw, where: list[str]) -> np.ndarray:
@@ -184,6 +187,9 @@ def _read_fits(path: Path, columns: list[str], progress: bool):
 def read_catalog(path: str | Path, columns: list[str], progress: bool = True) -> Catalog:
     """Read the id column (`dr7objid` or `objid`) and `columns` (as float64) of a catalog.
 
+    The Kaggle challenge table (`GalaxyID`, `Class1.1` ...) is read too: its cumulative
+    values become the per-task fractions of the requested GZ2 columns (kaggle.py).
+
     Raises DataError for a missing column, a non-numeric or non-finite value, a bad or
     duplicate object id.
     """
@@ -191,13 +197,22 @@ def read_catalog(path: str | Path, columns: list[str], progress: bool = True) ->
     if not path.is_file():
         raise DataError(f"catalog {path} does not exist")
     reader = _read_fits if _is_fits(path) else _read_csv
-    id_col, cols, samples, where = reader(path, columns, progress)
+    kaggle = reader is _read_csv and is_kaggle(_csv_header(path))
+    wanted = kaggle_columns(path, columns) if kaggle else columns
+    id_col, cols, samples, where = reader(path, wanted, progress)
     if not where:
         raise DataError(f"{path}: the catalog has no rows")
     ids = _to_ids(path, id_col, cols[id_col], where)
     _check_unique(path, id_col, ids, where)
-    values = {c: _to_floats(path, c, cols[c], where) for c in columns}
+    values = {c: _to_floats(path, c, cols[c], where) for c in wanted}
+    if kaggle:
+        values = kaggle_fractions(values, columns)
     return Catalog(path, id_col, ids, values, samples, where)
+
+
+def _csv_header(path: Path) -> list[str]:
+    with _open_text(path) as f:
+        return next(csv.reader(f), None) or []
 
 
 def read_mapping(path: str | Path, progress: bool = True) -> dict[int, list[tuple[str, str]]]:
