@@ -271,7 +271,7 @@ def test_missing_directory(tmp_path):
     with pytest.raises(DataError, match=r"nothing-here: missing directory"):
         load_dataset("imagefolder", tmp_path / "nothing-here")
     (tmp_path / "only-train" / "train" / "a").mkdir(parents=True)
-    with pytest.raises(DataError, match=r"only-train: no test/ or val/ directory"):
+    with pytest.raises(DataError, match=r"only-train: no test/, val/ or validation/ directory"):
         load_dataset("imagefolder", tmp_path / "only-train")
 
 

@@ -130,3 +130,21 @@ def test_many_classes_and_images_stay_readable(tmp_path):
         assert im.size == (1100, 990)
     with Image.open(plot_per_class([("a", [0.5] * 100)], classes, tmp_path / "pc.png")) as im:
         assert im.size == (1540, 418)
+
+
+def test_galaxy_runs_show_the_class_view_first(run, tmp_path):
+    from trajdistill.report import CLASS_VIEW, is_galaxy_run
+    splits, run_dir = run
+    def class_view_first(html):
+        html = html.replace("&#x27;", "'")
+        return html.index(f">{CLASS_VIEW}<") < html.index(">Synthetic images<")
+    assert not class_view_first(build_report(run_dir, splits=splits).read_text())
+    galaxy = tmp_path / "galaxy"
+    shutil.copytree(run_dir, galaxy)
+    config = json.loads((galaxy / "config.json").read_text())
+    (galaxy / "config.json").write_text(json.dumps({**config, "dsa_strategy": "galaxy"}))
+    assert class_view_first(build_report(galaxy, splits=splits).read_text())
+    md = (galaxy / "report.md").read_text()
+    assert md.index(CLASS_VIEW) < md.index("Synthetic images")
+    assert is_galaxy_run({"dataset": "GZoo2_aug"}, {}) and is_galaxy_run({"crop": "center-half"}, {})
+    assert not is_galaxy_run({"dataset": "CIFAR10"}, {"dsa_strategy": "color_crop"})

@@ -347,6 +347,15 @@ def _best_eval(evals: list[dict]) -> tuple[dict | None, str | None]:
     return max((e for e in evals if m in e), key=lambda e: e[m]["mean"]), m
 
 
+CLASS_VIEW = "Each class: synthetic vs class mean vs real"
+
+
+def is_galaxy_run(data: dict, config: dict) -> bool:
+    """Galaxy Zoo builds, galaxy-cropped folders, or runs with the galaxy augmentation."""
+    return (str(data.get("dataset", "")).lower().startswith("gzoo2")
+            or data.get("crop") == "center-half" or config.get("dsa_strategy") == "galaxy")
+
+
 def build_report(run_dir: str | Path, classes: list[str] | None = None,
                  splits: DatasetSplits | None = None) -> Path:
     """Write figures/ and report.html (self-contained) + report.md for a run directory.
@@ -380,7 +389,7 @@ def build_report(run_dir: str | Path, classes: list[str] | None = None,
             f"{CLIP_STD} std of the set and stretched per image.")
     if syn is not None and splits is not None and len(splits.classes) == int(syn.labels.max()) + 1:
         save_class_comparison(syn, splits, figs / "classes.png")
-        add("Each class: synthetic vs class mean vs real", "figures/classes.png",
+        add(CLASS_VIEW, "figures/classes.png",
             "Row per class: the synthetic image(s), the mean of the class's training images (the "
             "class-mean baseline, contrast-stretched the same way) and random real training images.")
     if plot_accuracy(evals, figs / "accuracy.png"):
@@ -415,6 +424,9 @@ def build_report(run_dir: str | Path, classes: list[str] | None = None,
         plot_per_class(per_class, classes, figs / "per_class.png")
         add("Per-class accuracy", "figures/per_class.png", body=_per_class_table(per_class, classes))
 
+    if syn is not None and is_galaxy_run(syn.data, config):
+        # for astronomers the question is what the network saw in each class: that view first
+        sections.sort(key=lambda sec: sec["title"] != CLASS_VIEW)
     table = results.get("table") or _table_from_evals(evals)
     html_path = run / "report.html"
     html_path.write_text(_html(run, table, sections, results, config, syn))

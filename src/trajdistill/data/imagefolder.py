@@ -152,7 +152,9 @@ def find_split(root: Path, names: Sequence[str]) -> Path:
     for name in names:
         if (root / name).is_dir():
             return root / name
-    raise DataError(f"{root}: no {' or '.join(n + '/' for n in names)} directory")
+    listed = [n + "/" for n in names]
+    either = ", ".join(listed[:-1]) + " or " + listed[-1] if len(listed) > 1 else listed[0]
+    raise DataError(f"{root}: no {either} directory")
 
 
 def check_root(data_path) -> Path:
