@@ -4,6 +4,7 @@ real files of ../shared/data (gz1/, cifar10-imagefolder/)."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -150,3 +151,23 @@ def test_cli_baseline_on_a_labelled_folder(small_gz1, capsys):
     assert "ConvNetD2:" in capsys.readouterr().out
     assert main(args[:-5] + ["--dsa_strategy", "spin", "--device", "cpu"]) == 2
     assert "--dsa_strategy" in capsys.readouterr().err
+
+
+def test_gz1_presets_run_buffer_distill_and_resume_on_a_labelled_folder(small_gz1, tmp_path, capsys):
+    root, _ = small_gz1
+    common = ["--dataset", str(root), "--labels", "labels.csv", "--res", "16", "--device", "cpu",
+              "--buffer_path", str(tmp_path / "buffers"), "--quiet"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["buffer", "--preset", "GZ1", "--train_epochs", "3", "--num_experts", "1",
+                     *common]) == 0
+        assert (tmp_path / "buffers" / "gz-16px" / "ConvNetW32" / "expert_000.pt").exists()
+        run = tmp_path / "run"
+        assert main(["distill", "--preset", "GZ1-ipc1", "--Iteration", "2", "--eval_it", "0",
+                     "--syn_steps", "3", "--run_dir", str(run), *common]) == 0
+        config = json.loads((run / "config.json").read_text())
+        assert config["dsa_strategy"] == "galaxy" and config["lr_teacher"][0] > 0  # auto resolved
+        assert config["source"]["classes"] == "0,1+2,3" and config["source"]["res"] == 16
+        assert main(["distill", "--resume", str(run), "--Iteration", "3", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "--lr_teacher auto:" in out and "resuming" in out

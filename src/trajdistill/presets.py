@@ -25,6 +25,17 @@ for _ds, _ipc, _steps, _lr_img, _lr_t, _extra in _TABLE:
     if _ds == "GZoo2":  # the reference STM runs used the rotation-augmented set too
         PRESETS[f"GZoo2_aug-ipc{_ipc}"] = {**PRESETS[f"GZoo2-ipc{_ipc}"], "dataset": "GZoo2_aug"}
 
+# --- galaxies (issue 14): gz1 (../shared/data/gz1, a flat folder + labels CSV) as elliptical /
+# spiral / edge-on at 32 px, the central half of each cut-out. The data flags are filled, the
+# folder is the user's: `--preset GZ1-ipc1 --dataset PATH/gz1`. Settings measured in README
+# ("Galaxies"): the synthetic lr from the buffer (lr_teacher auto) and the galaxy DSA.
+GZ1_DATA = {"labels": "gz1_labels.csv", "id_column": "OBJID", "label_column": "CLASS",
+            "classes": "0,1+2,3", "class_names": "elliptical,spiral,edge-on", "res": 32,
+            "crop": "center-half"}
+PRESETS["GZ1-ipc1"] = {**GZ1_DATA, "model": "ConvNetW32", "ipc": 1, "syn_steps": 20,
+                       "lr_teacher": ["auto"], "lr_img": 1000, "dsa_strategy": "galaxy",
+                       "Iteration": 200, "eval_it": 200}
+
 # Expert-training settings that go with them (section 9): 50 epochs, 10 experts for a demo.
 BUFFER_PRESETS = {
     "CIFAR10": {"dataset": "CIFAR10", "model": "ConvNet", "train_epochs": 50, "num_experts": 10,
@@ -35,6 +46,8 @@ BUFFER_PRESETS = {
               "lr_teacher": [0.001]},
     "GZoo2_aug": {"dataset": "GZoo2_aug", "model": "ConvNet", "train_epochs": 50,
                   "num_experts": 10, "lr_teacher": [0.001]},
+    "GZ1": {**GZ1_DATA, "model": "ConvNetW32", "train_epochs": 15, "num_experts": 3,
+            "lr_teacher": [0.01], "batch_train": 64, "dsa_strategy": "galaxy"},
 }
 
 
