@@ -72,7 +72,7 @@ def run_demo(run_dir: str | Path = "runs/demo", cfg: DemoConfig | None = None,
     syn = distiller.synthetic_set()
     syn.save(run_dir / "synthetic_best.pt")
     results = {
-        f"STM distilled, {cfg.ipc} img/class": evaluate_set(syn.images, syn.labels, splits, syn.lrs,
+        f"STM distilled, {cfg.ipc} img/class": evaluate_set(syn.images, syn.targets(), splits, syn.lrs,
                                                             models, ev, cfg.syn_steps, progress),
         f"random real, {cfg.ipc} img/class": evaluate_set(*random_real(splits, cfg.ipc, cfg.seed),
                                                           splits, [0.01], models, ev, 0, progress),

@@ -29,7 +29,8 @@ from . import augment as dsa
 from .augment import DEFAULT_STRATEGY
 from .data.base import DatasetSplits
 from .models import FlatModel, build_model
-from .training import class_weights, confusion_result, test_network, to_input, train_epoch
+from .training import (confusion_result, set_loss, targets_weights, test_network, to_input,
+                       train_epoch)
 
 BATCHED_CHOICES = ("auto", "on", "off")
 
@@ -97,7 +98,7 @@ def train_and_test(model: str, images: torch.Tensor, labels: torch.Tensor, split
     opt = torch.optim.SGD(net.parameters(), lr=schedule[0], momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
     images = _train_images(images)
-    weights = class_weights(labels, splits.num_classes)
+    weights = targets_weights(labels, splits.num_classes)
     for lr in tqdm(schedule, desc=f"train {model}", leave=False, disable=not progress):
         for g in opt.param_groups:
             g["lr"] = lr
@@ -150,12 +151,13 @@ def train_and_test_batched(model: str, images: torch.Tensor, labels: torch.Tenso
                           weight_decay=cfg.weight_decay)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     images = _train_images(images)
-    weights = class_weights(labels, splits.num_classes).to(device)
+    weights = targets_weights(labels, splits.num_classes)
+    weights = weights.to(device) if weights is not None else None
     strategy = cfg.dsa_strategy if cfg.dsa else None
     n, bs = images.shape[0], cfg.batch_train
 
     def loss_one(params, x, y):
-        return F.cross_entropy(functional_call(base, params, (x,)), y, weight=weights)
+        return set_loss(functional_call(base, params, (x,)), y, weights)
 
     losses = vmap(loss_one)
     base.train()

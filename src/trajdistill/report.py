@@ -378,6 +378,10 @@ def build_report(run_dir: str | Path, classes: list[str] | None = None,
             f"{', '.join(f'{v:.4g}' for v in syn.lrs)}. Shown in pixel space"
             f"{' (ZCA inverted)' if syn.preprocess.zca is not None else ''}, clipped at "
             f"{CLIP_STD} std of the set and stretched per image.")
+    if syn is not None and syn.soft_labels is not None:
+        add("Learned soft labels", caption="Each synthetic image's label distribution "
+            f"(softmax of its learned logits): the top {TOP_LABELS} classes.",
+            body=_soft_label_table(syn, classes))
     if syn is not None and splits is not None and len(splits.classes) == int(syn.labels.max()) + 1:
         save_class_comparison(syn, splits, figs / "classes.png")
         add("Each class: synthetic vs class mean vs real", "figures/classes.png",
@@ -465,6 +469,27 @@ def _events_table(events: list[dict]) -> str:
                    for e in events)
     return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + f"</tr>{rows}</table>"
             if events else "<p>no stage events</p>")
+
+
+TOP_LABELS = 3  # classes shown per image in the soft-label table
+
+
+def soft_label_rows(syn: SyntheticSet, classes: list[str]) -> list[tuple[int, str, list[tuple[str, float]]]]:
+    """(image index, its class, [(class, probability)] of the top classes) per image."""
+    names = classes or [str(i) for i in range(syn.soft_labels.shape[1])]
+    probs = torch.softmax(syn.soft_labels.float(), dim=1)
+    top = probs.topk(min(TOP_LABELS, probs.shape[1]), dim=1)
+    return [(i, names[int(syn.labels[i])],
+             [(names[int(c)], float(p)) for p, c in zip(top.values[i], top.indices[i])])
+            for i in range(len(syn.labels))]
+
+
+def _soft_label_table(syn: SyntheticSet, classes: list[str]) -> str:
+    rows = "".join(f"<tr><td>{i}</td><td>{html.escape(c)}</td><td>" +
+                   ", ".join(f"{html.escape(n)} {100 * p:.1f} %" for n, p in top) + "</td></tr>"
+                   for i, c, top in soft_label_rows(syn, classes))
+    return ("<table><tr><th>image</th><th>class</th><th>label distribution (top classes)</th>"
+            f"</tr>{rows}</table>")
 
 
 def _per_class_table(rows, classes) -> str:
