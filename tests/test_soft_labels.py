@@ -149,3 +149,46 @@ def test_soft_set_downstream_evaluate_export_report(setup, tmp_path, capsys):
     rows = soft_label_rows(syn, splits.classes)
     top = torch.softmax(syn.soft_labels[4], 0).max().item()
     assert rows[4][2][0][1] == pytest.approx(top) and len(rows[4][2]) == 3
+
+
+# ----------------------------------------------------------------------------- aligned windows
+
+@pytest.mark.parametrize("method", ["original-MTT", "STM"])
+def test_aligned_windows_combine_with_both_methods(setup, tmp_path, method):
+    """original-MTT: DATM's growing window; STM: the first stage is DATM's first window
+    [min, current_max) and the start epochs count from min_start_epoch."""
+    splits, store, _ = setup
+    cfg = DistillConfig(method=method, ipc=1, syn_steps=2, iterations=8, eval_it=0,
+                        start_schedule="aligned", min_start_epoch=1, current_max_start_epoch=2,
+                        max_start_epoch=3, expansion_end_epoch=4, soft_labels=True)
+    d = Distiller(cfg, splits, store, tmp_path / method, progress=False)
+    d.run()
+    starts = [json.loads(l)["start_epoch"] for l in (tmp_path / method / "metrics.jsonl")
+              .read_text().splitlines()]
+    if method == "STM":
+        assert d.cfg.init_epoch == 1 and starts == [1] * 8   # cap 1 from epoch 1, no test yet
+    else:
+        assert set(starts[:4]) == {1}                          # upper(it < 4) = 2
+        assert set(starts[4:]) <= {1, 2}
+    with pytest.raises(ConfigError, match="--current_max_start_epoch"):
+        Distiller(DistillConfig(**{**vars(cfg), "current_max_start_epoch": 1, "init_epoch": 1}),
+                  splits, store, tmp_path / "bad", progress=False)
+
+
+def test_datm_presets_hold_the_published_settings():
+    from dataclasses import fields
+    from trajdistill.presets import PRESETS
+    names = {f.name for f in fields(DistillConfig)} | {"dataset", "Iteration", "zca"}
+    datm = {k: v for k, v in PRESETS.items() if k.startswith("DATM-")}
+    assert sorted(datm) == sorted(f"DATM-{d}-ipc{n}" for d in ("CIFAR10", "CIFAR100")
+                                  for n in (1, 10, 50))
+    for p in datm.values():
+        assert set(p) <= names
+    # configs/CIFAR-10/ConvIN/IPC10.yaml, read by hand
+    p = PRESETS["DATM-CIFAR10-ipc10"]
+    assert (p["syn_steps"], p["expert_epochs"], p["lr_img"], p["lr_y"], p["batch_syn"]) == \
+        (80, 2, 100, 2.0, 100)
+    assert (p["min_start_epoch"], p["current_max_start_epoch"], p["max_start_epoch"],
+            p["expansion_end_epoch"], p["start_schedule"]) == (0, 10, 20, 1000, "aligned")
+    assert p["pix_init"] == "correct" and p["soft_labels"] and p["loss_threshold"] == 1.0
+    assert "start_schedule" not in PRESETS["DATM-CIFAR10-ipc1"]  # Sequential_Generation: False
