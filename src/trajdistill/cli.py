@@ -179,9 +179,18 @@ def _finish(distiller, splits) -> None:
     from .report import build_report
     best = distiller.run()
     html = build_report(distiller.run_dir, splits=splits)
-    acc = f"{100 * best['accuracy']:.2f} % at iteration {best['iteration']}" \
-        if best.get("iteration") is not None else "not evaluated"
-    print(f"best accuracy {acc}; run directory {distiller.run_dir}; report {html}")
+    print(f"{best_summary(best)}; run directory {distiller.run_dir}; report {html}")
+
+
+def best_summary(best: dict) -> str:
+    """The summary line's account of synthetic_best.pt: validation and test side by side."""
+    if best.get("iteration") is None:
+        return "best set: not evaluated"
+    val = (f"validation {100 * best['val_accuracy']:.2f} %, "
+           if best.get("val_accuracy") is not None else "")
+    chosen = "validation" if best.get("selected_on", "test") == "val" else "test"
+    return (f"best set (chosen on {chosen} accuracy) at iteration {best['iteration']}: "
+            f"{val}test {100 * best['accuracy']:.2f} %")
 
 
 class _OptionalPackage(argparse.Action):
@@ -253,6 +262,12 @@ def _add_distill_parser(sub) -> None:
     p.add_argument("--expansion_end_epoch", type=positive_int,
                    help="aligned, original-MTT: iterations until the window reaches max_start_epoch "
                    "(default 1000)")
+    # validation split (best-set selection without the test set)
+    p.add_argument("--val_size", type=non_negative_int,
+                   help="training images held out to validate evaluation networks (default 10 %% "
+                   "of the training set, at most 5000; 0: none)")
+    p.add_argument("--select_on", choices=["val", "test"],
+                   help="choose synthetic_best.pt on validation (default) or test accuracy")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint "
                    "(its own settings; --Iteration may extend it)")
     p.add_argument("--buffer_path")

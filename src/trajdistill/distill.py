@@ -28,6 +28,7 @@ from .models import FlatModel, build_model
 from .schedule import AlignedStart, StageMachine, UniformStart
 from .synthetic import SyntheticSet
 from .tracking import Tracker
+from .validation import default_val_size, validation_indices
 
 
 class ConfigError(ValueError):
@@ -92,6 +93,9 @@ class DistillConfig:
     min_start_epoch: int = 0            # lower end of every window (STM's cap counts from it)
     current_max_start_epoch: int | None = None  # aligned: the first upper end (default: middle)
     expansion_end_epoch: int = 1000     # aligned, MTT: iterations until upper = max_start_epoch
+    # validation split and best-set selection (issue 10): see validation.py
+    val_size: int | None = None         # None: 10 % of the training set (<= 5000); 0: none
+    select_on: str = "val"              # synthetic_best.pt by validation ("val") or "test" accuracy
 
     @property
     def stm(self) -> bool:
@@ -123,6 +127,7 @@ def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) 
                           f"({cfg.expert_epochs}) must be within the {epochs} epochs stored in "
                           f"{store.root} (and max_start_epoch >= 1)")
     _validate_windows(cfg)
+    _validate_split(cfg, splits)
     n_lr = cfg.init_epoch if (cfg.stm and cfg.lr_mode == "independent-lr") else 1
     if len(cfg.lr_teacher) == 1 and n_lr > 1:
         cfg.lr_teacher = cfg.lr_teacher * n_lr
@@ -167,6 +172,21 @@ def _validate_windows(cfg: DistillConfig) -> None:
     if cfg.stm and not 1 <= cfg.init_epoch <= span:
         raise ConfigError(f"init_epoch ({cfg.init_epoch}) must be in [1, max_start_epoch - "
                           f"min_start_epoch = {span}]")
+
+
+def _validate_split(cfg: DistillConfig, splits: DatasetSplits) -> None:
+    """--val_size / --select_on: fill the default size and refuse what cannot work."""
+    if cfg.select_on not in ("val", "test"):
+        raise ConfigError(f"--select_on must be val or test, got {cfg.select_on!r}")
+    n, c = len(splits.train), splits.num_classes
+    if cfg.val_size is None:
+        cfg.val_size = default_val_size(n, c)
+    if cfg.val_size and not c <= cfg.val_size < n:
+        raise ConfigError(f"--val_size ({cfg.val_size}) must be 0 (no validation split) or in "
+                          f"[{c} (one image per class), {n} (the training set))")
+    if cfg.val_size == 0 and cfg.select_on == "val":
+        raise ConfigError("--select_on val needs a validation split; give --val_size > 0 or "
+                          "--select_on test")
 
 
 def open_buffer(buffer_dir: str | Path, splits: DatasetSplits) -> TrajectoryStore:
@@ -229,6 +249,7 @@ class Distiller:
                                       .to(self.device))
         experts = store.indices()
         self.experts = experts[:cfg.max_experts] if cfg.max_experts else experts
+        self.val_idx = validation_indices(splits.train.labels, splits.num_classes, cfg.val_size)
         self.labels = torch.arange(splits.num_classes).repeat_interleave(cfg.ipc).to(self.device)
         self.images = self._initial_images().to(self.device).requires_grad_(True)
         self.log_lrs = [torch.tensor(math.log(v), device=self.device, requires_grad=True)
@@ -275,8 +296,15 @@ class Distiller:
         if cfg.pix_init == "noise":
             return torch.randn(splits.num_classes * cfg.ipc, *splits.image_shape, generator=self.gen)
         picks = []
+        in_val = torch.zeros(len(splits.train), dtype=torch.bool)
+        in_val[self.val_idx] = True
         for c in range(splits.num_classes):
             members = splits.train.indices_of(c)
+            members = members[~in_val[members]]  # no validation image is copied into the set
+            if len(members) < cfg.ipc:
+                raise ConfigError(f"ipc={cfg.ipc} but class {splits.classes[c]!r} has only "
+                                  f"{len(members)} training images outside the validation split "
+                                  f"(--val_size {cfg.val_size})")
             members = members[torch.randperm(len(members), generator=self.gen)]
             if cfg.pix_init == "correct":
                 members = self._classified_correctly(members, c)
@@ -529,8 +557,11 @@ class Distiller:
         ecfg = EvalConfig(num_eval=cfg.num_eval, epoch_eval_train=cfg.epoch_eval_train,
                           dsa=cfg.dsa, dsa_strategy=cfg.dsa_strategy, device=cfg.device,
                           seed=cfg.seed, batched=cfg.eval_batched)
+        val = ((self.splits.train.images[self.val_idx], self.splits.train.labels[self.val_idx])
+               if len(self.val_idx) else None)
         return evaluate_set(self.images.detach().cpu(), self.targets().cpu(), self.splits, self.lrs(),
-                            cfg.eval_models, ecfg, syn_steps=cfg.syn_steps, progress=self.progress)
+                            cfg.eval_models, ecfg, syn_steps=cfg.syn_steps, progress=self.progress,
+                            val=val)
 
     def checkpoint(self) -> None:
         atomic_save(self.state_dict(), self.run_dir / "checkpoint.pt")
@@ -570,12 +601,19 @@ class Distiller:
     def _evaluate_and_log(self, evals) -> None:
         result = self.evaluate()
         main = result[self.cfg.eval_models[0]]
-        evals.write(json.dumps({"it": self.iteration, "lrs": self.lrs(), **result}) + "\n")
+        key = "val_mean" if self.cfg.select_on == "val" else "mean"
+        evals.write(json.dumps({"it": self.iteration, "lrs": self.lrs(),
+                                "selected_on": self.cfg.select_on, **result}) + "\n")
         evals.flush()
         self.tracker.log_eval(result, self.iteration)
         self.tracker.log_images(self.synthetic_set(), self.iteration, self.splits.classes)
         tqdm.write(f"it {self.iteration}: " + ", ".join(
-            f"{m} {100 * r['mean']:.2f} ± {100 * r['std']:.2f} %" for m, r in result.items()))
-        if main["mean"] > self.best["accuracy"]:
-            self.best = {"accuracy": main["mean"], "std": main["std"], "iteration": self.iteration}
+            f"{m} " + (f"val {100 * r['val_mean']:.2f} ± {100 * r['val_std']:.2f} %, "
+                       if "val_mean" in r else "") +
+            f"test {100 * r['mean']:.2f} ± {100 * r['std']:.2f} %" for m, r in result.items()))
+        if main[key] > self.best.get("selected", self.best["accuracy"]):
+            self.best = {"selected": main[key], "selected_on": self.cfg.select_on,
+                         "accuracy": main["mean"], "std": main["std"],
+                         "val_accuracy": main.get("val_mean"), "val_std": main.get("val_std"),
+                         "iteration": self.iteration}
             self.synthetic_set().save(self.run_dir / "synthetic_best.pt")

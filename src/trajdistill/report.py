@@ -336,15 +336,31 @@ def _save(fig, path) -> Path:
 
 # ----------------------------------------------------------------------------- the report
 
+def selection_key(e: dict, m: str) -> str:
+    """The accuracy that chose synthetic_best.pt: validation (when the run chose on it) or test."""
+    return "val_mean" if e.get("selected_on") == "val" and "val_mean" in e[m] else "mean"
+
+
 def _best_eval(evals: list[dict]) -> tuple[dict | None, str | None]:
-    """The evaluation with the best mean accuracy of the first model, and that model."""
+    """The evaluation that chose synthetic_best.pt (best validation accuracy of the first
+    model, or best test accuracy for runs that chose on test), and that model."""
     if not evals:
         return None, None
     models = [k for k in evals[0] if isinstance(evals[0][k], dict)]
     if not models:
         return None, None
     m = models[0]
-    return max((e for e in evals if m in e), key=lambda e: e[m]["mean"]), m
+    return max((e for e in evals if m in e), key=lambda e: e[m][selection_key(e, m)]), m
+
+
+def selection_note(evals: list[dict]) -> str:
+    """One sentence: which accuracy chose the best set."""
+    if not evals:
+        return ""
+    if evals[-1].get("selected_on") == "val":
+        return ("synthetic_best.pt was chosen on validation accuracy (held-out training images "
+                "the evaluation networks never train on); test accuracy did not take part.")
+    return "synthetic_best.pt was chosen on test accuracy (optimistic: the test set took part)."
 
 
 def build_report(run_dir: str | Path, classes: list[str] | None = None,
@@ -421,8 +437,9 @@ def build_report(run_dir: str | Path, classes: list[str] | None = None,
 
     table = results.get("table") or _table_from_evals(evals)
     html_path = run / "report.html"
-    html_path.write_text(_html(run, table, sections, results, config, syn))
-    (run / "report.md").write_text(_markdown(run.name, table, sections))
+    note = selection_note(evals)
+    html_path.write_text(_html(run, table, sections, results, config, syn, note))
+    (run / "report.md").write_text(_markdown(run.name, table, sections, note))
     return html_path
 
 
@@ -445,12 +462,14 @@ def _table_from_evals(evals: list[dict]) -> list[dict]:
     out = []
     models = [k for k in evals[0] if isinstance(evals[0][k], dict)]
     for m in models:
-        best = max((e for e in evals if m in e), key=lambda e: e[m]["mean"])
+        best = max((e for e in evals if m in e), key=lambda e: e[m][selection_key(e, m)])
         last = [e for e in evals if m in e][-1]
-        out.append({"name": f"{m}: best (iteration {best['it']})", "mean": best[m]["mean"],
-                    "std": best[m]["std"], "n": len(best[m]["accuracies"])})
-        out.append({"name": f"{m}: last (iteration {last['it']})", "mean": last[m]["mean"],
-                    "std": last[m]["std"], "n": len(last[m]["accuracies"])})
+        for label, e in (("best", best), ("last", last)):
+            row = {"name": f"{m}: {label} (iteration {e['it']})", "mean": e[m]["mean"],
+                   "std": e[m]["std"], "n": len(e[m]["accuracies"])}
+            if "val_mean" in e[m]:
+                row.update(val_mean=e[m]["val_mean"], val_std=e[m]["val_std"])
+            out.append(row)
     return out
 
 
@@ -500,9 +519,11 @@ def _per_class_table(rows, classes) -> str:
     return f"<table>{head}{body}</table>"
 
 
-def _table_rows(table: list[dict]) -> list[tuple[str, str, str]]:
-    return [(r["name"], f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}",
-             str(r.get("n", ""))) for r in table]
+def _table_rows(table: list[dict]) -> list[tuple[str, str, str, str]]:
+    """(set, validation accuracy or "", test accuracy, networks) per row."""
+    return [(r["name"],
+             f"{100 * r['val_mean']:.2f} ± {100 * r['val_std']:.2f}" if "val_mean" in r else "",
+             f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}", str(r.get("n", ""))) for r in table]
 
 
 def _embed(run: Path, rel: str) -> str:
@@ -517,10 +538,10 @@ _CONFIG_KEYS = ("dataset", "method", "ipc", "syn_steps", "expert_epochs", "max_s
 
 
 def _html(run: Path, table: list[dict], sections, results: dict, config: dict,
-          syn: SyntheticSet | None) -> str:
+          syn: SyntheticSet | None, note: str = "") -> str:
     title = run.name
-    rows = "".join(f"<tr><td>{html.escape(a)}</td><td>{b}</td><td>{c}</td></tr>"
-                   for a, b, c in _table_rows(table))
+    rows = "".join(f"<tr><td>{html.escape(a)}</td><td>{v}</td><td>{b}</td><td>{c}</td></tr>"
+                   for a, v, b, c in _table_rows(table))
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;max-width:1150px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;"
@@ -538,8 +559,11 @@ def _html(run: Path, table: list[dict], sections, results: dict, config: dict,
     parts.append("<nav>" + "".join(f"<a href='#s{i}'>{html.escape(s['title'])}</a>"
                                    for i, s in enumerate(sections)) + "</nav>")
     if rows:
-        parts.append("<h2>Test accuracy (%) — mean ± std over evaluation networks</h2>"
-                     f"<table><tr><th>set</th><th>accuracy</th><th>networks</th></tr>{rows}</table>")
+        parts.append("<h2>Accuracy (%) — mean ± std over evaluation networks</h2>"
+                     "<table><tr><th>set</th><th>validation</th><th>test</th><th>networks</th></tr>"
+                     f"{rows}</table>")
+        if note:
+            parts.append(f"<p>{html.escape(note)}</p>")
     if results.get("notes"):
         parts.append(f"<p>{html.escape(str(results['notes']))}</p>")
     for i, s in enumerate(sections):
@@ -555,12 +579,15 @@ def _html(run: Path, table: list[dict], sections, results: dict, config: dict,
     return "\n".join(parts) + "\n"
 
 
-def _markdown(title: str, table: list[dict], sections) -> str:
+def _markdown(title: str, table: list[dict], sections, note: str = "") -> str:
     lines = [f"# Distillation report: {title}", ""]
     if table:
-        lines += ["| set | test accuracy (%) | networks |", "| --- | --- | --- |"]
-        lines += [f"| {a} | {b} | {c} |" for a, b, c in _table_rows(table)]
+        lines += ["| set | validation accuracy (%) | test accuracy (%) | networks |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {a} | {v} | {b} | {c} |" for a, v, b, c in _table_rows(table)]
         lines.append("")
+        if note:
+            lines += [note, ""]
     for s in sections:
         lines += [f"## {s['title']}", ""]
         if s["img"]:

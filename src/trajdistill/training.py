@@ -83,6 +83,7 @@ class TestResult:
     accuracy: float
     per_class: list[float]
     confusion: list[list[int]]  # rows: true class, columns: predicted
+    val_accuracy: float | None = None  # the same network on the validation split, if any
 
     def as_dict(self) -> dict:
         return {"accuracy": self.accuracy, "per_class": self.per_class, "confusion": self.confusion}
