@@ -192,3 +192,15 @@ def test_datm_presets_hold_the_published_settings():
             p["expansion_end_epoch"], p["start_schedule"]) == (0, 10, 20, 1000, "aligned")
     assert p["pix_init"] == "correct" and p["soft_labels"] and p["loss_threshold"] == 1.0
     assert "start_schedule" not in PRESETS["DATM-CIFAR10-ipc1"]  # Sequential_Generation: False
+
+
+def test_load_syn_image_continues_with_the_sets_soft_labels(setup, tmp_path):
+    splits, store, _ = setup
+    first = Distiller(DistillConfig(iterations=2, **SOFT), splits, store, tmp_path / "a",
+                      progress=False)
+    first.run()
+    d = Distiller(DistillConfig(iterations=4, prev_iter=2, **SOFT,
+                                load_syn_image=str(tmp_path / "a" / "synthetic_last.pt")),
+                  splits, store, tmp_path / "b", progress=False)
+    assert torch.equal(d.label_logits.detach(), first.label_logits.detach())
+    assert torch.equal(d.images.detach(), first.images.detach())

@@ -251,6 +251,7 @@ class Distiller:
         self.experts = experts[:cfg.max_experts] if cfg.max_experts else experts
         self.val_idx = validation_indices(splits.train.labels, splits.num_classes, cfg.val_size)
         self.labels = torch.arange(splits.num_classes).repeat_interleave(cfg.ipc).to(self.device)
+        self.loaded_logits = None  # soft labels of a --load_syn_image set, if it has them
         self.images = self._initial_images().to(self.device).requires_grad_(True)
         self.log_lrs = [torch.tensor(math.log(v), device=self.device, requires_grad=True)
                         for v in cfg.lr_teacher]
@@ -259,7 +260,9 @@ class Distiller:
         # soft labels: learnable logits (N, classes); None keeps the hard class labels
         self.label_logits = self.opt_labels = None
         if cfg.soft_labels:
-            self.label_logits = self._expert_logits(self.images.detach()).requires_grad_(True)
+            start = (self.loaded_logits if self.loaded_logits is not None
+                     else self._expert_logits(self.images.detach()))
+            self.label_logits = start.to(self.device).clone().requires_grad_(True)
             self.opt_labels = torch.optim.SGD([self.label_logits], lr=cfg.lr_y, momentum=0.9)
         self.schedule = self._start_schedule()
         self.expert_order: list[int] = []
@@ -292,6 +295,8 @@ class Distiller:
             want = (splits.num_classes * cfg.ipc, *splits.image_shape)
             if not isinstance(images, torch.Tensor) or tuple(images.shape) != want:
                 raise ConfigError(f"{cfg.load_syn_image}: expected an image tensor of shape {want}")
+            if isinstance(blob, dict) and blob.get("soft_labels") is not None:
+                self.loaded_logits = blob["soft_labels"].float()  # continue with its labels
             return images.float().clone()
         if cfg.pix_init == "noise":
             return torch.randn(splits.num_classes * cfg.ipc, *splits.image_shape, generator=self.gen)
