@@ -60,7 +60,10 @@ def run_demo(run_dir: str | Path = "runs/demo", cfg: DemoConfig | None = None,
     dcfg = DistillConfig(method="STM", ipc=cfg.ipc, syn_steps=cfg.syn_steps,
                          iterations=cfg.iterations, lr_img=cfg.lr_img, lr_lr=cfg.lr_lr,
                          lr_teacher=[cfg.lr_teacher], eval_it=0, num_eval=cfg.num_eval,
-                         epoch_eval_train=cfg.epoch_eval_train, seed=cfg.seed, device=cfg.device)
+                         epoch_eval_train=cfg.epoch_eval_train, seed=cfg.seed, device=cfg.device,
+                         # no evaluation during the run (eval_it=0) means no set is selected:
+                         # no validation split, so every training image may initialise the set
+                         val_size=0, select_on="test")
     distiller = Distiller(dcfg, splits, store, run_dir, progress=progress)
     distiller.run()
     t_distilled = time.perf_counter()

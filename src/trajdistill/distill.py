@@ -465,9 +465,7 @@ class Distiller:
         record["loss"] = result.loss
         record[f"loss_epoch_{start_epoch}"] = result.loss
         trouble = _non_finite(result, heldout)
-        if not trouble and self._above_threshold(result.loss, record):
-            pass  # DATM's guard: a too-hard match teaches nothing; the state stays
-        elif not trouble:
+        if not trouble and not self._above_threshold(result.loss, record):
             trouble = self._apply_guarded(result, lr_index)
         if trouble:
             return self._refuse(record, trouble, t0)
