@@ -57,13 +57,16 @@ for (_ds, _ipc, _steps, _ee, _lr_img, _lr_lr, _bsyn, _lr_y, _thr, _min, _cur, _m
 # --- galaxies (issue 14): gz1 (../shared/data/gz1, a flat folder + labels CSV) as elliptical /
 # spiral / edge-on at 32 px, the central half of each cut-out. The data flags are filled, the
 # folder is the user's: `--preset GZ1-ipc1 --dataset PATH/gz1`. Settings measured in README
-# ("Galaxies"): the synthetic lr from the buffer (lr_teacher auto) and the galaxy DSA.
+# ("Galaxies"): start at the class means, the synthetic lr from the buffer (lr_teacher auto),
+# Adam on the images (a bounded step per pixel: the images stay close to the class means
+# instead of drifting several times their norm) and the galaxy DSA.
 GZ1_DATA = {"labels": "gz1_labels.csv", "id_column": "OBJID", "label_column": "CLASS",
             "classes": "0,1+2,3", "class_names": "elliptical,spiral,edge-on", "res": 32,
             "crop": "center-half"}
 PRESETS["GZ1-ipc1"] = {**GZ1_DATA, "model": "ConvNetW32", "ipc": 1, "syn_steps": 20,
-                       "lr_teacher": ["auto"], "lr_img": 1000, "dsa_strategy": "galaxy",
-                       "Iteration": 200, "eval_it": 200}
+                       "pix_init": "mean", "lr_teacher": ["auto"], "img_optimizer": "adam",
+                       "lr_img": 0.01, "dsa_strategy": "galaxy", "Iteration": 200,
+                       "eval_it": 200, "epoch_eval_train": 500}
 
 # Expert-training settings that go with them (section 9): 50 epochs, 10 experts for a demo.
 BUFFER_PRESETS = {
