@@ -8,7 +8,8 @@ The data are ../shared/data/gz1 with elliptical / spiral / edge-on (--classes 0,
 README, "Galaxies"). Every row is evaluated the same way: --num_eval fresh networks of the
 experts' model, --eval_epochs epochs, the galaxy DSA strategy, mean +- std of test accuracy.
 A distillation row runs --iterations iterations and is evaluated on its last images with
-its learned lr; baselines use --baseline_lr (and, for the class mean, also the auto lr).
+its learned lr; baselines use --baseline_lr (`mean_autolr`: the class mean at the auto lr);
+`saved:ROW@LR` evaluates the saved last images of an earlier row ROW at the fixed lr LR.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import torch
 from trajdistill.data import load_dataset
 from trajdistill.distill import DistillConfig, Distiller, open_buffer
 from trajdistill.evaluate import EvalConfig, class_means, evaluate_set, random_real
+from trajdistill.synthetic import SyntheticSet
 
 GZ1 = dict(labels="gz1_labels.csv", id_column="OBJID", label_column="CLASS", classes="0,1+2,3",
            class_names="elliptical,spiral,edge-on", crop="center-half")
@@ -54,6 +56,12 @@ def evaluate(images, labels, splits, lrs, model, args, syn_steps=0):
 
 def run_row(name, splits, store, args, out_dir):
     t0 = time.time()
+    if name.startswith("saved:"):  # saved:ROW@LR: a distilled row's last images at another lr
+        row, lr = name[len("saved:"):].split("@")
+        syn = SyntheticSet.load(out_dir / f"{row}.pt")
+        return {"row": name, "lr": float(lr), **evaluate(syn.images, syn.labels, splits,
+                                                         [float(lr)], store.model, args),
+                "seconds": time.time() - t0}
     if name in ("mean", "random", "full", "mean_autolr"):
         if name == "random":
             images, labels = random_real(splits, args.ipc, args.seed)
@@ -114,7 +122,8 @@ def main(argv=None):
     store = open_buffer(args.buffer, splits)
     experts = [store.summary(i)["test_accuracy"] for i in store.indices()]
     for name in args.rows:
-        if name not in ROWS and name not in ("mean", "random", "full", "mean_autolr"):
+        if name not in ROWS and name not in ("mean", "random", "full", "mean_autolr") \
+                and not name.startswith("saved:"):
             sys.exit(f"unknown row {name!r}")
         r = run_row(name, splits, store, args, Path(args.work))
         r.update(res=args.res, ipc=args.ipc, model=store.model, experts=experts,
