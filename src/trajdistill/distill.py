@@ -60,7 +60,7 @@ class DistillConfig:
     max_duration: int = 1000            # T_max
     pix_init: str = "real"              # or "noise"
     batch_syn: int | None = None        # default: the whole synthetic set
-    iterations: int = 5000
+    iterations: int | None = None      # default: see `default_iterations`
     eval_it: int = 200
     eval_models: list[str] = field(default_factory=list)  # default: the experts' model
     num_eval: int = 5
@@ -79,16 +79,48 @@ class DistillConfig:
     device: str = "cpu"
     prev_iter: int = 0
     load_syn_image: str | None = None
+    # --- reference compatibility (the reference STM distill.py's --no_aug)
+    no_aug: bool = False                # no augmentation in the unrolled student; eval keeps DSA
 
     @property
     def stm(self) -> bool:
         return self.method.upper() == "STM"
 
 
+METHOD_NAMES = {"STM": "STM", "STAGE-MTT": "STM", "ORIGINAL-MTT": "original-MTT"}
+MTT_ITERATIONS = 5000        # original-MTT's default --Iteration
+REFERENCE_STM_ITERATIONS = 20001  # the reference lets a stage-MTT run go this far
+
+
+def default_iterations(cfg: DistillConfig) -> int:
+    """--Iteration when none is given.
+
+    original-MTT has no stop of its own: 5000. STM ends by its own stop (fine-tuning's
+    image lr decays below 50); its default must not cut a run before that. A run in which
+    every stage runs to T_max without passing, then fine-tunes to the end, takes
+        stages x (T_max + 10) + 50 x (decays until lr_img < 50)
+    iterations (stages = max_start_epoch - init_epoch + 1; the stage test runs every 10
+    held-out losses); a stage that passes only shortens this. The default is that bound,
+    and never less than the reference's 20,001. (A run whose last stage keeps passing has
+    no natural end: it stops at this bound.)
+    """
+    if not cfg.stm:
+        return MTT_ITERATIONS
+    stages = cfg.max_start_epoch - cfg.init_epoch + 1
+    decays = 0
+    lr = cfg.lr_img
+    while lr >= 50.0:
+        lr *= 0.8
+        decays += 1
+    return max(REFERENCE_STM_ITERATIONS,
+               cfg.prev_iter + stages * (cfg.max_duration + 10) + 50 * decays + 1)
+
+
 def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) -> DistillConfig:
     """Fill defaults from the buffer and refuse impossible settings with a clear message."""
-    if cfg.method.upper() not in ("STM", "ORIGINAL-MTT"):
-        raise ConfigError(f"--method must be STM or original-MTT, got {cfg.method!r}")
+    if str(cfg.method).upper() not in METHOD_NAMES:
+        raise ConfigError(f"--method must be STM (stage-MTT) or original-MTT, got {cfg.method!r}")
+    cfg.method = METHOD_NAMES[cfg.method.upper()]
     if cfg.gradient not in GRADIENT_METHODS:
         raise ConfigError(f"--gradient must be one of {sorted(GRADIENT_METHODS)}, got {cfg.gradient!r}")
     if cfg.lr_mode not in ("global-lr", "independent-lr"):
@@ -122,6 +154,8 @@ def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) 
         raise ConfigError(f"ipc must be >= 1, got {cfg.ipc}")
     if not cfg.eval_models:
         cfg.eval_models = [store.model]
+    if cfg.iterations is None:
+        cfg.iterations = default_iterations(cfg)
     return cfg
 
 
@@ -295,7 +329,7 @@ class Distiller:
         target = trajectory[start_epoch + cfg.expert_epochs].to(self.device, torch.float32)
         n = self.images.shape[0]
         plan = plan_unroll(n, cfg.syn_steps, cfg.batch_syn or n, self.splits.image_shape[1:],
-                           cfg.dsa_strategy if cfg.dsa else None, self.gen)
+                           cfg.dsa_strategy if cfg.dsa and not cfg.no_aug else None, self.gen)
         return MatchProblem(self.student, start, target, self.labels, plan)
 
     def step(self) -> dict:
