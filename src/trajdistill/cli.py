@@ -265,10 +265,13 @@ def cmd_evaluate(args) -> None:
     from .synthetic import SyntheticSet
     o = _resolve(args, {"eval_mode": "S", "num_eval": 5, "epoch_eval_train": 1000, "dsa": True,
                         "batch_train": 256, "seed": 0, "eval_batched": "auto"})
+    from .texture import spec_of
     syn = SyntheticSet.load(o["syn"])
+    texture = spec_of(syn.meta)  # a texture set: canvases, trained on through windows
     o.setdefault("dataset", syn.data.get("dataset"))
     splits = _load_splits({**o, "zca": syn.data.get("zca")})
-    if list(splits.image_shape) != list(syn.images.shape[1:]) or splits.classes != syn.data["classes"]:
+    want = texture.canvas_shape(splits.image_shape) if texture else splits.image_shape
+    if list(want) != list(syn.images.shape[1:]) or splits.classes != syn.data["classes"]:
         raise SystemExit(f"error: {o['syn']} was distilled from {syn.data['dataset']} "
                          f"{syn.data['image_shape']} with classes {syn.data['classes']}; "
                          f"{o['dataset']} gives {list(splits.image_shape)} with {splits.classes}")
@@ -276,7 +279,7 @@ def cmd_evaluate(args) -> None:
     splits = replace(splits, preprocess=syn.preprocess)
     cfg = EvalConfig(num_eval=o["num_eval"], epoch_eval_train=o["epoch_eval_train"],
                      batch_train=o["batch_train"], dsa=o["dsa"], device=o["device"], seed=o["seed"],
-                     batched=o["eval_batched"])
+                     batched=o["eval_batched"], texture=texture)
     # --lr: a hand-set lr (or per-stage list) instead of the learned one(s)
     lrs = o.get("lr") or syn.lrs
     result = evaluate_set(syn.images, syn.labels, splits, lrs, eval_pool(o["eval_mode"], syn.model),

@@ -12,6 +12,7 @@ import json
 import math
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from .matching import GRADIENT_METHODS, MatchProblem, matching_loss, plan_unroll
 from .models import FlatModel, build_model
 from .schedule import StageMachine, UniformStart
 from .synthetic import SyntheticSet
+from .texture import TextureSpec, real_canvases
 from .tracking import Tracker
 
 
@@ -81,6 +83,14 @@ class DistillConfig:
     load_syn_image: str | None = None
     # --- reference compatibility (the reference STM distill.py's --no_aug)
     no_aug: bool = False                # no augmentation in the unrolled student; eval keeps DSA
+    # --- texture distillation (texture.py): toroidal canvases, random windows
+    texture: bool = False
+    canvas_size: int = 2                # canvas side / image side
+    canvas_samples: int = 1             # windows per canvas per unrolled step
+
+    @property
+    def texture_spec(self) -> TextureSpec | None:
+        return TextureSpec(self.canvas_size, self.canvas_samples) if self.texture else None
 
     @property
     def stm(self) -> bool:
@@ -152,11 +162,27 @@ def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) 
                           "training images")
     if cfg.ipc < 1:
         raise ConfigError(f"ipc must be >= 1, got {cfg.ipc}")
+    _validate_texture(cfg, splits)
     if not cfg.eval_models:
         cfg.eval_models = [store.model]
     if cfg.iterations is None:
         cfg.iterations = default_iterations(cfg)
     return cfg
+
+
+def _validate_texture(cfg: DistillConfig, splits: DatasetSplits) -> None:
+    """As the reference: texture with ZCA is refused, with real initialisation warned about."""
+    if not cfg.texture:
+        return
+    if cfg.canvas_size < 1 or cfg.canvas_samples < 1:
+        raise ConfigError(f"--canvas_size and --canvas_samples must be >= 1, got "
+                          f"{cfg.canvas_size} and {cfg.canvas_samples}")
+    if splits.preprocess.zca is not None:
+        raise ConfigError("--texture cannot be used with --zca (as in the reference): drop one")
+    if cfg.pix_init == "real" and not cfg.load_syn_image:
+        warnings.warn("--texture with --pix_init real: each canvas starts as a grid of real "
+                      "images, and smoothing out the edges between them takes a long time "
+                      "(--pix_init noise avoids it)", stacklevel=3)
 
 
 def open_buffer(buffer_dir: str | Path, splits: DatasetSplits) -> TrajectoryStore:
@@ -241,17 +267,25 @@ class Distiller:
             # a synthetic-set file of ours, or a bare image tensor as the seed's images_N.pt
             blob = safe_load(cfg.load_syn_image)
             images = blob["images"] if isinstance(blob, dict) and "images" in blob else blob
-            want = (splits.num_classes * cfg.ipc, *splits.image_shape)
+            want = (splits.num_classes * cfg.ipc, *self._syn_shape())
             if not isinstance(images, torch.Tensor) or tuple(images.shape) != want:
                 raise ConfigError(f"{cfg.load_syn_image}: expected an image tensor of shape {want}")
             return images.float().clone()
         if cfg.pix_init == "noise":
-            return torch.randn(splits.num_classes * cfg.ipc, *splits.image_shape, generator=self.gen)
+            return torch.randn(splits.num_classes * cfg.ipc, *self._syn_shape(), generator=self.gen)
+        per_image = cfg.canvas_size ** 2 if cfg.texture else 1  # a canvas: k x k real images
         picks = []
         for c in range(splits.num_classes):
             members = splits.train.indices_of(c)
-            picks.append(members[torch.randperm(len(members), generator=self.gen)[:cfg.ipc]])
-        return splits.preprocess(splits.train.images[torch.cat(picks)])
+            order = torch.randperm(len(members), generator=self.gen)
+            picks.append(members[order.repeat(per_image)[:cfg.ipc * per_image]])
+        images = splits.preprocess(splits.train.images[torch.cat(picks)])
+        return real_canvases(images, cfg.canvas_size) if cfg.texture else images
+
+    def _syn_shape(self) -> tuple[int, int, int]:
+        """Shape of one synthetic image: the data's, or a canvas of it with --texture."""
+        spec = self.cfg.texture_spec
+        return spec.canvas_shape(self.splits.image_shape) if spec else tuple(self.splits.image_shape)
 
     def _lr_optimizer(self, p: torch.Tensor) -> torch.optim.Optimizer:
         return torch.optim.SGD([p], lr=self.cfg.lr_lr, momentum=0.5)
@@ -264,7 +298,13 @@ class Distiller:
                             self.splits.preprocess, self.splits.describe(), self.store.model,
                             self.cfg.syn_steps, {"iteration": self.iteration,
                                                  "method": self.cfg.method,
-                                                 "lr_mode": self.cfg.lr_mode})
+                                                 "lr_mode": self.cfg.lr_mode,
+                                                 **self._texture_meta()})
+
+    def _texture_meta(self) -> dict:
+        spec = self.cfg.texture_spec
+        return {"texture": {"canvas_size": spec.canvas_size,
+                            "canvas_samples": spec.canvas_samples}} if spec else {}
 
     def state_dict(self) -> dict:
         return {"format": CHECKPOINT_FORMAT, "iteration": self.iteration, "images": self.images.detach().cpu(),
@@ -329,7 +369,8 @@ class Distiller:
         target = trajectory[start_epoch + cfg.expert_epochs].to(self.device, torch.float32)
         n = self.images.shape[0]
         plan = plan_unroll(n, cfg.syn_steps, cfg.batch_syn or n, self.splits.image_shape[1:],
-                           cfg.dsa_strategy if cfg.dsa and not cfg.no_aug else None, self.gen)
+                           cfg.dsa_strategy if cfg.dsa and not cfg.no_aug else None, self.gen,
+                           texture_spec=cfg.texture_spec)
         return MatchProblem(self.student, start, target, self.labels, plan)
 
     def step(self) -> dict:
@@ -437,7 +478,7 @@ class Distiller:
         cfg = self.cfg
         ecfg = EvalConfig(num_eval=cfg.num_eval, epoch_eval_train=cfg.epoch_eval_train,
                           dsa=cfg.dsa, dsa_strategy=cfg.dsa_strategy, device=cfg.device,
-                          seed=cfg.seed, batched=cfg.eval_batched)
+                          seed=cfg.seed, batched=cfg.eval_batched, texture=cfg.texture_spec)
         return evaluate_set(self.images.detach().cpu(), self.labels.cpu(), self.splits, self.lrs(),
                             cfg.eval_models, ecfg, syn_steps=cfg.syn_steps, progress=self.progress)
 

@@ -11,6 +11,7 @@ What each one means there, and what it does here:
   buffer.py's `--save_interval`) and `--max_experts M` of each, so N files mean 10 N
   experts, or N M with `--max_experts`; here every expert has a file of its own and the
   run uses that many experts.
+- `--texture --canvas_size K --canvas_samples S`: texture distillation (texture.py).
 - `--cuda_gpu N`: the GPU to use (here: `--device cuda:N`; a note and the CPU without CUDA).
 - `--load_all`, `--force_save`, `--lr_init`, `--batch_real`: nothing to do here (experts
   are read one file at a time anyway; image grids are always saved; the reference never
@@ -55,6 +56,13 @@ def add_reference_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max_files", type=positive_int,
                    help=f"use the experts of N reference files: {REFERENCE_EXPERTS_PER_FILE} N "
                    "experts, or N x --max_experts")
+    g.add_argument("--texture", action="store_true", default=None,
+                   help="distill textures: each synthetic image is a toroidal canvas, seen "
+                   "through random image-sized windows (not with --zca)")
+    g.add_argument("--canvas_size", type=positive_int,
+                   help="texture canvas side in image sides (default 2)")
+    g.add_argument("--canvas_samples", type=positive_int,
+                   help="texture windows per canvas per step (default 1)")
     g.add_argument("--cuda_gpu", type=int, help="GPU index (same as --device cuda:N)")
     g.add_argument("--load_all", action="store_true", default=None, help="accepted; no effect here")
     g.add_argument("--force_save", action="store_true", default=None, help="accepted; no effect here")
