@@ -52,7 +52,7 @@ def test_seed_distill_command_runs(buffer, monkeypatch, capsys):
     assert main(argv) == 0
     config = json.loads((buffer / "runs" / "Job_1" / "config.json").read_text())
     assert config["iterations"] == 3 and config["lr_teacher"] == [0.001]
-    assert "best accuracy" in capsys.readouterr().out
+    assert "best set" in capsys.readouterr().out
 
 
 def test_reference_only_flags_run_with_their_meaning(buffer, monkeypatch, capsys):

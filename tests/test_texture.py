@@ -90,6 +90,8 @@ def test_texture_refused_with_zca_and_warned_with_real_init(setup):
     zca = load_dataset("digits", zca=True)
     with pytest.raises(ConfigError, match="--texture cannot be used with --zca"):
         validate(DistillConfig(texture=True, pix_init="noise"), zca, store)
+    with pytest.raises(ConfigError, match="--texture cannot be used with --soft_labels"):
+        validate(DistillConfig(texture=True, pix_init="noise", soft_labels=True), splits, store)
     with pytest.warns(UserWarning, match="--texture with --pix_init real"):
         d = Distiller(DistillConfig(texture=True, pix_init="real", iterations=1), splits, store,
                       root / "real", progress=False)

@@ -28,7 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from .flags import positive_float
+from .flags import non_negative_int, positive_float, positive_int
 from .presets import BUFFER_PRESETS, PRESETS, preset
 from .reference_flags import add_reference_flags
 from .reference_flags import translate as translate_reference_flags
@@ -185,9 +185,18 @@ def _finish(distiller, splits) -> None:
     from .report import build_report
     best = distiller.run()
     html = build_report(distiller.run_dir, splits=splits)
-    acc = f"{100 * best['accuracy']:.2f} % at iteration {best['iteration']}" \
-        if best.get("iteration") is not None else "not evaluated"
-    print(f"best accuracy {acc}; run directory {distiller.run_dir}; report {html}")
+    print(f"{best_summary(best)}; run directory {distiller.run_dir}; report {html}")
+
+
+def best_summary(best: dict) -> str:
+    """The summary line's account of synthetic_best.pt: validation and test side by side."""
+    if best.get("iteration") is None:
+        return "best set: not evaluated"
+    val = (f"validation {100 * best['val_accuracy']:.2f} %, "
+           if best.get("val_accuracy") is not None else "")
+    chosen = "validation" if best.get("selected_on", "test") == "val" else "test"
+    return (f"best set (chosen on {chosen} accuracy) at iteration {best['iteration']}: "
+            f"{val}test {100 * best['accuracy']:.2f} %")
 
 
 class _OptionalPackage(argparse.Action):
@@ -228,7 +237,8 @@ def _add_distill_parser(sub) -> None:
     p.add_argument("--sigma", type=float, help="STM threshold (default 5)")
     p.add_argument("--min_duration", type=int)
     p.add_argument("--max_duration", "--T_max", dest="max_duration", type=int)
-    p.add_argument("--pix_init", help="real (default) or noise")
+    p.add_argument("--pix_init", help="real (default), noise, or correct (real images the "
+                   "expert classifies correctly, DATM)")
     p.add_argument("--batch_syn", type=int)
     p.add_argument("--Iteration", type=int, help="iterations at most (STM default: none before "
                    "its own stop, see README 'When a run ends'; original-MTT: 5000)")
@@ -239,6 +249,33 @@ def _add_distill_parser(sub) -> None:
     p.add_argument("--max_failures", type=int, help="non-finite iterations in a row before stopping")
     p.add_argument("--eval_batched", choices=["auto", "on", "off"],
                    help="train the evaluation networks together with vmap (auto: on CUDA only)")
+    # learnable soft labels (DATM)
+    p.add_argument("--soft_labels", action="store_true", default=None,
+                   help="learn a label logit vector per image (trained with soft cross-entropy)")
+    p.add_argument("--label_init", choices=["expert"],
+                   help="initial logits: the final epoch of an expert on the initial images")
+    p.add_argument("--lr_y", type=positive_float, help="lr of the label logits (SGD, momentum 0.9; "
+                   "default 2)")
+    p.add_argument("--loss_threshold", type=positive_float, help="no update in an iteration "
+                   "whose normalised matching loss exceeds this (DATM's threshold)")
+    # difficulty-aligned start windows (DATM)
+    p.add_argument("--start_schedule", choices=["method", "aligned"],
+                   help="method (default): MTT's uniform draw / STM's stages; aligned: DATM's "
+                   "window [min_start_epoch, upper), upper growing from current_max_start_epoch "
+                   "(with STM: the first stage, widened by STM's test)")
+    p.add_argument("--min_start_epoch", type=non_negative_int,
+                   help="lowest start epoch (default 0; STM's cap counts from it)")
+    p.add_argument("--current_max_start_epoch", type=positive_int,
+                   help="aligned: the first window's upper end (default: half way)")
+    p.add_argument("--expansion_end_epoch", type=positive_int,
+                   help="aligned, original-MTT: iterations until the window reaches max_start_epoch "
+                   "(default 1000)")
+    # validation split (best-set selection without the test set)
+    p.add_argument("--val_size", type=non_negative_int,
+                   help="training images held out to validate evaluation networks (default 10 %% "
+                   "of the training set, at most 5000; 0: none)")
+    p.add_argument("--select_on", choices=["val", "test"],
+                   help="choose synthetic_best.pt on validation (default) or test accuracy")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint "
                    "(its own settings; --Iteration may extend it)")
     p.add_argument("--buffer_path")
@@ -282,7 +319,7 @@ def cmd_evaluate(args) -> None:
                      batched=o["eval_batched"], texture=texture)
     # --lr: a hand-set lr (or per-stage list) instead of the learned one(s)
     lrs = o.get("lr") or syn.lrs
-    result = evaluate_set(syn.images, syn.labels, splits, lrs, eval_pool(o["eval_mode"], syn.model),
+    result = evaluate_set(syn.images, syn.targets(), splits, lrs, eval_pool(o["eval_mode"], syn.model),
                           cfg, syn.syn_steps, progress=not o.get("quiet"))
     print(f"trained with lr {', '.join(f'{v:g}' for v in lrs)} "
           f"({'set by --lr' if o.get('lr') else 'learned'})")
