@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
+from . import progress as progress_out
 from .augment import DEFAULT_STRATEGY
 from .data.base import DatasetSplits
+from .errors import ConfigError, TrajdistillError
 from .evaluate import EvalConfig, evaluate_set
 from .experts import BufferError, TrajectoryStore
 from .io import atomic_save, atomic_write_text, load_json, read_jsonl, safe_load, write_json
@@ -30,15 +31,15 @@ from .synthetic import SyntheticSet
 from .tracking import Tracker
 
 
-class ConfigError(ValueError):
-    pass
-
-
-class DivergenceError(RuntimeError):
+class DivergenceError(TrajdistillError, RuntimeError):
     """Repeated non-finite losses, gradients or lrs: the run stops instead of saving NaNs."""
 
 
 CHECKPOINT_FORMAT = "trajdistill.checkpoint/1"
+# An lr update that multiplies or divides the synthetic lr by more than this in one step is
+# refused like a non-finite one: it is the first step of a divergence (a finite 7e12 lr is
+# followed by NaNs), not learning.
+MAX_LR_FACTOR = 10.0
 
 
 @dataclass
@@ -198,6 +199,7 @@ class Distiller:
         self.best = {"accuracy": -1.0, "iteration": None}
         self.failures = 0  # consecutive iterations whose update was refused as non-finite
         self.last_failure = ""
+        self.first_loss: float | None = None  # of this process: > 1 means a likely divergence
         self.grad_fn = GRADIENT_METHODS[cfg.gradient]
 
     # ------------------------------------------------------------------ state
@@ -221,6 +223,11 @@ class Distiller:
 
     def _lr_optimizer(self, p: torch.Tensor) -> torch.optim.Optimizer:
         return torch.optim.SGD([p], lr=self.cfg.lr_lr, momentum=0.5)
+
+    def _learnables(self) -> list[tuple[str, torch.Tensor, torch.optim.Optimizer]]:
+        """Everything a step learns, each with its optimiser: images and the log lr(s)."""
+        return [("images", self.images, self.opt_img),
+                *((f"lr {k}", p, o) for k, (p, o) in enumerate(zip(self.log_lrs, self.opt_lrs)))]
 
     def lrs(self) -> list[float]:
         return [float(p.detach().exp()) for p in self.log_lrs]
@@ -277,7 +284,7 @@ class Distiller:
         if ckpt.exists():
             d.load_state_dict(safe_load(ckpt), str(ckpt))
         else:
-            tqdm.write(f"{ckpt} not written yet: starting {run_dir} from the beginning")
+            progress_out.note(f"{ckpt} not written yet: starting {run_dir} from the beginning")
         _truncate_jsonl(run_dir / "metrics.jsonl", lambda r: r.get("it", -1) < d.iteration)
         _truncate_jsonl(run_dir / "evals.jsonl", lambda r: r.get("it", -1) <= d.iteration)
         return d
@@ -318,6 +325,7 @@ class Distiller:
                               self.log_lrs[lr_index])
         record["loss"] = result.loss
         record[f"loss_epoch_{start_epoch}"] = result.loss
+        self._warn_first_loss(result.loss)
         trouble = _non_finite(result, heldout) or self._apply_guarded(result, lr_index)
         if trouble:
             return self._refuse(record, trouble, t0)
@@ -328,6 +336,11 @@ class Distiller:
             record.update({k: v for k, v in asdict(event).items() if v is not None})
             if event.level_up and cfg.lr_mode == "independent-lr":
                 self._add_stage_lr()
+            if self.progress and (event.level_up or event.fine_tuning_started):
+                what = "fine-tuning starts" if event.fine_tuning_started else "next stage"
+                progress_out.note(f"it {self.iteration}: {what}, stage cap {event.cap}, "
+                                  f"loss {result.loss:.4g}, lr(s) "
+                                  + ", ".join(f"{v:.3g}" for v in self.lrs()))
         if cfg.stm:
             lr_img = sched.after_update()
             for g in self.opt_img.param_groups:
@@ -340,24 +353,40 @@ class Distiller:
         return record
 
     def _apply_guarded(self, result, lr_index: int) -> str | None:
-        """Apply the update; if it leaves non-finite images or lrs, put the old state back."""
-        saved = (self.images.detach().clone(), [p.detach().clone() for p in self.log_lrs],
-                 copy.deepcopy(self.opt_img.state_dict()),
-                 [copy.deepcopy(o.state_dict()) for o in self.opt_lrs])
+        """Apply the update; if it leaves non-finite values or an lr that jumped by more than
+        MAX_LR_FACTOR, put every learnable and its optimiser back as they were."""
+        saved = [(t.detach().clone(), copy.deepcopy(o.state_dict())) for _, t, o in self._learnables()]
+        lrs_before = self.lrs()
         self._apply(result, lr_index)
-        bad = [name for name, t in [("images", self.images), *((f"lr {k}", p) for k, p in
-                                                              enumerate(self.log_lrs))]
-               if not torch.isfinite(t).all()]
-        if not bad:
-            return None
-        with torch.no_grad():
-            self.images.copy_(saved[0])
-            for p, v in zip(self.log_lrs, saved[1]):
-                p.copy_(v)
-        self.opt_img.load_state_dict(saved[2])
-        for o, st in zip(self.opt_lrs, saved[3]):
-            o.load_state_dict(st)
-        return "the update made " + ", ".join(bad) + " non-finite"
+        trouble = self._bad_update(lrs_before)
+        if trouble:
+            with torch.no_grad():
+                for (_, t, o), (value, state) in zip(self._learnables(), saved):
+                    t.copy_(value)
+                    o.load_state_dict(state)
+        return trouble
+
+    def _bad_update(self, lrs_before: list[float]) -> str | None:
+        bad = [name for name, t, _ in self._learnables() if not torch.isfinite(t).all()]
+        if bad:
+            return "the update made " + ", ".join(bad) + " non-finite"
+        for k, (old, new) in enumerate(zip(lrs_before, self.lrs())):
+            if max(new / old, old / new) > MAX_LR_FACTOR:
+                return (f"the update would change lr {k} from {old:.3g} to {new:.3g} in one step "
+                        f"(more than {MAX_LR_FACTOR:g}x); lower --lr_lr (now {self.cfg.lr_lr:g})")
+        return None
+
+    def _warn_first_loss(self, loss: float) -> None:
+        """A first matching loss above 1: the student overshoots the expert's target."""
+        if self.first_loss is not None or not math.isfinite(loss):
+            return
+        self.first_loss = loss
+        if loss > 1:
+            progress_out.note(
+                f"warning: the first matching loss is {loss:.3g} (> 1: the student overshoots the "
+                f"expert's target, which usually diverges); lower --lr_teacher (now "
+                f"{self.cfg.lr_teacher[0]:g}) or --syn_steps (now {self.cfg.syn_steps}), or raise "
+                f"--expert_epochs (now {self.cfg.expert_epochs})")
 
     def _refuse(self, record: dict, reason: str, t0: float) -> dict:
         """No update this iteration; the last good state stays. Too many in a row: stop."""
@@ -366,8 +395,8 @@ class Distiller:
         record.update(diverged=reason, failures=self.failures, lrs=self.lrs(),
                       seconds=time.perf_counter() - t0)
         self.iteration += 1
-        tqdm.write(f"it {record['it']}: {reason}; update skipped, last good state kept "
-                   f"({self.failures}/{self.cfg.max_failures})")
+        progress_out.note(f"it {record['it']}: {reason}; update skipped, last good state kept "
+                          f"({self.failures}/{self.cfg.max_failures})")
         return record
 
     def _check_divergence(self) -> None:
@@ -377,7 +406,13 @@ class Distiller:
                 f"distillation diverged: {self.failures} iterations in a row with non-finite "
                 f"values (last: {self.last_failure}). The last good state is in "
                 f"{self.run_dir / 'checkpoint.pt'}; try a smaller --lr_img or --lr_lr, or "
-                f"--learn_lr False.")
+                f"--learn_lr False" + self._first_loss_hint() + ".")
+
+    def _first_loss_hint(self) -> str:
+        if self.first_loss is None or self.first_loss <= 1:
+            return ""
+        return (f"; the first matching loss was {self.first_loss:.3g} (> 1): lower --lr_teacher "
+                f"or --syn_steps, or raise --expert_epochs")
 
     def _apply(self, result, lr_index: int) -> None:
         self.opt_img.zero_grad(set_to_none=True)
@@ -419,7 +454,8 @@ class Distiller:
                                     tensorboard=cfg.tensorboard, name=cfg.wandb_name)
         metrics = open(self.run_dir / "metrics.jsonl", "a")
         evals = open(self.run_dir / "evals.jsonl", "a")
-        bar = tqdm(range(self.iteration, cfg.iterations), desc="distill", disable=not self.progress)
+        bar = progress_out.bar(range(self.iteration, cfg.iterations), desc="distill",
+                               enabled=self.progress, report=True)
         try:
             for _ in bar:
                 record = self.step()
@@ -449,7 +485,7 @@ class Distiller:
         evals.flush()
         self.tracker.log_eval(result, self.iteration)
         self.tracker.log_images(self.synthetic_set(), self.iteration, self.splits.classes)
-        tqdm.write(f"it {self.iteration}: " + ", ".join(
+        progress_out.note(f"it {self.iteration}: " + ", ".join(
             f"{m} {100 * r['mean']:.2f} ± {100 * r['std']:.2f} %" for m, r in result.items()))
         if main["mean"] > self.best["accuracy"]:
             self.best = {"accuracy": main["mean"], "std": main["std"], "iteration": self.iteration}

@@ -4,6 +4,8 @@ A preset fills the flags it names; flags given on the command line override it.
 """
 from __future__ import annotations
 
+from .errors import TrajdistillError
+
 _STM_COMMON = {"expert_epochs": 1, "init_epoch": 1, "Iteration": 10000, "eval_it": 200,
                "max_duration": 1000, "sigma": 5.0, "lr_lr": 0.01}
 
@@ -38,7 +40,7 @@ BUFFER_PRESETS = {
 }
 
 
-class PresetError(ValueError):
+class PresetError(TrajdistillError):
     pass
 
 

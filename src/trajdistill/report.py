@@ -368,8 +368,8 @@ def build_report(run_dir: str | Path, classes: list[str] | None = None,
 
     sections: list[dict] = []  # {title, img, caption, html}
 
-    def add(title, img=None, caption="", body=""):
-        sections.append({"title": title, "img": img, "caption": caption, "html": body})
+    def add(title, img=None, caption="", body="", md=""):
+        sections.append({"title": title, "img": img, "caption": caption, "html": body, "md": md})
 
     if syn is not None:
         save_synthetic_grid(syn, classes, figs / "synthetic.png")
@@ -398,7 +398,8 @@ def build_report(run_dir: str | Path, classes: list[str] | None = None,
             add("Why each stage ended", "figures/stage_test.png",
                 "The stage test every 10 held-out losses: a level-up when r falls below "
                 "-sigma·s (loss falling) or rises above 3·s (over-fitting).")
-        add("Stage timeline", body=_events_table(stage_events(metrics)))
+        events = stage_events(metrics)
+        add("Stage timeline", body=_events_table(events), md=_events_markdown(events))
         plot_lrs(metrics, figs / "lrs.png")
         add("Learning rates", "figures/lrs.png",
             f"Final learned lr(s): {', '.join(f'{v:.4g}' for v in metrics[-1].get('lrs', []))}.")
@@ -465,6 +466,18 @@ def _events_table(events: list[dict]) -> str:
                    for e in events)
     return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + f"</tr>{rows}</table>"
             if events else "<p>no stage events</p>")
+
+
+def _events_markdown(events: list[dict]) -> str:
+    """The stage timeline as the HTML shows it, as a Markdown table."""
+    if not events:
+        return "no stage events"
+    head = ["iteration", "event", "cap after", "n", "r", "threshold", "rise threshold", "reason"]
+    keys = ["it", "event", "cap", "n", "r", "threshold", "rise_threshold", "why"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    lines += ["| " + " | ".join(_fmt(e.get(k)).replace("|", "\\|") for k in keys) + " |"
+              for e in events]
+    return "\n".join(lines)
 
 
 def _per_class_table(rows, classes) -> str:
@@ -542,4 +555,6 @@ def _markdown(title: str, table: list[dict], sections) -> str:
             lines += [f"![{s['title']}]({s['img']})", ""]
         if s["caption"]:
             lines += [s["caption"], ""]
+        if s.get("md"):
+            lines += [s["md"], ""]
     return "\n".join(lines)
