@@ -58,7 +58,8 @@ def _default_device() -> str:
 # ----------------------------------------------------------------------------- shared flags
 
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", type=kinds.non_empty, help="dataset name (CIFAR10, CIFAR100, ImageNet, Tiny, MNIST, "
+    p.add_argument("--dataset", type=kinds.non_empty,
+                   help="dataset name (CIFAR10, CIFAR100, ImageNet, Tiny, MNIST, "
                    "FashionMNIST, GZoo2, GZoo2_aug, digits) or an image-folder path")
     p.add_argument("--data_path", type=kinds.existing_path, help="where the dataset's files are")
     p.add_argument("--subset", type=kinds.non_empty, help="ImageNet subset (imagenette, imagewoof, ...)")
@@ -241,13 +242,16 @@ def _add_distill_parser(sub) -> None:
     p.add_argument("--batch_syn", type=kinds.positive_int)
     p.add_argument("--Iteration", type=kinds.positive_int)
     p.add_argument("--eval_it", type=kinds.non_negative_int)
-    p.add_argument("--gradient", choices=["lean", "unroll"], help="lean (default, memory of one step) or unroll (reference)")
+    p.add_argument("--gradient", choices=["lean", "unroll"],
+                   help="lean (default, memory of one step) or unroll (reference)")
     p.add_argument("--max_experts", type=kinds.positive_int)
     p.add_argument("--checkpoint_every", type=kinds.positive_int)
-    p.add_argument("--max_failures", type=kinds.positive_int, help="non-finite iterations in a row before stopping")
+    p.add_argument("--max_failures", type=kinds.positive_int,
+                   help="refused (non-finite or runaway) updates in a row before stopping")
     p.add_argument("--eval_batched", choices=["auto", "on", "off"],
                    help="train the evaluation networks together with vmap (auto: on CUDA only)")
-    p.add_argument("--resume", metavar="RUN_DIR", type=kinds.existing_dir, help="continue a run from its last checkpoint "
+    p.add_argument("--resume", metavar="RUN_DIR", type=kinds.existing_dir,
+                   help="continue a run from its last checkpoint "
                    "(its own settings; --Iteration may extend it)")
     p.add_argument("--buffer_path", type=kinds.non_empty)
     p.add_argument("--run_dir", type=kinds.non_empty)
@@ -406,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="(re)build the report of a run directory")
     p.add_argument("run_dir", type=kinds.existing_dir)
-    p.add_argument("--dataset", type=kinds.non_empty, help="the run's dataset: adds synthetic vs class mean vs real images")
+    p.add_argument("--dataset", type=kinds.non_empty,
+                   help="the run's dataset: adds synthetic vs class mean vs real images")
     p.add_argument("--data_path", type=kinds.existing_path)
     p.add_argument("--subset", type=kinds.non_empty)
     p.add_argument("--zca", action="store_true", default=None,
@@ -414,7 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="a distilled set as PNGs per class + a tensor file + README")
-    p.add_argument("syn", type=kinds.existing_file, help="a synthetic set file (RUN_DIR/synthetic_best.pt)")
+    p.add_argument("syn", type=kinds.existing_file,
+                   help="a synthetic set file (RUN_DIR/synthetic_best.pt)")
     p.add_argument("out_dir", type=kinds.non_empty)
     p.set_defaults(func=cmd_export)
 

@@ -40,6 +40,9 @@ CHECKPOINT_FORMAT = "trajdistill.checkpoint/1"
 # refused like a non-finite one: it is the first step of a divergence (a finite 7e12 lr is
 # followed by NaNs), not learning.
 MAX_LR_FACTOR = 10.0
+# Likewise an image update larger than the images themselves (in norm): a first matching loss
+# far above 1 gives such steps, and the set they leave is noise that no later step repairs.
+MAX_IMAGE_STEP = 1.0
 
 
 @dataclass
@@ -86,8 +89,34 @@ class DistillConfig:
         return self.method.upper() == "STM"
 
 
+# (field, flag, smallest allowed, whether the smallest itself is allowed): the same ranges
+# the command line checks, for configurations built in Python (torch.optim's own ValueError
+# must never be what a user sees).
+_RANGES = [("ipc", "--ipc", 1, True), ("syn_steps", "--syn_steps", 1, True),
+           ("expert_epochs", "--expert_epochs", 1, True), ("lr_img", "--lr_img", 0, True),
+           ("lr_lr", "--lr_lr", 0, True), ("sigma", "--sigma", 0, False),
+           ("min_duration", "--min_duration", 1, True), ("max_duration", "--max_duration", 1, True),
+           ("iterations", "--Iteration", 0, True), ("eval_it", "--eval_it", 0, True),
+           ("num_eval", "--num_eval", 1, True), ("epoch_eval_train", "--epoch_eval_train", 1, True),
+           ("checkpoint_every", "--checkpoint_every", 1, True),
+           ("max_failures", "--max_failures", 1, True), ("batch_syn", "--batch_syn", 1, True),
+           ("max_experts", "--max_experts", 1, True), ("prev_iter", "--prev_iter", 0, True)]
+
+
+def _check_ranges(cfg: DistillConfig) -> None:
+    for name, flag, low, inclusive in _RANGES:
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+                or value < low or (value == low and not inclusive):
+            bound = f">= {low}" if inclusive else f"> {low}"
+            raise ConfigError(f"{flag} must be a number {bound}, got {value!r}")
+
+
 def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) -> DistillConfig:
     """Fill defaults from the buffer and refuse impossible settings with a clear message."""
+    _check_ranges(cfg)
     if cfg.method.upper() not in ("STM", "ORIGINAL-MTT"):
         raise ConfigError(f"--method must be STM or original-MTT, got {cfg.method!r}")
     if cfg.gradient not in GRADIENT_METHODS:
@@ -117,10 +146,8 @@ def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) 
     counts = splits.train.class_counts()
     if cfg.pix_init == "real" and min(counts) < cfg.ipc:
         c = counts.index(min(counts))
-        raise ConfigError(f"ipc={cfg.ipc} but class {splits.classes[c]!r} has only {counts[c]} "
+        raise ConfigError(f"--ipc {cfg.ipc} but class {splits.classes[c]!r} has only {counts[c]} "
                           "training images")
-    if cfg.ipc < 1:
-        raise ConfigError(f"ipc must be >= 1, got {cfg.ipc}")
     if not cfg.eval_models:
         cfg.eval_models = [store.model]
     return cfg
@@ -356,9 +383,9 @@ class Distiller:
         """Apply the update; if it leaves non-finite values or an lr that jumped by more than
         MAX_LR_FACTOR, put every learnable and its optimiser back as they were."""
         saved = [(t.detach().clone(), copy.deepcopy(o.state_dict())) for _, t, o in self._learnables()]
-        lrs_before = self.lrs()
+        log_lrs_before = [float(p.detach()) for p in self.log_lrs]
         self._apply(result, lr_index)
-        trouble = self._bad_update(lrs_before)
+        trouble = self._bad_update(saved[0][0], log_lrs_before)
         if trouble:
             with torch.no_grad():
                 for (_, t, o), (value, state) in zip(self._learnables(), saved):
@@ -366,13 +393,19 @@ class Distiller:
                     o.load_state_dict(state)
         return trouble
 
-    def _bad_update(self, lrs_before: list[float]) -> str | None:
+    def _bad_update(self, images_before: torch.Tensor, log_lrs_before: list[float]) -> str | None:
         bad = [name for name, t, _ in self._learnables() if not torch.isfinite(t).all()]
         if bad:
             return "the update made " + ", ".join(bad) + " non-finite"
-        for k, (old, new) in enumerate(zip(lrs_before, self.lrs())):
-            if max(new / old, old / new) > MAX_LR_FACTOR:
-                return (f"the update would change lr {k} from {old:.3g} to {new:.3g} in one step "
+        step = float((self.images.detach() - images_before).norm() / images_before.norm())
+        if step > MAX_IMAGE_STEP:
+            return (f"the image update is {step:.3g} times the images' own norm (more than "
+                    f"{MAX_IMAGE_STEP:g}); lower --lr_img (now {self.cfg.lr_img:g})")
+        for k, (old, p) in enumerate(zip(log_lrs_before, self.log_lrs)):
+            new = float(p.detach())
+            if abs(new - old) > math.log(MAX_LR_FACTOR):  # in log space: exp() may over/underflow
+                return (f"the update would change lr {k} from {math.exp(old):.3g} to "
+                        f"{math.exp(min(new, 700)):.3g} in one step "
                         f"(more than {MAX_LR_FACTOR:g}x); lower --lr_lr (now {self.cfg.lr_lr:g})")
         return None
 
@@ -403,8 +436,8 @@ class Distiller:
         if self.failures >= self.cfg.max_failures:
             self.checkpoint()  # the state is the last good one: every bad update was refused
             raise DivergenceError(
-                f"distillation diverged: {self.failures} iterations in a row with non-finite "
-                f"values (last: {self.last_failure}). The last good state is in "
+                f"distillation diverged: {self.failures} iterations in a row with refused "
+                f"updates (last: {self.last_failure}). The last good state is in "
                 f"{self.run_dir / 'checkpoint.pt'}; try a smaller --lr_img or --lr_lr, or "
                 f"--learn_lr False" + self._first_loss_hint() + ".")
 

@@ -232,7 +232,7 @@ def random_real(splits: DatasetSplits, ipc: int, seed: int = 0) -> tuple[torch.T
         members = splits.train.indices_of(c)
         if len(members) < ipc:
             raise ConfigError(f"class {splits.classes[c]!r} has {len(members)} training images, "
-                             f"fewer than --ipc {ipc}")
+                              f"fewer than --ipc {ipc}")
         idx.append(members[torch.randperm(len(members), generator=gen)[:ipc]])
     idx = torch.cat(idx)
     return splits.train.images[idx], splits.train.labels[idx]

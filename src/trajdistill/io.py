@@ -107,7 +107,7 @@ def safe_load(path: str | Path, mmap: bool = False):
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, IndexError, KeyError,
             ValueError) as e:
         # torch's readers fail in many ways on a cut or foreign file; none of them is a bug here
-        first = (str(e).splitlines() or [type(e).__name__])[0]
+        first = (str(e).splitlines() or [type(e).__name__])[0].split(". ")[0]
         raise FileFormatError(f"{path}: damaged or truncated tensor file ({first})") from None
 
 

@@ -48,8 +48,8 @@ class LogProgress:
     def __iter__(self):
         try:
             for item in self.iterable:
+                self.n += 1  # counts the steps started: a step that raises is reported too
                 yield item
-                self.n += 1
         finally:
             self.close()
 
