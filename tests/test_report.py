@@ -81,7 +81,8 @@ def test_report_md_has_the_stage_timeline_rows_of_the_html(run):
     build_report(run_dir, splits=splits)
     md = (run_dir / "report.md").read_text()
     section = md.split("## Stage timeline", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    rows = [line for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| ---")]
     assert rows[0].startswith("| iteration | event | cap after")
     events = stage_events(read_jsonl(run_dir / "metrics.jsonl"))
     assert len(rows) == 1 + len(events) and events
