@@ -38,10 +38,12 @@ def env(tmp_path_factory):
     (root / "a_dir").mkdir()
     (root / "not_a_run").mkdir()
     (root / "not_a_run" / "notes.txt").write_text("hello")
+    (root / "cut_run").mkdir()
+    (root / "cut_run" / "results.json").write_text('{"table": [1')
     return {"root": str(root), "buf": str(root / "buffers"), "syn": str(syn),
             "txt": str(root / "notes.txt"), "cut": str(root / "cut.pt"),
             "dir": str(root / "a_dir"), "norun": str(root / "not_a_run"),
-            "missing": str(root / "missing.pt")}
+            "missing": str(root / "missing.pt"), "cutrun": str(root / "cut_run")}
 
 
 DISTILL = ["distill", "--dataset", "digits", "--model", "ConvNetD2", "--device", "cpu",
@@ -107,6 +109,9 @@ CASES = [
     (["evaluate", "--syn", "{syn}", "--dataset", "digits", "--data_path", "{root}/nowhere"],
      "--data_path"),
     (["report", "{missing}"], "run_dir"),
+    (["report", "{cutrun}"], "results.json: not valid JSON"),
+    (DISTILL + ["--resume", "{norun}"], "config.json"),
+    (["distill", "--preset", ""], "--preset"),
     (["export", "{txt}", "{root}/export"], "notes.txt"),
     (["export", "{dir}", "{root}/export"], "syn"),
     (["gzoo2", "build", "--catalog", "{root}/nowhere.csv", "--images", "{dir}", "--out",

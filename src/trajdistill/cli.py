@@ -221,7 +221,8 @@ def _add_distill_parser(sub) -> None:
     _add_data_flags(p)
     _add_train_flags(p)
     _add_eval_flags(p)
-    p.add_argument("--preset", help=f"published settings: {', '.join(sorted(PRESETS))}")
+    p.add_argument("--preset", type=kinds.non_empty,
+                   help=f"published settings: {', '.join(sorted(PRESETS))}")
     p.add_argument("--method", help="STM (default) or original-MTT")
     p.add_argument("--ipc", type=kinds.positive_int)
     p.add_argument("--syn_steps", type=kinds.positive_int)
@@ -372,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("buffer", help="train expert trajectories")
     _add_data_flags(p)
     _add_train_flags(p)
-    p.add_argument("--preset", help=f"expert settings: {', '.join(sorted(BUFFER_PRESETS))}")
+    p.add_argument("--preset", type=kinds.non_empty,
+                   help=f"expert settings: {', '.join(sorted(BUFFER_PRESETS))}")
     p.add_argument("--train_epochs", type=kinds.positive_int)
     p.add_argument("--num_experts", type=kinds.positive_int)
     p.add_argument("--lr_teacher", type=kinds.positive_float, nargs="+")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from .data.base import DatasetSplits  # noqa: E402
-from .io import read_jsonl  # noqa: E402
+from .io import load_json, read_jsonl  # noqa: E402
 from .synthetic import SyntheticSet  # noqa: E402
 
 CLIP_STD = 2.5
@@ -357,8 +356,8 @@ def build_report(run_dir: str | Path, classes: list[str] | None = None,
     figs = run / "figures"
     metrics = read_jsonl(run / "metrics.jsonl")
     evals = read_jsonl(run / "evals.jsonl")
-    results = json.loads((run / "results.json").read_text()) if (run / "results.json").exists() else {}
-    config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
+    results = load_json(run / "results.json") if (run / "results.json").exists() else {}
+    config = load_json(run / "config.json") if (run / "config.json").exists() else {}
     syn_path = run / "synthetic_best.pt" if (run / "synthetic_best.pt").exists() else run / "synthetic_last.pt"
     syn = SyntheticSet.load(syn_path) if syn_path.exists() else None
     if splits is not None and classes is None:
