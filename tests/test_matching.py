@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from trajdistill import matching
 from trajdistill.augment import DEFAULT_STRATEGY
@@ -152,3 +153,83 @@ def test_dsa_apply_is_batched_and_replayable():
         assert all(v.shape[0] == 6 for k, v in p.items()
                    if torch.is_tensor(v) and k != "size")
         assert torch.equal(augment.apply(x, p), augment.apply(x, p))
+
+
+# ----------------------------------------------------------------------------- soft labels
+
+def soft_problem(dtype=torch.float64, **kw):
+    """The same problem with learnable label logits (N, classes) instead of class indices."""
+    problem, images = make_problem(dtype=dtype, **kw)
+    classes = int(problem.labels.max()) + 1
+    g = torch.Generator().manual_seed(1)
+    problem.labels = (3 * F.one_hot(problem.labels, classes) +
+                      torch.randn(len(problem.labels), classes, generator=g)).to(dtype)
+    return problem, images
+
+
+def test_soft_cross_entropy_is_the_issue_formula_and_one_hot_limit_is_hard_ce():
+    """-sum(softmax(y) * log_softmax(f(x))) / batch; near-one-hot logits give the hard CE."""
+    problem, images = soft_problem(steps=1, batch=12)
+    theta = problem.start
+    x, _ = problem.step_input(images, 0)
+    out = problem.student(theta, x)
+    y = problem.labels[problem.plan.batches[0]]
+    expected = -(torch.softmax(y, 1) * torch.log_softmax(out, 1)).sum() / 12
+    assert problem.step_loss(theta, images, 0).item() == pytest.approx(expected.item(), rel=1e-12)
+    sharp = F.one_hot(y.argmax(1), y.shape[1]).to(y.dtype) * 60.0
+    problem.labels = problem.labels.clone()
+    problem.labels[problem.plan.batches[0]] = sharp
+    hard = F.cross_entropy(out, y.argmax(1)).item()
+    assert problem.step_loss(theta, images, 0).item() == pytest.approx(hard, rel=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_soft_label_gradient_lean_equals_plain_float64(chunk):
+    """dL/dY (and dL/dX, dL/dlog lr) of the lean walk = the plain unroll, float64, DSA on,
+    minibatches smaller than the set."""
+    problem, images = soft_problem(name="ConvNetW16", shape=(3, 16, 16), steps=5, batch=5,
+                                   chunk=chunk)
+    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64)
+    a = plain_unroll(problem, images, log_lr)
+    b = lean_unroll(problem, images, log_lr)
+    assert a.grad_labels is not None and a.grad_labels.shape == problem.labels.shape
+    assert a.grad_labels.abs().sum() > 0
+    assert b.loss == pytest.approx(a.loss, rel=1e-12)
+    assert rel(b.grad_labels, a.grad_labels) < 1e-8
+    assert rel(b.grad_images, a.grad_images) < 1e-8
+    assert rel(b.grad_log_lr, a.grad_log_lr) < 1e-8
+
+
+def test_soft_label_gradient_lean_equals_plain_float32_default_convnet():
+    problem, images = soft_problem(name="ConvNet", shape=(3, 32, 32), classes=10, ipc=1,
+                                   steps=3, batch=6, dtype=torch.float32, chunk=4)
+    log_lr = torch.tensor(math.log(0.01))
+    a, b = plain_unroll(problem, images, log_lr), lean_unroll(problem, images, log_lr)
+    assert rel(b.grad_labels, a.grad_labels) < 1e-4
+    assert rel(b.grad_images, a.grad_images) < 1e-4
+
+
+def test_soft_label_gradient_matches_finite_differences():
+    """The label gradient against central differences of the plain loss (independent check)."""
+    problem, images = soft_problem(name="ConvNetW4", shape=(1, 8, 8), classes=3, ipc=2,
+                                   steps=3, batch=4)
+    log_lr = torch.tensor(math.log(0.1), dtype=torch.float64)
+    res = lean_unroll(problem, images, log_lr)
+    logits = problem.labels
+    h = 1e-5
+    for idx in [(0, 1), (4, 2)]:
+        values = []
+        for sign in (1, -1):
+            problem.labels = logits.clone()
+            problem.labels[idx] += sign * h
+            values.append(plain_unroll(problem, images, log_lr).loss)
+        fd = (values[0] - values[1]) / (2 * h)
+        assert fd != 0
+        assert res.grad_labels[idx].item() == pytest.approx(fd, rel=1e-6, abs=1e-10)
+
+
+def test_hard_labels_have_no_label_gradient():
+    problem, images = make_problem(steps=2, batch=5)
+    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64)
+    assert plain_unroll(problem, images, log_lr).grad_labels is None
+    assert lean_unroll(problem, images, log_lr).grad_labels is None

@@ -53,7 +53,8 @@ def test_report_has_every_section_is_self_contained_and_its_figures_open(run):
         assert base64.b64encode(png).decode() in html, name  # the embedded copy is the file
         assert f"figures/{name}" in html                      # and links to it
     assert "<th>iteration</th><th>event</th>" in html and ">stop<" in html
-    assert "Test accuracy (%)" in html and "best (iteration" in html  # table from evals.jsonl
+    assert "Accuracy (%)" in html and "best (iteration" in html  # table from evals.jsonl
+    assert "<th>validation</th><th>test</th>" in html and "chosen on validation accuracy" in html
     assert (run_dir / "report.md").exists()
     # every figure opens, with the size report.py draws it at
     for name, (w, h) in SIZES.items():

@@ -108,3 +108,54 @@ def test_state_round_trip():
     m2 = StageMachine(max_start_epoch=5)
     m2.load_state_dict(m.state_dict())
     assert m2.state_dict() == m.state_dict()
+
+
+# ----------------------------------------------------------------------------- aligned windows
+
+def test_aligned_upper_bound_grows_linearly_then_stays():
+    """DATM CIFAR-10 ipc10: from 10 to 20 over 1000 iterations (hand-computed values)."""
+    from trajdistill.schedule import AlignedStart
+    s = AlignedStart(min_start_epoch=0, current_max_start_epoch=10, max_start_epoch=20,
+                     expansion_end_epoch=1000)
+    assert [s.upper(it) for it in (0, 99, 100, 550, 999, 1000, 5000)] == [10, 10, 11, 15, 19, 20, 20]
+
+
+def test_aligned_start_epochs_stay_in_the_window_and_cover_it():
+    from trajdistill.schedule import AlignedStart
+    s = AlignedStart(min_start_epoch=3, current_max_start_epoch=6, max_start_epoch=12,
+                     expansion_end_epoch=60)
+    rng = random.Random(0)
+    early = {s.start_epoch(0, rng) for _ in range(300)}
+    late = {s.start_epoch(500, rng) for _ in range(300)}
+    assert early == {3, 4, 5} and late == set(range(3, 12))
+    restored = AlignedStart(0, 1, 2, 1)
+    restored.load_state_dict(s.state_dict())
+    assert restored == s
+
+
+@pytest.mark.parametrize("args", [(5, 5, 10, 10), (0, 11, 10, 10), (0, 5, 10, 0), (-1, 5, 10, 1)])
+def test_aligned_refuses_empty_or_backward_windows(args):
+    from trajdistill.schedule import AlignedStart
+    with pytest.raises(ValueError):
+        AlignedStart(*args)
+
+
+def test_stm_window_counts_from_min_start_epoch():
+    """The stage cap counts from min_start_epoch: starts in [min, min + cap), the held-out
+    epoch is min + cap, and the cap stops where min + cap reaches max_start_epoch."""
+    m = StageMachine(max_start_epoch=7, init_epoch=2, min_start_epoch=4, min_duration=20,
+                     sigma=0.1)
+    assert [m.start_epoch(it, None) for it in range(4)] == [4, 5, 4, 5]
+    assert m.heldout_epoch == 6
+    for k in range(400):  # a falling held-out loss passes every test
+        m.record(10.0 - 0.01 * k)
+    assert m.cap == 3 and m.heldout_epoch == 7
+    with pytest.raises(ValueError):
+        StageMachine(max_start_epoch=7, init_epoch=4, min_start_epoch=4)
+
+
+def test_uniform_start_from_min_start_epoch():
+    rng = random.Random(1)
+    s = UniformStart(max_start_epoch=6, min_start_epoch=2)
+    assert {s.start_epoch(0, rng) for _ in range(200)} == {2, 3, 4, 5}
+    assert UniformStart(9).start_epoch(0, random.Random(5)) == random.Random(5).randrange(9)

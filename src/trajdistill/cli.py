@@ -195,9 +195,18 @@ def _finish(distiller, splits) -> None:
     from .report import build_report
     best = distiller.run()
     html = build_report(distiller.run_dir, splits=splits)
-    acc = f"{100 * best['accuracy']:.2f} % at iteration {best['iteration']}" \
-        if best.get("iteration") is not None else "not evaluated"
-    print(f"best accuracy {acc}; run directory {distiller.run_dir}; report {html}")
+    print(f"{best_summary(best)}; run directory {distiller.run_dir}; report {html}")
+
+
+def best_summary(best: dict) -> str:
+    """The summary line's account of synthetic_best.pt: validation and test side by side."""
+    if best.get("iteration") is None:
+        return "best set: not evaluated"
+    val = (f"validation {100 * best['val_accuracy']:.2f} %, "
+           if best.get("val_accuracy") is not None else "")
+    chosen = "validation" if best.get("selected_on", "test") == "val" else "test"
+    return (f"best set (chosen on {chosen} accuracy) at iteration {best['iteration']}: "
+            f"{val}test {100 * best['accuracy']:.2f} %")
 
 
 class _OptionalPackage(argparse.Action):
@@ -239,7 +248,8 @@ def _add_distill_parser(sub) -> None:
     p.add_argument("--sigma", type=kinds.positive_float, help="STM threshold (default 5)")
     p.add_argument("--min_duration", type=kinds.positive_int)
     p.add_argument("--max_duration", "--T_max", dest="max_duration", type=kinds.positive_int)
-    p.add_argument("--pix_init", help="real (default) or noise")
+    p.add_argument("--pix_init", help="real (default), noise, or correct (real images the "
+                   "expert classifies correctly, DATM)")
     p.add_argument("--batch_syn", type=kinds.positive_int)
     p.add_argument("--Iteration", type=kinds.positive_int)
     p.add_argument("--eval_it", type=kinds.non_negative_int)
@@ -251,6 +261,34 @@ def _add_distill_parser(sub) -> None:
                    help="refused (non-finite or runaway) updates in a row before stopping")
     p.add_argument("--eval_batched", choices=["auto", "on", "off"],
                    help="train the evaluation networks together with vmap (auto: on CUDA only)")
+    # learnable soft labels (DATM)
+    p.add_argument("--soft_labels", action="store_true", default=None,
+                   help="learn a label logit vector per image (trained with soft cross-entropy)")
+    p.add_argument("--label_init", choices=["expert"],
+                   help="initial logits: the final epoch of an expert on the initial images")
+    p.add_argument("--lr_y", type=kinds.positive_float,
+                   help="lr of the label logits (SGD, momentum 0.9; default 2)")
+    p.add_argument("--loss_threshold", type=kinds.positive_float,
+                   help="no update in an iteration whose normalised matching loss exceeds this "
+                   "(DATM's threshold)")
+    # difficulty-aligned start windows (DATM)
+    p.add_argument("--start_schedule", choices=["method", "aligned"],
+                   help="method (default): MTT's uniform draw / STM's stages; aligned: DATM's "
+                   "window [min_start_epoch, upper), upper growing from current_max_start_epoch "
+                   "(with STM: the first stage, widened by STM's test)")
+    p.add_argument("--min_start_epoch", type=kinds.non_negative_int,
+                   help="lowest start epoch (default 0; STM's cap counts from it)")
+    p.add_argument("--current_max_start_epoch", type=kinds.positive_int,
+                   help="aligned: the first window's upper end (default: half way)")
+    p.add_argument("--expansion_end_epoch", type=kinds.positive_int,
+                   help="aligned, original-MTT: iterations until the window reaches max_start_epoch "
+                   "(default 1000)")
+    # validation split (best-set selection without the test set)
+    p.add_argument("--val_size", type=kinds.non_negative_int,
+                   help="training images held out to validate evaluation networks (default 10 %% "
+                   "of the training set, at most 5000; 0: none)")
+    p.add_argument("--select_on", choices=["val", "test"],
+                   help="choose synthetic_best.pt on validation (default) or test accuracy")
     p.add_argument("--resume", metavar="RUN_DIR", type=kinds.existing_dir,
                    help="continue a run from its last checkpoint "
                    "(its own settings; --Iteration may extend it)")
@@ -289,7 +327,7 @@ def cmd_evaluate(args) -> None:
     cfg = EvalConfig(num_eval=o["num_eval"], epoch_eval_train=o["epoch_eval_train"],
                      batch_train=o["batch_train"], dsa=o["dsa"], device=o["device"], seed=o["seed"],
                      batched=o["eval_batched"])
-    result = evaluate_set(syn.images, syn.labels, splits, syn.lrs, eval_pool(o["eval_mode"], syn.model),
+    result = evaluate_set(syn.images, syn.targets(), splits, syn.lrs, eval_pool(o["eval_mode"], syn.model),
                           cfg, syn.syn_steps, progress=not o.get("quiet"))
     _print_results(result)
     if o.get("out"):

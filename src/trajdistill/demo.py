@@ -60,7 +60,10 @@ def run_demo(run_dir: str | Path = "runs/demo", cfg: DemoConfig | None = None,
     dcfg = DistillConfig(method="STM", ipc=cfg.ipc, syn_steps=cfg.syn_steps,
                          iterations=cfg.iterations, lr_img=cfg.lr_img, lr_lr=cfg.lr_lr,
                          lr_teacher=[cfg.lr_teacher], eval_it=0, num_eval=cfg.num_eval,
-                         epoch_eval_train=cfg.epoch_eval_train, seed=cfg.seed, device=cfg.device)
+                         epoch_eval_train=cfg.epoch_eval_train, seed=cfg.seed, device=cfg.device,
+                         # no evaluation during the run (eval_it=0) means no set is selected:
+                         # no validation split, so every training image may initialise the set
+                         val_size=0, select_on="test")
     distiller = Distiller(dcfg, splits, store, run_dir, progress=progress)
     distiller.run()
     t_distilled = time.perf_counter()
@@ -72,7 +75,7 @@ def run_demo(run_dir: str | Path = "runs/demo", cfg: DemoConfig | None = None,
     syn = distiller.synthetic_set()
     syn.save(run_dir / "synthetic_best.pt")
     results = {
-        f"STM distilled, {cfg.ipc} img/class": evaluate_set(syn.images, syn.labels, splits, syn.lrs,
+        f"STM distilled, {cfg.ipc} img/class": evaluate_set(syn.images, syn.targets(), splits, syn.lrs,
                                                             models, ev, cfg.syn_steps, progress),
         f"random real, {cfg.ipc} img/class": evaluate_set(*random_real(splits, cfg.ipc, cfg.seed),
                                                           splits, [0.01], models, ev, 0, progress),

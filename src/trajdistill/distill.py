@@ -26,9 +26,10 @@ from .experts import BufferError, TrajectoryStore
 from .io import atomic_save, atomic_write_text, load_json, read_jsonl, safe_load, write_json
 from .matching import GRADIENT_METHODS, MatchProblem, matching_loss, plan_unroll
 from .models import FlatModel, build_model
-from .schedule import StageMachine, UniformStart
+from .schedule import AlignedStart, StageMachine, UniformStart
 from .synthetic import SyntheticSet
 from .tracking import Tracker
+from .validation import default_val_size, validation_indices
 
 
 class DivergenceError(TrajdistillError, RuntimeError):
@@ -45,6 +46,9 @@ MAX_LR_FACTOR = 10.0
 # leave is noise that no later step repairs. Healthy runs stay near or below 1 (the demo's
 # first steps: 1.1).
 MAX_IMAGE_STEP = 10.0
+PIX_INITS = ("real", "noise", "correct")  # correct: real images an expert classifies correctly
+LABEL_INITS = ("expert",)
+START_SCHEDULES = ("method", "aligned")
 
 
 @dataclass
@@ -85,6 +89,19 @@ class DistillConfig:
     device: str = "cpu"
     prev_iter: int = 0
     load_syn_image: str | None = None
+    # learnable soft labels (DATM, issue 10): per-image label logits with their own optimiser
+    soft_labels: bool = False
+    label_init: str = "expert"          # the final epoch of an expert's logits on the images
+    lr_y: float = 2.0                   # SGD momentum 0.9 on the logits (DATM CIFAR-10 ipc10)
+    loss_threshold: float | None = None  # DATM: no update when the matching loss exceeds it
+    # difficulty-aligned start windows (DATM, issue 10); see schedule.py and README
+    start_schedule: str = "method"      # "method": MTT uniform / STM stages; "aligned": DATM
+    min_start_epoch: int = 0            # lower end of every window (STM's cap counts from it)
+    current_max_start_epoch: int | None = None  # aligned: the first upper end (default: middle)
+    expansion_end_epoch: int = 1000     # aligned, MTT: iterations until upper = max_start_epoch
+    # validation split and best-set selection (issue 10): see validation.py
+    val_size: int | None = None         # None: 10 % of the training set (<= 5000); 0: none
+    select_on: str = "val"              # synthetic_best.pt by validation ("val") or "test" accuracy
 
     @property
     def stm(self) -> bool:
@@ -125,8 +142,15 @@ def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) 
         raise ConfigError(f"--gradient must be one of {sorted(GRADIENT_METHODS)}, got {cfg.gradient!r}")
     if cfg.lr_mode not in ("global-lr", "independent-lr"):
         raise ConfigError(f"--lr_mode must be global-lr or independent-lr, got {cfg.lr_mode!r}")
-    if cfg.pix_init not in ("real", "noise"):
-        raise ConfigError(f"--pix_init must be real or noise, got {cfg.pix_init!r}")
+    if cfg.pix_init not in PIX_INITS:
+        raise ConfigError(f"--pix_init must be one of {', '.join(PIX_INITS)}, got {cfg.pix_init!r}")
+    if cfg.label_init not in LABEL_INITS:
+        raise ConfigError(f"--label_init must be one of {', '.join(LABEL_INITS)}, "
+                          f"got {cfg.label_init!r}")
+    if cfg.lr_y <= 0:
+        raise ConfigError(f"--lr_y must be positive, got {cfg.lr_y}")
+    if cfg.loss_threshold is not None and cfg.loss_threshold <= 0:
+        raise ConfigError(f"--loss_threshold must be positive, got {cfg.loss_threshold}")
     epochs = store.num_epochs
     if cfg.max_start_epoch is None:
         cfg.max_start_epoch = epochs - cfg.expert_epochs
@@ -134,9 +158,8 @@ def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) 
         raise ConfigError(f"max_start_epoch ({cfg.max_start_epoch}) + expert_epochs "
                           f"({cfg.expert_epochs}) must be within the {epochs} epochs stored in "
                           f"{store.root} (and max_start_epoch >= 1)")
-    if cfg.stm and not 1 <= cfg.init_epoch <= cfg.max_start_epoch:
-        raise ConfigError(f"init_epoch ({cfg.init_epoch}) must be in [1, max_start_epoch="
-                          f"{cfg.max_start_epoch}]")
+    _validate_windows(cfg)
+    _validate_split(cfg, splits)
     n_lr = cfg.init_epoch if (cfg.stm and cfg.lr_mode == "independent-lr") else 1
     if len(cfg.lr_teacher) == 1 and n_lr > 1:
         cfg.lr_teacher = cfg.lr_teacher * n_lr
@@ -146,13 +169,54 @@ def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) 
     if any(v <= 0 for v in cfg.lr_teacher):
         raise ConfigError(f"--lr_teacher values must be positive, got {cfg.lr_teacher}")
     counts = splits.train.class_counts()
-    if cfg.pix_init == "real" and min(counts) < cfg.ipc:
+    if cfg.pix_init in ("real", "correct") and min(counts) < cfg.ipc:
         c = counts.index(min(counts))
         raise ConfigError(f"--ipc {cfg.ipc} but class {splits.classes[c]!r} has only {counts[c]} "
                           "training images")
     if not cfg.eval_models:
         cfg.eval_models = [store.model]
     return cfg
+
+
+def _validate_windows(cfg: DistillConfig) -> None:
+    """Start-epoch windows: --min_start_epoch for both methods, --start_schedule aligned."""
+    if cfg.start_schedule not in START_SCHEDULES:
+        raise ConfigError(f"--start_schedule must be one of {', '.join(START_SCHEDULES)}, "
+                          f"got {cfg.start_schedule!r}")
+    if not 0 <= cfg.min_start_epoch < cfg.max_start_epoch:
+        raise ConfigError(f"--min_start_epoch ({cfg.min_start_epoch}) must be in "
+                          f"[0, max_start_epoch={cfg.max_start_epoch})")
+    if cfg.start_schedule == "aligned":
+        if cfg.current_max_start_epoch is None:
+            cfg.current_max_start_epoch = max(cfg.min_start_epoch + 1,
+                                              (cfg.min_start_epoch + cfg.max_start_epoch + 1) // 2)
+        if not cfg.min_start_epoch < cfg.current_max_start_epoch <= cfg.max_start_epoch:
+            raise ConfigError(f"--current_max_start_epoch ({cfg.current_max_start_epoch}) must be "
+                              f"in (min_start_epoch={cfg.min_start_epoch}, "
+                              f"max_start_epoch={cfg.max_start_epoch}]")
+        if cfg.expansion_end_epoch < 1:
+            raise ConfigError(f"--expansion_end_epoch must be >= 1, got {cfg.expansion_end_epoch}")
+        if cfg.stm:  # STM's first stage is DATM's first window; its test then widens it
+            cfg.init_epoch = cfg.current_max_start_epoch - cfg.min_start_epoch
+    span = cfg.max_start_epoch - cfg.min_start_epoch
+    if cfg.stm and not 1 <= cfg.init_epoch <= span:
+        raise ConfigError(f"init_epoch ({cfg.init_epoch}) must be in [1, max_start_epoch - "
+                          f"min_start_epoch = {span}]")
+
+
+def _validate_split(cfg: DistillConfig, splits: DatasetSplits) -> None:
+    """--val_size / --select_on: fill the default size and refuse what cannot work."""
+    if cfg.select_on not in ("val", "test"):
+        raise ConfigError(f"--select_on must be val or test, got {cfg.select_on!r}")
+    n, c = len(splits.train), splits.num_classes
+    if cfg.val_size is None:
+        cfg.val_size = default_val_size(n, c)
+    if cfg.val_size and not c <= cfg.val_size < n:
+        raise ConfigError(f"--val_size ({cfg.val_size}) must be 0 (no validation split) or in "
+                          f"[{c} (one image per class), {n} (the training set))")
+    if cfg.val_size == 0 and cfg.select_on == "val":
+        raise ConfigError("--select_on val needs a validation split; give --val_size > 0 or "
+                          "--select_on test")
 
 
 def open_buffer(buffer_dir: str | Path, splits: DatasetSplits) -> TrajectoryStore:
@@ -184,6 +248,8 @@ def _non_finite(result, heldout: float | None) -> str | None:
         return "non-finite image gradient"
     if not torch.isfinite(result.grad_log_lr).all():
         return "non-finite lr gradient"
+    if result.grad_labels is not None and not torch.isfinite(result.grad_labels).all():
+        return "non-finite label gradient"
     return None
 
 
@@ -211,18 +277,24 @@ class Distiller:
         c, h, w = splits.image_shape
         self.student = FlatModel.wrap(build_model(store.model, c, splits.num_classes, (h, w))
                                       .to(self.device))
+        experts = store.indices()
+        self.experts = experts[:cfg.max_experts] if cfg.max_experts else experts
+        self.val_idx = validation_indices(splits.train.labels, splits.num_classes, cfg.val_size)
         self.labels = torch.arange(splits.num_classes).repeat_interleave(cfg.ipc).to(self.device)
+        self.loaded_logits = None  # soft labels of a --load_syn_image set, if it has them
         self.images = self._initial_images().to(self.device).requires_grad_(True)
         self.log_lrs = [torch.tensor(math.log(v), device=self.device, requires_grad=True)
                         for v in cfg.lr_teacher]
         self.opt_img = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=0.5)
         self.opt_lrs = [self._lr_optimizer(p) for p in self.log_lrs]
-        self.schedule = (StageMachine(cfg.max_start_epoch, cfg.init_epoch, cfg.sigma,
-                                      cfg.min_duration, cfg.max_duration,
-                                      sample_method=cfg.sample_method, lr_img=cfg.lr_img)
-                         if cfg.stm else UniformStart(cfg.max_start_epoch))
-        experts = store.indices()
-        self.experts = experts[:cfg.max_experts] if cfg.max_experts else experts
+        # soft labels: learnable logits (N, classes); None keeps the hard class labels
+        self.label_logits = self.opt_labels = None
+        if cfg.soft_labels:
+            start = (self.loaded_logits if self.loaded_logits is not None
+                     else self._expert_logits(self.images.detach()))
+            self.label_logits = start.to(self.device).clone().requires_grad_(True)
+            self.opt_labels = torch.optim.SGD([self.label_logits], lr=cfg.lr_y, momentum=0.9)
+        self.schedule = self._start_schedule()
         self.expert_order: list[int] = []
         self.iteration = cfg.prev_iter
         self.best = {"accuracy": -1.0, "iteration": None}
@@ -230,6 +302,19 @@ class Distiller:
         self.last_failure = ""
         self.first_loss: float | None = None  # of this process: > 1 means a likely divergence
         self.grad_fn = GRADIENT_METHODS[cfg.gradient]
+
+    def _start_schedule(self):
+        """STM's stage machine (window from min_start_epoch), DATM's aligned window, or
+        MTT's uniform draw."""
+        cfg = self.cfg
+        if cfg.stm:
+            return StageMachine(cfg.max_start_epoch, cfg.init_epoch, cfg.sigma, cfg.min_duration,
+                                cfg.max_duration, sample_method=cfg.sample_method,
+                                lr_img=cfg.lr_img, min_start_epoch=cfg.min_start_epoch)
+        if cfg.start_schedule == "aligned":
+            return AlignedStart(cfg.min_start_epoch, cfg.current_max_start_epoch,
+                                cfg.max_start_epoch, cfg.expansion_end_epoch)
+        return UniformStart(cfg.max_start_epoch, cfg.min_start_epoch)
 
     # ------------------------------------------------------------------ state
     def _initial_images(self) -> torch.Tensor:
@@ -241,32 +326,78 @@ class Distiller:
             want = (splits.num_classes * cfg.ipc, *splits.image_shape)
             if not isinstance(images, torch.Tensor) or tuple(images.shape) != want:
                 raise ConfigError(f"{cfg.load_syn_image}: expected an image tensor of shape {want}")
+            if isinstance(blob, dict) and blob.get("soft_labels") is not None:
+                self.loaded_logits = blob["soft_labels"].float()  # continue with its labels
             return images.float().clone()
         if cfg.pix_init == "noise":
             return torch.randn(splits.num_classes * cfg.ipc, *splits.image_shape, generator=self.gen)
         picks = []
+        in_val = torch.zeros(len(splits.train), dtype=torch.bool)
+        in_val[self.val_idx] = True
         for c in range(splits.num_classes):
             members = splits.train.indices_of(c)
-            picks.append(members[torch.randperm(len(members), generator=self.gen)[:cfg.ipc]])
+            members = members[~in_val[members]]  # no validation image is copied into the set
+            if len(members) < cfg.ipc:
+                raise ConfigError(f"ipc={cfg.ipc} but class {splits.classes[c]!r} has only "
+                                  f"{len(members)} training images outside the validation split "
+                                  f"(--val_size {cfg.val_size})")
+            members = members[torch.randperm(len(members), generator=self.gen)]
+            if cfg.pix_init == "correct":
+                members = self._classified_correctly(members, c)
+            picks.append(members[:cfg.ipc])
         return splits.preprocess(splits.train.images[torch.cat(picks)])
+
+    def _final_expert(self) -> torch.Tensor:
+        """The final-epoch parameters of the first expert: DATM's labeller."""
+        return self.store.load(self.experts[0])[-1].to(self.device, torch.float32)
+
+    @torch.no_grad()
+    def _expert_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The logits the final epoch of an expert gives (network-space) images."""
+        theta = self._final_expert()
+        return torch.cat([self.student(theta, x.to(self.device)) for x in images.split(256)])
+
+    def _classified_correctly(self, members: torch.Tensor, c: int) -> torch.Tensor:
+        """DATM's samples_predicted_correctly: members of class c (in the given order) that
+        the expert classifies as c come first; only the first max(256, 10 ipc) are looked at
+        (enough to find ipc of them without a pass over the whole class)."""
+        looked, rest = members[:max(256, 10 * self.cfg.ipc)], members[max(256, 10 * self.cfg.ipc):]
+        pred = self._expert_logits(self.splits.preprocess(self.splits.train.images[looked]))
+        right = pred.argmax(1).cpu() == c
+        if int(right.sum()) < self.cfg.ipc:
+            progress_out.note(f"--pix_init correct: the expert classifies only "
+                              f"{int(right.sum())} of {len(looked)} images of class "
+                              f"{self.splits.classes[c]!r} correctly; misclassified ones fill "
+                              "the rest")
+        return torch.cat([looked[right], looked[~right], rest])
 
     def _lr_optimizer(self, p: torch.Tensor) -> torch.optim.Optimizer:
         return torch.optim.SGD([p], lr=self.cfg.lr_lr, momentum=0.5)
 
-    def _learnables(self) -> list[tuple[str, torch.Tensor, torch.optim.Optimizer]]:
-        """Everything a step learns, each with its optimiser: images and the log lr(s)."""
-        return [("images", self.images, self.opt_img),
-                *((f"lr {k}", p, o) for k, (p, o) in enumerate(zip(self.log_lrs, self.opt_lrs)))]
-
     def lrs(self) -> list[float]:
         return [float(p.detach().exp()) for p in self.log_lrs]
 
+    def _learnables(self) -> list[tuple[str, torch.Tensor, torch.optim.Optimizer]]:
+        """Everything the matching gradient updates, each with its optimiser: the images,
+        the log lr(s) and, with soft labels, the label logits."""
+        out = [("images", self.images, self.opt_img)]
+        out += [(f"lr {k}", p, o) for k, (p, o) in enumerate(zip(self.log_lrs, self.opt_lrs))]
+        if self.label_logits is not None:
+            out.append(("label logits", self.label_logits, self.opt_labels))
+        return out
+
+    def targets(self) -> torch.Tensor:
+        """What the synthetic images are trained towards: label logits, or class indices."""
+        return (self.label_logits if self.label_logits is not None else self.labels).detach()
+
     def synthetic_set(self) -> SyntheticSet:
+        soft = self.label_logits.detach().cpu().clone() if self.label_logits is not None else None
         return SyntheticSet(self.images.detach().cpu().clone(), self.labels.cpu(), self.lrs(),
                             self.splits.preprocess, self.splits.describe(), self.store.model,
                             self.cfg.syn_steps, {"iteration": self.iteration,
                                                  "method": self.cfg.method,
-                                                 "lr_mode": self.cfg.lr_mode})
+                                                 "lr_mode": self.cfg.lr_mode},
+                            soft_labels=soft)
 
     def state_dict(self) -> dict:
         return {"format": CHECKPOINT_FORMAT, "iteration": self.iteration, "images": self.images.detach().cpu(),
@@ -274,7 +405,10 @@ class Distiller:
                 "opt_img": self.opt_img.state_dict(), "opt_lrs": [o.state_dict() for o in self.opt_lrs],
                 "schedule": self.schedule.state_dict(), "expert_order": list(self.expert_order),
                 "rng": json.dumps(self.rng.getstate()), "gen": self.gen.get_state(),
-                "best": dict(self.best), "failures": self.failures}
+                "best": dict(self.best), "failures": self.failures,
+                "label_logits": (self.label_logits.detach().cpu()
+                                 if self.label_logits is not None else None),
+                "opt_labels": self.opt_labels.state_dict() if self.opt_labels is not None else None}
 
     def load_state_dict(self, s: dict, source: str = "checkpoint") -> None:
         if not isinstance(s, dict) or s.get("format") != CHECKPOINT_FORMAT:
@@ -282,9 +416,16 @@ class Distiller:
         if tuple(s["images"].shape) != tuple(self.images.shape):
             raise ConfigError(f"{source}: images of shape {tuple(s['images'].shape)}, but this run "
                               f"needs {tuple(self.images.shape)}")
+        if (s.get("label_logits") is None) != (self.label_logits is None):
+            raise ConfigError(f"{source}: saved {'with' if s.get('label_logits') is not None else 'without'}"
+                              " soft labels, but this run is configured the other way")
         self.iteration = s["iteration"]
         with torch.no_grad():
             self.images.copy_(s["images"].to(self.device))
+            if self.label_logits is not None:
+                self.label_logits.copy_(s["label_logits"].to(self.device))
+        if self.opt_labels is not None:
+            self.opt_labels.load_state_dict(s["opt_labels"])
         self.log_lrs = [v.to(self.device).clone().requires_grad_(True) for v in s["log_lrs"]]
         self.opt_img.load_state_dict(s["opt_img"])
         self.opt_lrs = [self._lr_optimizer(p) for p in self.log_lrs]
@@ -332,7 +473,7 @@ class Distiller:
         n = self.images.shape[0]
         plan = plan_unroll(n, cfg.syn_steps, cfg.batch_syn or n, self.splits.image_shape[1:],
                            cfg.dsa_strategy if cfg.dsa else None, self.gen)
-        return MatchProblem(self.student, start, target, self.labels, plan)
+        return MatchProblem(self.student, start, target, self.targets(), plan)
 
     def step(self) -> dict:
         cfg, sched = self.cfg, self.schedule
@@ -349,13 +490,16 @@ class Distiller:
                                     self.log_lrs[-1].detach().exp())
             record["heldout_seconds"] = time.perf_counter() - th
 
-        lr_index = min(start_epoch, len(self.log_lrs) - 1) if cfg.lr_mode == "independent-lr" else 0
+        lr_index = (min(start_epoch - cfg.min_start_epoch, len(self.log_lrs) - 1)
+                    if cfg.lr_mode == "independent-lr" else 0)
         result = self.grad_fn(self._problem(trajectory, start_epoch), self.images,
                               self.log_lrs[lr_index])
         record["loss"] = result.loss
         record[f"loss_epoch_{start_epoch}"] = result.loss
         self._warn_first_loss(result.loss)
-        trouble = _non_finite(result, heldout) or self._apply_guarded(result, lr_index)
+        trouble = _non_finite(result, heldout)
+        if not trouble and not self._above_threshold(result.loss, record):
+            trouble = self._apply_guarded(result, lr_index)
         if trouble:
             return self._refuse(record, trouble, t0)
         self.failures = 0
@@ -387,7 +531,9 @@ class Distiller:
         saved = [(t.detach().clone(), copy.deepcopy(o.state_dict())) for _, t, o in self._learnables()]
         log_lrs_before = [float(p.detach()) for p in self.log_lrs]
         self._apply(result, lr_index)
-        trouble = self._bad_update(saved[0][0], log_lrs_before)
+        images_before = next(v for (name, _, _), (v, _) in zip(self._learnables(), saved)
+                             if name == "images")
+        trouble = self._bad_update(images_before, log_lrs_before)
         if trouble:
             with torch.no_grad():
                 for (_, t, o), (value, state) in zip(self._learnables(), saved):
@@ -422,6 +568,15 @@ class Distiller:
                 f"expert's target, which can diverge); if it does, lower --lr_teacher (now "
                 f"{self.cfg.lr_teacher[0]:g}) or --syn_steps (now {self.cfg.syn_steps}), or raise "
                 f"--expert_epochs (now {self.cfg.expert_epochs})")
+
+    def _above_threshold(self, loss: float, record: dict) -> bool:
+        """--loss_threshold: an iteration whose normalised matching loss exceeds it makes no
+        update (logged as `skipped`); the schedule still advances."""
+        T = self.cfg.loss_threshold
+        if T is None or loss <= T:
+            return False
+        record["skipped"] = f"matching loss {loss:.4g} above --loss_threshold {T:g}"
+        return True
 
     def _refuse(self, record: dict, reason: str, t0: float) -> dict:
         """No update this iteration; the last good state stays. Too many in a row: stop."""
@@ -458,6 +613,10 @@ class Distiller:
             self.opt_lrs[lr_index].zero_grad(set_to_none=True)
             p.grad = result.grad_log_lr.reshape(p.shape).to(p.dtype)
             self.opt_lrs[lr_index].step()
+        if self.label_logits is not None:
+            self.opt_labels.zero_grad(set_to_none=True)
+            self.label_logits.grad = result.grad_labels.to(self.label_logits.dtype)
+            self.opt_labels.step()
 
     def _add_stage_lr(self) -> None:
         """independent-lr: the new stage's lr starts as a copy of the previous one's."""
@@ -474,8 +633,11 @@ class Distiller:
         ecfg = EvalConfig(num_eval=cfg.num_eval, epoch_eval_train=cfg.epoch_eval_train,
                           dsa=cfg.dsa, dsa_strategy=cfg.dsa_strategy, device=cfg.device,
                           seed=cfg.seed, batched=cfg.eval_batched)
-        return evaluate_set(self.images.detach().cpu(), self.labels.cpu(), self.splits, self.lrs(),
-                            cfg.eval_models, ecfg, syn_steps=cfg.syn_steps, progress=self.progress)
+        val = ((self.splits.train.images[self.val_idx], self.splits.train.labels[self.val_idx])
+               if len(self.val_idx) else None)
+        return evaluate_set(self.images.detach().cpu(), self.targets().cpu(), self.splits, self.lrs(),
+                            cfg.eval_models, ecfg, syn_steps=cfg.syn_steps, progress=self.progress,
+                            val=val)
 
     def checkpoint(self) -> None:
         atomic_save(self.state_dict(), self.run_dir / "checkpoint.pt")
@@ -516,12 +678,19 @@ class Distiller:
     def _evaluate_and_log(self, evals) -> None:
         result = self.evaluate()
         main = result[self.cfg.eval_models[0]]
-        evals.write(json.dumps({"it": self.iteration, "lrs": self.lrs(), **result}) + "\n")
+        key = "val_mean" if self.cfg.select_on == "val" else "mean"
+        evals.write(json.dumps({"it": self.iteration, "lrs": self.lrs(),
+                                "selected_on": self.cfg.select_on, **result}) + "\n")
         evals.flush()
         self.tracker.log_eval(result, self.iteration)
         self.tracker.log_images(self.synthetic_set(), self.iteration, self.splits.classes)
         progress_out.note(f"it {self.iteration}: " + ", ".join(
-            f"{m} {100 * r['mean']:.2f} ± {100 * r['std']:.2f} %" for m, r in result.items()))
-        if main["mean"] > self.best["accuracy"]:
-            self.best = {"accuracy": main["mean"], "std": main["std"], "iteration": self.iteration}
+            f"{m} " + (f"val {100 * r['val_mean']:.2f} ± {100 * r['val_std']:.2f} %, "
+                       if "val_mean" in r else "") +
+            f"test {100 * r['mean']:.2f} ± {100 * r['std']:.2f} %" for m, r in result.items()))
+        if main[key] > self.best.get("selected", self.best["accuracy"]):
+            self.best = {"selected": main[key], "selected_on": self.cfg.select_on,
+                         "accuracy": main["mean"], "std": main["std"],
+                         "val_accuracy": main.get("val_mean"), "val_std": main.get("val_std"),
+                         "iteration": self.iteration}
             self.synthetic_set().save(self.run_dir / "synthetic_best.pt")

@@ -30,7 +30,8 @@ from .augment import DEFAULT_STRATEGY
 from .data.base import DatasetSplits
 from .errors import ConfigError
 from .models import FlatModel, build_model
-from .training import class_weights, confusion_result, test_network, to_input, train_epoch
+from .training import (confusion_result, set_loss, targets_weights, test_network, to_input,
+                       train_epoch)
 
 BATCHED_CHOICES = ("auto", "on", "off")
 
@@ -89,8 +90,20 @@ def _train_images(images: torch.Tensor) -> torch.Tensor:
     return images.detach().cpu() if images.dtype != torch.uint8 else images
 
 
+def _test(net: nn.Module, splits: DatasetSplits, device, val=None):
+    """Test a trained network on the test set and, when given, on the validation images
+    (uint8 training images and their labels)."""
+    result = test_network(net, splits.test.images, splits.test.labels, splits.num_classes,
+                          device=device, preprocess=splits.preprocess)
+    if val is not None:
+        result.val_accuracy = test_network(net, val[0], val[1], splits.num_classes, device=device,
+                                           preprocess=splits.preprocess).accuracy
+    return result
+
+
 def train_and_test(model: str, images: torch.Tensor, labels: torch.Tensor, splits: DatasetSplits,
-                   schedule: list[float], cfg: EvalConfig, seed: int, progress: bool = False):
+                   schedule: list[float], cfg: EvalConfig, seed: int, progress: bool = False,
+                   val=None):
     """Train one fresh network on (images, labels) with the per-epoch lr schedule; test it."""
     device = torch.device(cfg.device)
     net = _build(model, splits, seed, device)
@@ -98,15 +111,14 @@ def train_and_test(model: str, images: torch.Tensor, labels: torch.Tensor, split
     opt = torch.optim.SGD(net.parameters(), lr=schedule[0], momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
     images = _train_images(images)
-    weights = class_weights(labels, splits.num_classes)
+    weights = targets_weights(labels, splits.num_classes)
     for lr in progress_out.bar(schedule, desc=f"train {model}", enabled=progress, unit="epochs"):
         for g in opt.param_groups:
             g["lr"] = lr
         train_epoch(net, images, labels, opt, batch_size=cfg.batch_train, device=device,
                     preprocess=splits.preprocess, dsa_strategy=cfg.dsa_strategy if cfg.dsa else None,
                     weights=weights, generator=gen)
-    return test_network(net, splits.test.images, splits.test.labels, splits.num_classes,
-                        device=device, preprocess=splits.preprocess)
+    return _test(net, splits, device, val)
 
 
 # ----------------------------------------------------------------------------- K networks at once
@@ -137,7 +149,7 @@ def use_batched(model: str, splits: DatasetSplits, cfg: EvalConfig) -> bool:
 
 def train_and_test_batched(model: str, images: torch.Tensor, labels: torch.Tensor,
                            splits: DatasetSplits, schedule: list[float], cfg: EvalConfig,
-                           seeds: list[int], progress: bool = False) -> list:
+                           seeds: list[int], progress: bool = False, val=None) -> list:
     """Train len(seeds) networks together: one vmapped forward/backward over stacked
     parameters per step, each network with its own batch order and augmentation draws
     (exactly those `train_and_test` would use for the same seed); test each."""
@@ -151,12 +163,13 @@ def train_and_test_batched(model: str, images: torch.Tensor, labels: torch.Tenso
                           weight_decay=cfg.weight_decay)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     images = _train_images(images)
-    weights = class_weights(labels, splits.num_classes).to(device)
+    weights = targets_weights(labels, splits.num_classes)
+    weights = weights.to(device) if weights is not None else None
     strategy = cfg.dsa_strategy if cfg.dsa else None
     n, bs = images.shape[0], cfg.batch_train
 
     def loss_one(params, x, y):
-        return F.cross_entropy(functional_call(base, params, (x,)), y, weight=weights)
+        return set_loss(functional_call(base, params, (x,)), y, weights)
 
     losses = vmap(loss_one)
     base.train()
@@ -181,9 +194,7 @@ def train_and_test_batched(model: str, images: torch.Tensor, labels: torch.Tenso
         with torch.no_grad():
             for name, p in net.named_parameters():
                 p.copy_(stacked[name][k])
-        results.append(test_network(net, splits.test.images, splits.test.labels,
-                                    splits.num_classes, device=device,
-                                    preprocess=splits.preprocess))
+        results.append(_test(net, splits, device, val))
     return results
 
 
@@ -191,8 +202,10 @@ def train_and_test_batched(model: str, images: torch.Tensor, labels: torch.Tenso
 
 def evaluate_set(images: torch.Tensor, labels: torch.Tensor, splits: DatasetSplits,
                  lrs: list[float], models: list[str], cfg: EvalConfig, syn_steps: int = 0,
-                 progress: bool = True) -> dict:
-    """Evaluate a set on each model: {model: {mean, std, accuracies, per_class, confusion}}."""
+                 progress: bool = True, val=None) -> dict:
+    """Evaluate a set on each model: {model: {mean, std, accuracies, per_class, confusion}}
+    (test set), plus val_mean, val_std, val_accuracies when validation images
+    `val` = (uint8 images, labels) are given."""
     schedule = lr_schedule(lrs, cfg.epoch_eval_train, syn_steps)
     seeds = [network_seed(cfg.seed, k) for k in range(cfg.num_eval)]
     out = {}
@@ -201,13 +214,13 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, splits: DatasetSpli
                               report=True, unit="networks") as bar:
             if use_batched(model, splits, cfg):
                 results = train_and_test_batched(model, images, labels, splits, schedule, cfg,
-                                                 seeds, progress=progress)
+                                                 seeds, progress=progress, val=val)
                 bar.update(len(seeds))
             else:
                 results = []
                 for s in seeds:
                     results.append(train_and_test(model, images, labels, splits, schedule, cfg,
-                                                  seed=s, progress=progress))
+                                                  seed=s, progress=progress, val=val))
                     bar.update()
             out[model] = summarise(results)
             bar.set_postfix(accuracy=f"{100 * out[model]['mean']:.2f} %")
@@ -218,8 +231,13 @@ def summarise(results) -> dict:
     accs = [r.accuracy for r in results]
     confusion = torch.tensor([r.confusion for r in results]).sum(0)
     pooled = confusion_result(confusion)
-    return {"mean": statistics.fmean(accs), "std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
-            "accuracies": accs, "per_class": pooled.per_class, "confusion": pooled.confusion}
+    out = {"mean": statistics.fmean(accs), "std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
+           "accuracies": accs, "per_class": pooled.per_class, "confusion": pooled.confusion}
+    vals = [r.val_accuracy for r in results if r.val_accuracy is not None]
+    if vals:
+        out.update(val_mean=statistics.fmean(vals),
+                   val_std=statistics.pstdev(vals) if len(vals) > 1 else 0.0, val_accuracies=vals)
+    return out
 
 
 # ----------------------------------------------------------------------------- baselines

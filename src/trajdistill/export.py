@@ -6,7 +6,8 @@ OUT_DIR/
   images/<k>_<class>/<i>.png   every synthetic image in pixel space (ZCA inverted), clipped at
                                2.5 std and stretched exactly as in the report's grid
   grid.png                     all of them, one row per class
-  synthetic.pt                 images (network input space), labels, lrs, pixels, classes,
+  synthetic.pt                 images (network input space), labels, soft_labels (the learned
+                               label logits of a soft-label set, else None), lrs, pixels, classes,
                                preprocess (mean/std/ZCA), data identity, the evaluation
                                protocol; plain tensors and data: torch.load(weights_only=True).
                                Also a valid trajdistill synthetic set (`trajdistill evaluate --syn`).
@@ -63,12 +64,18 @@ def export_synthetic(syn_path: str | Path, out_dir: str | Path, cfg: EvalConfig 
         rel = Path("images") / f"{y:03d}_{_slug(classes[y])}" / f"{k:03d}.png"
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(to_uint8_hwc(img)).save(out / rel)
-        files.append({"file": str(rel), "label": y, "class": classes[y], "index": i})
+        entry = {"file": str(rel), "label": y, "class": classes[y], "index": i}
+        if syn.soft_labels is not None:
+            entry["label_distribution"] = [round(float(p), 6) for p in
+                                           torch.softmax(syn.soft_labels[i].float(), 0)]
+        files.append(entry)
     grid, ipc = synthetic_grid(syn, len(classes))
     grid.save(out / "grid.png")
     protocol = evaluation_protocol(syn, cfg)
     blob = {"format": FORMAT, "export_format": EXPORT_FORMAT,
             "images": syn.images.detach().cpu().float(), "labels": syn.labels.cpu().long(),
+            "soft_labels": (syn.soft_labels.detach().cpu().float()
+                            if syn.soft_labels is not None else None),
             "lrs": [float(v) for v in syn.lrs], "pixels": syn.pixels().float(),
             "classes": classes, "preprocess": syn.preprocess.state_dict(), "data": syn.data,
             "model": syn.model, "syn_steps": syn.syn_steps, "meta": syn.meta,
@@ -78,7 +85,7 @@ def export_synthetic(syn_path: str | Path, out_dir: str | Path, cfg: EvalConfig 
             "classes": classes, "images_per_class": ipc, "image_shape": list(syn.images.shape[1:]),
             "zca": syn.preprocess.zca is not None, "normalisation": {"mean": list(syn.preprocess.mean),
                                                                     "std": list(syn.preprocess.std)},
-            "learned_lrs": blob["lrs"], "model": syn.model, "syn_steps": syn.syn_steps,
+            "learned_lrs": blob["lrs"], "soft_labels": syn.soft_labels is not None, "model": syn.model, "syn_steps": syn.syn_steps,
             "distillation": syn.meta, "evaluation": protocol, "files": files,
             "png_display": f"pixel space{' (ZCA inverted)' if syn.preprocess.zca is not None else ''}, "
                            f"clipped at mean ± {CLIP_STD} std of the set, stretched to [0,255] per image"}
@@ -90,6 +97,13 @@ def export_synthetic(syn_path: str | Path, out_dir: str | Path, cfg: EvalConfig 
 def load_export(path: str | Path) -> dict:
     """The exported tensor file as a plain dict (weights_only: no code runs)."""
     return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+def _loss_text(meta: dict) -> str:
+    if meta["soft_labels"]:
+        return ("soft cross-entropy on the learned labels\n"
+                "(-sum(softmax(soft_labels) * log_softmax(output)) / batch)")
+    return "cross-entropy on the labels"
 
 
 def _readme(meta: dict) -> str:
@@ -107,6 +121,7 @@ Files
   grid.png                    all images, one row per class
   synthetic.pt                torch.load(path, weights_only=True) -> dict with
                               images (N,C,H,W float, network input space), labels (N,),
+                              soft_labels (N,classes logits, or None: see below),
                               lrs (learned step size(s)), pixels, classes, preprocess
                               (mean, std, zca), evaluation (the protocol below)
   metadata.json               the same facts as JSON
@@ -116,7 +131,7 @@ Files
 
 Evaluation protocol used for the reported accuracies: train a fresh {p['model']} from scratch on
 these images with SGD (momentum {p['momentum']}, weight decay {p['weight_decay']}, batch
-{p['batch_size']}), augmentation {p['augmentation']}, cross-entropy on the labels, for
+{p['batch_size']}), augmentation {p['augmentation']}, {_loss_text(meta)}, for
 {p['epochs']} epochs with the learning rate changing at [epoch, lr] = {p['lr_changes']}
 ({p['lr_rule']}); test on the real test set; report mean ± std over {p['num_eval']} networks.
 Learned lr(s): {meta['learned_lrs']}.

@@ -20,6 +20,11 @@ same problem and can be checked against the others:
 
 Both give the same loss and gradients up to floating-point summation order
 (tests/test_matching.py: 1e-8 relative in float64, 1e-4 in float32).
+
+Soft labels (DATM): when `MatchProblem.labels` is a float (N, classes) tensor of logits Y,
+each step's loss is the soft cross-entropy -sum(softmax(Y_b) * log_softmax(f(x_b))) / batch,
+and both methods also return dL/dY (`MatchResult.grad_labels`), carried back through the
+whole unroll exactly like dL/dX. With integer labels grad_labels is None.
 """
 from __future__ import annotations
 
@@ -61,6 +66,19 @@ def plan_unroll(num_images: int, syn_steps: int, batch_syn: int, image_hw: tuple
     return UnrollPlan(batches, augs)
 
 
+def soft_labels(labels: torch.Tensor) -> bool:
+    """Float (N, classes) logits are soft labels; integer (N,) class indices are hard ones."""
+    return labels.is_floating_point()
+
+
+def summed_cross_entropy(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over the batch: hard targets are class indices, soft targets
+    are probabilities (softmax of the label logits)."""
+    if target.is_floating_point():
+        return -(target * F.log_softmax(out, dim=1)).sum()
+    return F.cross_entropy(out, target, reduction="sum")
+
+
 @dataclass
 class MatchProblem:
     """One matching problem: the student, where it starts, where the expert went."""
@@ -68,23 +86,28 @@ class MatchProblem:
     student: FlatModel
     start: torch.Tensor   # theta_0, flat
     target: torch.Tensor  # theta*, flat
-    labels: torch.Tensor  # labels of the synthetic set
+    labels: torch.Tensor  # class indices (N,), or learnable label logits (N, classes)
     plan: UnrollPlan
     # images per network call in the lean walk; None: automatic (see `chunk_size`), 0: no chunks
     chunk: int | None = None
 
-    def step_input(self, images: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unrolled step i's augmented minibatch and its labels (differentiable in images)."""
+    def step_input(self, images: torch.Tensor, i: int, labels: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unrolled step i's augmented minibatch and its targets: class indices, or the
+        softmax of the label logits (differentiable in images and in `labels`)."""
+        labels = self.labels if labels is None else labels
         idx = self.plan.batches[i].to(images.device)
         x = images[idx]
         if self.plan.augs[i] is not None:
             x = dsa.apply(x, self.plan.augs[i])
-        return x, self.labels[idx]
+        y = labels[idx]
+        return x, (F.softmax(y, dim=1) if soft_labels(y) else y)
 
-    def step_loss(self, theta: torch.Tensor, images: torch.Tensor, i: int) -> torch.Tensor:
-        """Cross-entropy of unrolled step i's minibatch at parameters theta."""
-        x, y = self.step_input(images, i)
-        return F.cross_entropy(self.student(theta, x), y)
+    def step_loss(self, theta: torch.Tensor, images: torch.Tensor, i: int,
+                  labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy (mean over the minibatch) of unrolled step i at parameters theta."""
+        x, y = self.step_input(images, i, labels)
+        return summed_cross_entropy(self.student(theta, x), y) / x.shape[0]
 
     def chunk_size(self, batch: int, image_shape: torch.Size) -> int:
         """Images per network call: the whole minibatch when the network mixes images
@@ -104,38 +127,40 @@ class MatchProblem:
         n = x.shape[0]
         total = None
         for xc, yc in zip(x.split(self.chunk_size(n, x.shape)), y.split(self.chunk_size(n, x.shape))):
-            loss = F.cross_entropy(self.student(theta, xc), yc, reduction="sum") / n
+            loss = summed_cross_entropy(self.student(theta, xc), yc) / n
             g, = torch.autograd.grad(loss, theta)
             total = g if total is None else total.add_(g)
         return total
 
     def step_hvp(self, theta: torch.Tensor, images: torch.Tensor, i: int, v: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Step i's gradient g at theta and the products of v with its derivatives:
-        (g, d(g.v)/dtheta = H v, d(g.v)/dimages), recomputing the step's graph chunk by chunk."""
+        (g, d(g.v)/dtheta = H v, d(g.v)/dimages, d(g.v)/dlabels or None for hard labels),
+        recomputing the step's graph chunk by chunk."""
         x_leaf = images.detach().requires_grad_(True)
-        x, y = self.step_input(x_leaf, i)           # augmentation: cheap, kept whole
-        xa = x.detach()
+        soft = soft_labels(self.labels)
+        y_leaf = self.labels.detach().requires_grad_(soft)
+        x, y = self.step_input(x_leaf, i, y_leaf)   # augmentation, softmax: cheap, kept whole
+        xa, ya = x.detach(), y.detach()
         theta = theta.detach().requires_grad_(True)
         n = xa.shape[0]
         size = self.chunk_size(n, xa.shape)
         g_sum = hv_sum = None
-        hx_parts = []
-        for xc, yc in zip(xa.split(size), y.split(size)):
+        hx_parts, hy_parts = [], []
+        for xc, yc in zip(xa.split(size), ya.split(size)):
             xc = xc.requires_grad_(True)
-            loss = F.cross_entropy(self.student(theta, xc), yc, reduction="sum") / n
+            yc = yc.requires_grad_(soft)
+            loss = summed_cross_entropy(self.student(theta, xc), yc) / n
             g, = torch.autograd.grad(loss, theta, create_graph=True)
-            hv, hx = torch.autograd.grad(g, (theta, xc), grad_outputs=v)
+            hv, hx, *hy = torch.autograd.grad(g, (theta, xc, *([yc] if soft else [])), grad_outputs=v)
             g = g.detach()
             g_sum = g if g_sum is None else g_sum.add_(g)
             hv_sum = hv if hv_sum is None else hv_sum.add_(hv)
             hx_parts.append(hx)
-        hx = torch.cat(hx_parts) if len(hx_parts) > 1 else hx_parts[0]
-        if x.requires_grad:
-            himg, = torch.autograd.grad(x, x_leaf, grad_outputs=hx)
-        else:  # pragma: no cover - step_input always indexes images
-            himg = torch.zeros_like(images)
-        return g_sum, hv_sum, himg
+            hy_parts += hy
+        himg, = torch.autograd.grad(x, x_leaf, grad_outputs=torch.cat(hx_parts))
+        hlab = torch.autograd.grad(y, y_leaf, grad_outputs=torch.cat(hy_parts))[0] if soft else None
+        return g_sum, hv_sum, himg, hlab
 
     def normaliser(self) -> torch.Tensor:
         return (self.start - self.target).pow(2).sum()
@@ -146,6 +171,7 @@ class MatchResult:
     loss: float
     grad_images: torch.Tensor
     grad_log_lr: torch.Tensor
+    grad_labels: torch.Tensor | None = None  # dL/d(label logits); None with hard labels
 
 
 GradientMethod = Callable[[MatchProblem, torch.Tensor, torch.Tensor], MatchResult]
@@ -155,14 +181,17 @@ def plain_unroll(problem: MatchProblem, images: torch.Tensor, log_lr: torch.Tens
     """Reference: unroll with create_graph, then one backward through everything."""
     images = images.detach().requires_grad_(True)
     log_lr = log_lr.detach().requires_grad_(True)
+    soft = soft_labels(problem.labels)
+    labels = problem.labels.detach().requires_grad_(soft)
     lr = log_lr.exp()
     theta = problem.start.detach().requires_grad_(True)
     for i in range(len(problem.plan.batches)):
-        g, = torch.autograd.grad(problem.step_loss(theta, images, i), theta, create_graph=True)
+        g, = torch.autograd.grad(problem.step_loss(theta, images, i, labels), theta,
+                                 create_graph=True)
         theta = theta - lr * g
     loss = (theta - problem.target).pow(2).sum() / problem.normaliser()
-    gx, glr = torch.autograd.grad(loss, (images, log_lr))
-    return MatchResult(loss.item(), gx, glr)
+    gx, glr, *gy = torch.autograd.grad(loss, (images, log_lr, *([labels] if soft else [])))
+    return MatchResult(loss.item(), gx, glr, gy[0] if soft else None)
 
 
 def lean_unroll(problem: MatchProblem, images: torch.Tensor, log_lr: torch.Tensor) -> MatchResult:
@@ -171,9 +200,10 @@ def lean_unroll(problem: MatchProblem, images: torch.Tensor, log_lr: torch.Tenso
     Forward: plain first-order steps, keeping theta_0..theta_N (flat vectors only).
     Backward, with the adjoint a_{i+1} = dL/dtheta_{i+1} and g_i the step's gradient:
         dL/dX      += -alpha * d(g_i . a_{i+1})/dX
+        dL/dY      += -alpha * d(g_i . a_{i+1})/dY      (soft labels only)
         dL/dalpha  += -(g_i . a_{i+1})
         a_i         = a_{i+1} - alpha * H_i a_{i+1}
-    where both vector products come from one double-backward of the recomputed step.
+    where all the vector products come from one double-backward of the recomputed step.
     """
     images = images.detach()
     lr = log_lr.detach().exp()
@@ -187,14 +217,17 @@ def lean_unroll(problem: MatchProblem, images: torch.Tensor, log_lr: torch.Tenso
     loss = diff.pow(2).sum() / denom
     adjoint = 2 * diff / denom
     grad_images = torch.zeros_like(images)
+    grad_labels = torch.zeros_like(problem.labels) if soft_labels(problem.labels) else None
     grad_lr = torch.zeros((), dtype=images.dtype, device=images.device)
     for i in reversed(range(steps)):
         thetas[i + 1] = None  # free as we go
-        g, hvp_theta, hvp_x = problem.step_hvp(thetas[i], images, i, adjoint)
+        g, hvp_theta, hvp_x, hvp_y = problem.step_hvp(thetas[i], images, i, adjoint)
         grad_images.sub_(hvp_x, alpha=float(lr))
+        if grad_labels is not None:
+            grad_labels.sub_(hvp_y, alpha=float(lr))
         grad_lr -= torch.dot(g, adjoint)
         adjoint = adjoint - lr * hvp_theta
-    return MatchResult(loss.item(), grad_images, (grad_lr * lr).reshape(log_lr.shape))
+    return MatchResult(loss.item(), grad_images, (grad_lr * lr).reshape(log_lr.shape), grad_labels)
 
 
 GRADIENT_METHODS: dict[str, GradientMethod] = {"unroll": plain_unroll, "lean": lean_unroll}

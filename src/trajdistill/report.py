@@ -335,15 +335,31 @@ def _save(fig, path) -> Path:
 
 # ----------------------------------------------------------------------------- the report
 
+def selection_key(e: dict, m: str) -> str:
+    """The accuracy that chose synthetic_best.pt: validation (when the run chose on it) or test."""
+    return "val_mean" if e.get("selected_on") == "val" and "val_mean" in e[m] else "mean"
+
+
 def _best_eval(evals: list[dict]) -> tuple[dict | None, str | None]:
-    """The evaluation with the best mean accuracy of the first model, and that model."""
+    """The evaluation that chose synthetic_best.pt (best validation accuracy of the first
+    model, or best test accuracy for runs that chose on test), and that model."""
     if not evals:
         return None, None
     models = [k for k in evals[0] if isinstance(evals[0][k], dict)]
     if not models:
         return None, None
     m = models[0]
-    return max((e for e in evals if m in e), key=lambda e: e[m]["mean"]), m
+    return max((e for e in evals if m in e), key=lambda e: e[m][selection_key(e, m)]), m
+
+
+def selection_note(evals: list[dict]) -> str:
+    """One sentence: which accuracy chose the best set."""
+    if not evals:
+        return ""
+    if evals[-1].get("selected_on") == "val":
+        return ("synthetic_best.pt was chosen on validation accuracy (held-out training images "
+                "the evaluation networks never train on); test accuracy did not take part.")
+    return "synthetic_best.pt was chosen on test accuracy (optimistic: the test set took part)."
 
 
 def build_report(run_dir: str | Path, classes: list[str] | None = None,
@@ -377,6 +393,10 @@ def build_report(run_dir: str | Path, classes: list[str] | None = None,
             f"{', '.join(f'{v:.4g}' for v in syn.lrs)}. Shown in pixel space"
             f"{' (ZCA inverted)' if syn.preprocess.zca is not None else ''}, clipped at "
             f"{CLIP_STD} std of the set and stretched per image.")
+    if syn is not None and syn.soft_labels is not None:
+        add("Learned soft labels", caption="Each synthetic image's label distribution "
+            f"(softmax of its learned logits): the top {TOP_LABELS} classes.",
+            body=_soft_label_table(syn, classes))
     if syn is not None and splits is not None and len(splits.classes) == int(syn.labels.max()) + 1:
         save_class_comparison(syn, splits, figs / "classes.png")
         add("Each class: synthetic vs class mean vs real", "figures/classes.png",
@@ -417,8 +437,9 @@ def build_report(run_dir: str | Path, classes: list[str] | None = None,
 
     table = results.get("table") or _table_from_evals(evals)
     html_path = run / "report.html"
-    html_path.write_text(_html(run, table, sections, results, config, syn))
-    (run / "report.md").write_text(_markdown(run.name, table, sections))
+    note = selection_note(evals)
+    html_path.write_text(_html(run, table, sections, results, config, syn, note))
+    (run / "report.md").write_text(_markdown(run.name, table, sections, note))
     return html_path
 
 
@@ -441,12 +462,14 @@ def _table_from_evals(evals: list[dict]) -> list[dict]:
     out = []
     models = [k for k in evals[0] if isinstance(evals[0][k], dict)]
     for m in models:
-        best = max((e for e in evals if m in e), key=lambda e: e[m]["mean"])
+        best = max((e for e in evals if m in e), key=lambda e: e[m][selection_key(e, m)])
         last = [e for e in evals if m in e][-1]
-        out.append({"name": f"{m}: best (iteration {best['it']})", "mean": best[m]["mean"],
-                    "std": best[m]["std"], "n": len(best[m]["accuracies"])})
-        out.append({"name": f"{m}: last (iteration {last['it']})", "mean": last[m]["mean"],
-                    "std": last[m]["std"], "n": len(last[m]["accuracies"])})
+        for label, e in (("best", best), ("last", last)):
+            row = {"name": f"{m}: {label} (iteration {e['it']})", "mean": e[m]["mean"],
+                   "std": e[m]["std"], "n": len(e[m]["accuracies"])}
+            if "val_mean" in e[m]:
+                row.update(val_mean=e[m]["val_mean"], val_std=e[m]["val_std"])
+            out.append(row)
     return out
 
 
@@ -479,6 +502,27 @@ def _events_markdown(events: list[dict]) -> str:
     return "\n".join(lines)
 
 
+TOP_LABELS = 3  # classes shown per image in the soft-label table
+
+
+def soft_label_rows(syn: SyntheticSet, classes: list[str]) -> list[tuple[int, str, list[tuple[str, float]]]]:
+    """(image index, its class, [(class, probability)] of the top classes) per image."""
+    names = classes or [str(i) for i in range(syn.soft_labels.shape[1])]
+    probs = torch.softmax(syn.soft_labels.float(), dim=1)
+    top = probs.topk(min(TOP_LABELS, probs.shape[1]), dim=1)
+    return [(i, names[int(syn.labels[i])],
+             [(names[int(c)], float(p)) for p, c in zip(top.values[i], top.indices[i])])
+            for i in range(len(syn.labels))]
+
+
+def _soft_label_table(syn: SyntheticSet, classes: list[str]) -> str:
+    rows = "".join(f"<tr><td>{i}</td><td>{html.escape(c)}</td><td>" +
+                   ", ".join(f"{html.escape(n)} {100 * p:.1f} %" for n, p in top) + "</td></tr>"
+                   for i, c, top in soft_label_rows(syn, classes))
+    return ("<table><tr><th>image</th><th>class</th><th>label distribution (top classes)</th>"
+            f"</tr>{rows}</table>")
+
+
 def _per_class_table(rows, classes) -> str:
     head = "<tr><th>class</th>" + "".join(f"<th>{html.escape(n)}</th>" for n, _ in rows) + "</tr>"
     body = "".join("<tr><td>" + html.escape(c) + "</td>" +
@@ -487,9 +531,11 @@ def _per_class_table(rows, classes) -> str:
     return f"<table>{head}{body}</table>"
 
 
-def _table_rows(table: list[dict]) -> list[tuple[str, str, str]]:
-    return [(r["name"], f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}",
-             str(r.get("n", ""))) for r in table]
+def _table_rows(table: list[dict]) -> list[tuple[str, str, str, str]]:
+    """(set, validation accuracy or "", test accuracy, networks) per row."""
+    return [(r["name"],
+             f"{100 * r['val_mean']:.2f} ± {100 * r['val_std']:.2f}" if "val_mean" in r else "",
+             f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}", str(r.get("n", ""))) for r in table]
 
 
 def _embed(run: Path, rel: str) -> str:
@@ -504,10 +550,10 @@ _CONFIG_KEYS = ("dataset", "method", "ipc", "syn_steps", "expert_epochs", "max_s
 
 
 def _html(run: Path, table: list[dict], sections, results: dict, config: dict,
-          syn: SyntheticSet | None) -> str:
+          syn: SyntheticSet | None, note: str = "") -> str:
     title = run.name
-    rows = "".join(f"<tr><td>{html.escape(a)}</td><td>{b}</td><td>{c}</td></tr>"
-                   for a, b, c in _table_rows(table))
+    rows = "".join(f"<tr><td>{html.escape(a)}</td><td>{v}</td><td>{b}</td><td>{c}</td></tr>"
+                   for a, v, b, c in _table_rows(table))
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;max-width:1150px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;"
@@ -525,8 +571,11 @@ def _html(run: Path, table: list[dict], sections, results: dict, config: dict,
     parts.append("<nav>" + "".join(f"<a href='#s{i}'>{html.escape(s['title'])}</a>"
                                    for i, s in enumerate(sections)) + "</nav>")
     if rows:
-        parts.append("<h2>Test accuracy (%) — mean ± std over evaluation networks</h2>"
-                     f"<table><tr><th>set</th><th>accuracy</th><th>networks</th></tr>{rows}</table>")
+        parts.append("<h2>Accuracy (%) — mean ± std over evaluation networks</h2>"
+                     "<table><tr><th>set</th><th>validation</th><th>test</th><th>networks</th></tr>"
+                     f"{rows}</table>")
+        if note:
+            parts.append(f"<p>{html.escape(note)}</p>")
     if results.get("notes"):
         parts.append(f"<p>{html.escape(str(results['notes']))}</p>")
     for i, s in enumerate(sections):
@@ -542,12 +591,15 @@ def _html(run: Path, table: list[dict], sections, results: dict, config: dict,
     return "\n".join(parts) + "\n"
 
 
-def _markdown(title: str, table: list[dict], sections) -> str:
+def _markdown(title: str, table: list[dict], sections, note: str = "") -> str:
     lines = [f"# Distillation report: {title}", ""]
     if table:
-        lines += ["| set | test accuracy (%) | networks |", "| --- | --- | --- |"]
-        lines += [f"| {a} | {b} | {c} |" for a, b, c in _table_rows(table)]
+        lines += ["| set | validation accuracy (%) | test accuracy (%) | networks |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {a} | {v} | {b} | {c} |" for a, v, b, c in _table_rows(table)]
         lines.append("")
+        if note:
+            lines += [note, ""]
     for s in sections:
         lines += [f"## {s['title']}", ""]
         if s["img"]:

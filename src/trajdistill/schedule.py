@@ -1,9 +1,13 @@
 """Which start epoch each distillation iteration matches (algorithm.md sections 2 and 3).
 
 `UniformStart` is MTT: t uniform in [0, max_start_epoch).
+`AlignedStart` is DATM's difficulty-aligned window: t uniform in [min_start_epoch, upper),
+upper growing linearly from current_max_start_epoch to max_start_epoch over
+expansion_end_epoch iterations.
 `StageMachine` is STM: a cap c on the start epoch that rises when a statistical test on the
-held-out next-epoch losses says the images have learned what epochs < c can teach. It is a
-pure state machine fed numbers, so it is tested without any network.
+held-out next-epoch losses says the images have learned what epochs < c can teach; its
+window counts from min_start_epoch: t in [min_start_epoch, min_start_epoch + c).
+All are pure state machines fed numbers, so they are tested without any network.
 """
 from __future__ import annotations
 
@@ -25,18 +29,56 @@ def pearson_with_index(values: list[float]) -> float:
 
 @dataclass
 class UniformStart:
-    """MTT: every iteration draws its start epoch uniformly from [0, max_start_epoch)."""
+    """MTT: every iteration draws its start epoch uniformly from
+    [min_start_epoch, max_start_epoch) (min_start_epoch 0 is MTT itself)."""
 
     max_start_epoch: int
+    min_start_epoch: int = 0
 
     def start_epoch(self, it: int, rng: random.Random) -> int:
-        return rng.randrange(self.max_start_epoch)
+        return rng.randrange(self.min_start_epoch, self.max_start_epoch)
 
     def state_dict(self) -> dict:
         return asdict(self)
 
     def load_state_dict(self, d: dict) -> None:
         self.max_start_epoch = d["max_start_epoch"]
+        self.min_start_epoch = d.get("min_start_epoch", 0)
+
+
+@dataclass
+class AlignedStart:
+    """DATM: t uniform in [min_start_epoch, upper(it)), where
+    upper(it) = current_max_start_epoch + floor((max_start_epoch - current_max_start_epoch)
+                                                * it / expansion_end_epoch),
+    capped at max_start_epoch: easy (early) trajectories first, harder ones added over time."""
+
+    min_start_epoch: int
+    current_max_start_epoch: int
+    max_start_epoch: int
+    expansion_end_epoch: int
+
+    def __post_init__(self):
+        if not 0 <= self.min_start_epoch < self.current_max_start_epoch <= self.max_start_epoch:
+            raise ValueError("aligned windows need 0 <= min_start_epoch < current_max_start_epoch "
+                             f"<= max_start_epoch, got {self.min_start_epoch}, "
+                             f"{self.current_max_start_epoch}, {self.max_start_epoch}")
+        if self.expansion_end_epoch < 1:
+            raise ValueError(f"expansion_end_epoch must be >= 1, got {self.expansion_end_epoch}")
+
+    def upper(self, it: int) -> int:
+        grown = (self.max_start_epoch - self.current_max_start_epoch) * it // self.expansion_end_epoch
+        return min(self.current_max_start_epoch + grown, self.max_start_epoch)
+
+    def start_epoch(self, it: int, rng: random.Random) -> int:
+        return rng.randrange(self.min_start_epoch, self.upper(it))
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, d: dict) -> None:
+        for k, v in d.items():
+            setattr(self, k, v)
 
 
 @dataclass
@@ -70,6 +112,7 @@ class StageMachine:
     decay_every: int = 50
     decay_factor: float = 0.8
     stop_lr_img: float = 50.0
+    min_start_epoch: int = 0         # the window [min, min + cap): the cap counts from here
     cap: int = field(init=False)
     history: list[float] = field(init=False, default_factory=list)
     passed: bool = field(init=False, default=False)
@@ -78,9 +121,9 @@ class StageMachine:
     finished: bool = field(init=False, default=False)
 
     def __post_init__(self):
-        if not 1 <= self.init_epoch <= self.max_start_epoch:
-            raise ValueError(f"init_epoch must be in [1, max_start_epoch={self.max_start_epoch}], "
-                             f"got {self.init_epoch}")
+        if not 1 <= self.init_epoch <= self.max_start_epoch - self.min_start_epoch:
+            raise ValueError(f"init_epoch must be in [1, max_start_epoch - min_start_epoch="
+                             f"{self.max_start_epoch - self.min_start_epoch}], got {self.init_epoch}")
         if self.sample_method not in ("cycle", "random"):
             raise ValueError(f"sample_method must be 'cycle' or 'random', got {self.sample_method!r}")
         self.cap = self.init_epoch
@@ -88,8 +131,8 @@ class StageMachine:
     # ------------------------------------------------------------------ per iteration
     def start_epoch(self, it: int, rng: random.Random) -> int:
         if self.sample_method == "cycle":
-            return it % self.cap
-        return rng.randrange(self.cap)
+            return self.min_start_epoch + it % self.cap
+        return self.min_start_epoch + rng.randrange(self.cap)
 
     @property
     def needs_heldout(self) -> bool:
@@ -99,7 +142,7 @@ class StageMachine:
     @property
     def heldout_epoch(self) -> int:
         """The epoch no update has used yet: the held-out loss starts there."""
-        return self.cap
+        return self.min_start_epoch + self.cap
 
     def record(self, heldout: float) -> StageEvent:
         """Append a held-out loss; every `test_every` entries run the test of section 3."""
@@ -122,7 +165,7 @@ class StageMachine:
             self.history.clear()
             self.passed = False
             event.reset = True
-            if self.cap + 1 <= self.max_start_epoch:
+            if self.min_start_epoch + self.cap + 1 <= self.max_start_epoch:
                 self.cap += 1
                 event.level_up = True
         return event

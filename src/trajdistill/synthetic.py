@@ -27,12 +27,17 @@ class SyntheticSet:
     model: str                     # architecture of the experts it was distilled from
     syn_steps: int = 0
     meta: dict = field(default_factory=dict)
+    # learned label logits (N, classes) of a soft-label set; None: the hard `labels` are the
+    # targets. `labels` always holds each image's class (the class it was initialised from).
+    soft_labels: torch.Tensor | None = None
 
     def save(self, path: str | Path) -> None:
         atomic_save({"format": FORMAT, "images": self.images.detach().cpu().float(),
                      "labels": self.labels.cpu().long(), "lrs": [float(v) for v in self.lrs],
                      "preprocess": self.preprocess.state_dict(), "data": self.data,
-                     "model": self.model, "syn_steps": self.syn_steps, "meta": self.meta}, path)
+                     "model": self.model, "syn_steps": self.syn_steps, "meta": self.meta,
+                     "soft_labels": (self.soft_labels.detach().cpu().float()
+                                     if self.soft_labels is not None else None)}, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "SyntheticSet":
@@ -47,8 +52,18 @@ class SyntheticSet:
         if images.ndim != 4 or labels.shape != (images.shape[0],):
             raise FileFormatError(f"{path}: images {tuple(images.shape)} and labels "
                                   f"{tuple(labels.shape)} do not match")
+        soft = blob.get("soft_labels")
+        if soft is not None and (soft.ndim != 2 or soft.shape[0] != images.shape[0]
+                                 or not soft.is_floating_point()):
+            raise FileFormatError(f"{path}: soft labels {tuple(soft.shape)} are not one float "
+                                  f"logit vector per image ({images.shape[0]} images)")
         return cls(images, labels, list(blob["lrs"]), Preprocess.from_state_dict(blob["preprocess"]),
-                   blob["data"], blob["model"], blob.get("syn_steps", 0), blob.get("meta", {}))
+                   blob["data"], blob["model"], blob.get("syn_steps", 0), blob.get("meta", {}),
+                   soft)
+
+    def targets(self) -> torch.Tensor:
+        """What networks trained on this set learn: the label logits, or the class indices."""
+        return self.soft_labels if self.soft_labels is not None else self.labels
 
     def pixels(self) -> torch.Tensor:
         """Images back in [0,1] pixel space (ZCA inverted), unclipped."""

@@ -24,6 +24,25 @@ def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return w.float()
 
 
+def is_soft(labels: torch.Tensor) -> bool:
+    """Float (N, classes) label logits are soft targets; integer (N,) labels are classes."""
+    return labels.is_floating_point()
+
+
+def set_loss(out: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The training loss on a set: cross-entropy on class indices (optionally class-weighted),
+    or the soft cross-entropy -sum(softmax(y) * log_softmax(out)) / batch on label logits
+    (the loss the unrolled student of the distillation used)."""
+    if is_soft(y):
+        return -(F.softmax(y, dim=1) * F.log_softmax(out, dim=1)).sum() / out.shape[0]
+    return F.cross_entropy(out, y, weight=weights)
+
+
+def targets_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    """Class weights for hard labels; none for soft ones (their mass is in the targets)."""
+    return None if is_soft(labels) else class_weights(labels, num_classes)
+
+
 def to_input(x: torch.Tensor, preprocess: Preprocess | None, device) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
     if x.dtype == torch.uint8:
@@ -50,12 +69,12 @@ def train_epoch(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         if dsa_strategy:
             x = dsa.augment(x, dsa_strategy, generator=generator)
         out = net(x)
-        loss = F.cross_entropy(out, y, weight=w)
+        loss = set_loss(out, y, w)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total_loss += loss.item() * len(idx)
-        correct += (out.argmax(1) == y).sum().item()
+        correct += (out.argmax(1) == (y.argmax(1) if is_soft(y) else y)).sum().item()
     return total_loss / n, correct / n
 
 
@@ -64,6 +83,7 @@ class TestResult:
     accuracy: float
     per_class: list[float]
     confusion: list[list[int]]  # rows: true class, columns: predicted
+    val_accuracy: float | None = None  # the same network on the validation split, if any
 
     def as_dict(self) -> dict:
         return {"accuracy": self.accuracy, "per_class": self.per_class, "confusion": self.confusion}
