@@ -95,6 +95,7 @@ CASES = [
     (DISTILL + ["--lr_teacher", "0.01", "0.02"], "--lr_teacher"),
     (DISTILL + ["--max_start_epoch", "50"], "max_start_epoch"),
     (DISTILL + ["--ipc", "500"], "--ipc"),
+    (DISTILL + ["--val_size", "3"], "--val_size"),
     (["buffer", "--dataset", "digits", "--lr_teacher", "0.01", "0.02"], "--lr_teacher"),
     # files and folders that are missing, of the wrong kind, or damaged
     (["distill", "--dataset", "digits", "--device", "cpu", "--buffer_path", "{root}/nowhere"],
