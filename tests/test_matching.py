@@ -12,18 +12,21 @@ from trajdistill.augment import DEFAULT_STRATEGY
 from trajdistill.matching import (GRADIENT_METHODS, MatchProblem, lean_unroll, matching_loss,
                                   plain_unroll, plan_unroll)
 from trajdistill.models import FlatModel, build_model
+from trajdistill.texture import TextureSpec
 
 
 def make_problem(name="ConvNetW8", shape=(3, 8, 8), classes=4, ipc=3, steps=4, batch=5,
-                 dtype=torch.float64, strategy=DEFAULT_STRATEGY, chunk=None, seed=0):
+                 dtype=torch.float64, strategy=DEFAULT_STRATEGY, chunk=None, seed=0, texture=None):
+    """texture: a TextureSpec; the images are then canvases, `shape` the window."""
     torch.manual_seed(seed)
     student = FlatModel.wrap(build_model(name, shape[0], classes, shape[1:]).to(dtype))
     start = student.flat_params()
     target = start + 0.05 * torch.randn_like(start)
     n = classes * ipc
-    images = torch.randn(n, *shape, dtype=dtype)
+    images = torch.randn(n, *(texture.canvas_shape(shape) if texture else shape), dtype=dtype)
     labels = torch.arange(classes).repeat_interleave(ipc)
-    plan = plan_unroll(n, steps, batch, shape[1:], strategy, torch.Generator().manual_seed(seed))
+    plan = plan_unroll(n, steps, batch, shape[1:], strategy, torch.Generator().manual_seed(seed),
+                       texture_spec=texture)
     return MatchProblem(student, start, target, labels, plan, chunk=chunk), images
 
 
@@ -233,3 +236,61 @@ def test_hard_labels_have_no_label_gradient():
     log_lr = torch.tensor(math.log(0.05), dtype=torch.float64)
     assert plain_unroll(problem, images, log_lr).grad_labels is None
     assert lean_unroll(problem, images, log_lr).grad_labels is None
+
+
+# ----------------------------------------------------------------------------- texture
+
+@pytest.mark.parametrize("chunk", [None, 2, 0])
+def test_lean_equals_plain_texture_float64(chunk):
+    """Texture distillation (2x canvases, 2 windows per canvas, DSA on the windows): the
+    same loss and gradients from both methods, float64."""
+    spec = TextureSpec(canvas_size=2, canvas_samples=2)
+    problem, canvases = make_problem(name="ConvNetW16", shape=(3, 8, 8), steps=4, batch=5,
+                                     chunk=chunk, texture=spec)
+    assert canvases.shape[-2:] == (16, 16)
+    x, y = problem.step_input(canvases, 0)
+    assert x.shape == (10, 3, 8, 8) and torch.equal(y[:5], y[5:])
+    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64)
+    a = plain_unroll(problem, canvases, log_lr)
+    b = lean_unroll(problem, canvases, log_lr)
+    assert b.loss == pytest.approx(a.loss, rel=1e-12)
+    assert rel(b.grad_images, a.grad_images) < 1e-8
+    assert rel(b.grad_log_lr, a.grad_log_lr) < 1e-8
+    assert b.grad_images.shape == canvases.shape
+
+
+def test_lean_equals_plain_texture_float32():
+    spec = TextureSpec(canvas_size=2, canvas_samples=1)
+    problem, canvases = make_problem(name="ConvNet", shape=(3, 16, 16), classes=5, ipc=1, steps=3,
+                                     batch=5, dtype=torch.float32, chunk=3, texture=spec)
+    log_lr = torch.tensor(math.log(0.01))
+    a, b = plain_unroll(problem, canvases, log_lr), lean_unroll(problem, canvases, log_lr)
+    assert b.loss == pytest.approx(a.loss, rel=1e-5)
+    assert rel(b.grad_images, a.grad_images) < 1e-4
+    assert rel(b.grad_log_lr, a.grad_log_lr) < 1e-4
+
+
+def test_texture_gradient_matches_finite_differences_and_only_touches_seen_pixels():
+    """One window per step, no DSA: a canvas pixel outside every window of the plan gets no
+    gradient; a pixel inside one gets the finite-difference gradient."""
+    spec = TextureSpec(canvas_size=2, canvas_samples=1)
+    problem, canvases = make_problem(name="ConvNetW4", shape=(1, 8, 8), classes=2, ipc=1,
+                                     steps=2, batch=2, strategy=None, texture=spec)
+    seen = torch.zeros(canvases.shape, dtype=torch.bool)
+    for i, b in enumerate(problem.plan.batches):
+        for k, canvas in enumerate(b.tolist()):
+            dy, dx = problem.plan.shifts[i][0, k].tolist()
+            rows = [(r - dy) % 16 for r in range(8)]
+            cols = [(c - dx) % 16 for c in range(8)]
+            for r in rows:
+                seen[canvas, :, r, cols] = True
+    log_lr = torch.tensor(math.log(0.1), dtype=torch.float64)
+    res = lean_unroll(problem, canvases, log_lr)
+    assert (res.grad_images[~seen] == 0).all() and (~seen).any()
+    idx = tuple(seen.nonzero()[0].tolist())
+    h = 1e-5
+    xp, xm = canvases.clone(), canvases.clone()
+    xp[idx] += h
+    xm[idx] -= h
+    fd = (plain_unroll(problem, xp, log_lr).loss - plain_unroll(problem, xm, log_lr).loss) / (2 * h)
+    assert res.grad_images[idx].item() == pytest.approx(fd, rel=1e-6, abs=1e-10)

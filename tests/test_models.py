@@ -69,3 +69,30 @@ def test_instance_norm_is_group_norm_one_group_per_channel():
     m = build_model("ConvNet", 3, 10, (32, 32))
     norm = m.features[1]
     assert isinstance(norm, torch.nn.GroupNorm) and norm.num_groups == norm.num_channels == 128
+
+
+# ----------------------------------------------------------------------------- MNIST padding
+
+@pytest.mark.parametrize("name", ["ConvNet", "ConvNetBN", "ConvNetLN", "ConvNetD4"])
+def test_mnist_convnet_pads_28x28_to_the_cifar_shapes(name):
+    """As the reference: the first convolution pads grey 28x28 inputs by 3, so the network
+    has the 32x32 network's parameter shapes and computes what that network computes on the
+    image zero-padded by 2 on each side."""
+    torch.manual_seed(0)
+    m28 = build_model(name, 1, 10, (28, 28))
+    m32 = build_model(name, 1, 10, (32, 32))
+    assert m28.features[0].padding == (3, 3) and m32.features[0].padding == (1, 1)
+    assert [p.shape for p in m28.parameters()] == [p.shape for p in m32.parameters()]
+    if name == "ConvNet":
+        assert m28.classifier.in_features == 128 * 4 * 4
+    m32.load_state_dict(m28.state_dict())
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(m28(x), m32(torch.nn.functional.pad(x, (2, 2, 2, 2))),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_other_grey_sizes_keep_padding_one():
+    assert build_model("ConvNet", 1, 10, (32, 32)).features[0].padding == (1, 1)
+    assert build_model("ConvNetD2", 1, 10, (8, 8)).features[0].padding == (1, 1)
+    assert build_model("ConvNet", 3, 10, (28, 28)).features[0].padding == (1, 1)

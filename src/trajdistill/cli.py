@@ -31,6 +31,8 @@ import torch  # noqa: E402
 from . import flags as kinds
 from .errors import ConfigError
 from .presets import BUFFER_PRESETS, PRESETS, preset
+from .reference_flags import add_reference_flags
+from .reference_flags import translate as translate_reference_flags
 
 
 def _bool(s: str) -> bool:
@@ -70,11 +72,12 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
+def _add_train_flags(p: argparse.ArgumentParser, no_aug: bool = True) -> None:
     p.add_argument("--model", type=kinds.non_empty, help="network (ConvNet, ConvNetD4, ResNet18, ...)")
     p.add_argument("--dsa", type=_bool, default=None, help="differentiable augmentation (True/False)")
     p.add_argument("--dsa_strategy", type=kinds.dsa_strategy, default=None)
-    p.add_argument("--no_aug", action="store_true", default=None, help="same as --dsa False")
+    if no_aug:  # distill has its own --no_aug: the reference's, for the unrolled student only
+        p.add_argument("--no_aug", action="store_true", default=None, help="same as --dsa False")
     p.add_argument("--batch_train", type=kinds.positive_int, default=None)
 
 
@@ -85,13 +88,14 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epoch_eval_train", type=kinds.positive_int, default=None)
 
 
-def _resolve(args: argparse.Namespace, defaults: dict, table: dict | None = None) -> dict:
+def _resolve(args: argparse.Namespace, defaults: dict, table: dict | None = None,
+             no_aug_is_no_dsa: bool = True) -> dict:
     """defaults < preset < explicit flags."""
     merged = dict(defaults)
     if table is not None and getattr(args, "preset", None):
         merged.update(preset(args.preset, table))
     merged.update({k: v for k, v in vars(args).items() if v is not None and k != "func"})
-    if merged.get("no_aug"):
+    if no_aug_is_no_dsa and merged.get("no_aug"):
         merged["dsa"] = False
     if not merged.get("device"):
         merged["device"] = _default_device()
@@ -154,7 +158,9 @@ def cmd_distill(args) -> None:
     from .evaluate import eval_pool
     if args.resume:
         return _resume_distill(args)
-    o = _resolve(args, {"buffer_path": "./buffers", "model": "ConvNet", "eval_mode": "S"}, PRESETS)
+    o = _resolve(args, {"buffer_path": "./buffers", "model": "ConvNet", "eval_mode": "S"}, PRESETS,
+                 no_aug_is_no_dsa=False)
+    o = translate_reference_flags(o, torch.cuda.is_available(), explicit_device=bool(args.device))
     splits = _load_splits(o)
     bdir = buffer_dir(o["buffer_path"], o["dataset"], o["model"], bool(o.get("zca")), o.get("subset"))
     store = open_buffer(bdir, splits)
@@ -228,18 +234,19 @@ class _OptionalPackage(argparse.Action):
 def _add_distill_parser(sub) -> None:
     p = sub.add_parser("distill", help="learn a synthetic set by trajectory matching (STM or MTT)")
     _add_data_flags(p)
-    _add_train_flags(p)
+    _add_train_flags(p, no_aug=False)
     _add_eval_flags(p)
     p.add_argument("--preset", type=kinds.non_empty,
                    help=f"published settings: {', '.join(sorted(PRESETS))}")
-    p.add_argument("--method", help="STM (default) or original-MTT")
+    p.add_argument("--method", help="STM (default; the reference's stage-MTT) or original-MTT")
     p.add_argument("--ipc", type=kinds.positive_int)
     p.add_argument("--syn_steps", type=kinds.positive_int)
     p.add_argument("--expert_epochs", type=kinds.positive_int)
     p.add_argument("--max_start_epoch", type=kinds.positive_int)
     p.add_argument("--lr_img", type=kinds.non_negative_float)
     p.add_argument("--lr_lr", type=kinds.non_negative_float)
-    p.add_argument("--lr_teacher", type=kinds.positive_float, nargs="+", help="initial synthetic lr(s)")
+    p.add_argument("--lr_teacher", "--list", dest="lr_teacher", type=kinds.positive_float, nargs="+",
+                   help="initial synthetic lr(s)")
     p.add_argument("--learn_lr", type=_bool, help="learn the synthetic lr (default True)")
     p.add_argument("--lr_mode", choices=["global-lr", "independent-lr"],
                    help="global-lr (default) or independent-lr")
@@ -251,7 +258,8 @@ def _add_distill_parser(sub) -> None:
     p.add_argument("--pix_init", help="real (default), noise, or correct (real images the "
                    "expert classifies correctly, DATM)")
     p.add_argument("--batch_syn", type=kinds.positive_int)
-    p.add_argument("--Iteration", type=kinds.positive_int)
+    p.add_argument("--Iteration", type=kinds.positive_int, help="iterations at most (STM default: "
+                   "none before its own stop, see README 'When a run ends'; original-MTT: 5000)")
     p.add_argument("--eval_it", type=kinds.non_negative_int)
     p.add_argument("--gradient", choices=["lean", "unroll"],
                    help="lean (default, memory of one step) or unroll (reference)")
@@ -303,6 +311,7 @@ def _add_distill_parser(sub) -> None:
     p.add_argument("--tensorboard", nargs=0, action=_OptionalPackage, package="tensorboard",
                    help="log curves and images for TensorBoard under RUN_DIR/tensorboard "
                    "(optional package)")
+    add_reference_flags(p)
     p.set_defaults(func=cmd_distill)
 
 
@@ -315,10 +324,13 @@ def cmd_evaluate(args) -> None:
     from .synthetic import SyntheticSet
     o = _resolve(args, {"eval_mode": "S", "num_eval": 5, "epoch_eval_train": 1000, "dsa": True,
                         "batch_train": 256, "seed": 0, "eval_batched": "auto"})
+    from .texture import spec_of
     syn = SyntheticSet.load(o["syn"])
+    texture = spec_of(syn.meta)  # a texture set: canvases, trained on through windows
     o.setdefault("dataset", syn.data.get("dataset"))
     splits = _load_splits({**o, "zca": syn.data.get("zca")})
-    if list(splits.image_shape) != list(syn.images.shape[1:]) or splits.classes != syn.data["classes"]:
+    want = texture.canvas_shape(splits.image_shape) if texture else splits.image_shape
+    if list(want) != list(syn.images.shape[1:]) or splits.classes != syn.data["classes"]:
         raise ConfigError(f"{o['syn']} was distilled from {syn.data['dataset']} "
                          f"{syn.data['image_shape']} with classes {syn.data['classes']}; "
                          f"{o['dataset']} gives {list(splits.image_shape)} with {splits.classes}")
@@ -326,12 +338,16 @@ def cmd_evaluate(args) -> None:
     splits = replace(splits, preprocess=syn.preprocess)
     cfg = EvalConfig(num_eval=o["num_eval"], epoch_eval_train=o["epoch_eval_train"],
                      batch_train=o["batch_train"], dsa=o["dsa"], device=o["device"], seed=o["seed"],
-                     batched=o["eval_batched"])
-    result = evaluate_set(syn.images, syn.targets(), splits, syn.lrs, eval_pool(o["eval_mode"], syn.model),
+                     batched=o["eval_batched"], texture=texture)
+    # --lr: a hand-set lr (or per-stage list) instead of the learned one(s)
+    lrs = o.get("lr") or syn.lrs
+    result = evaluate_set(syn.images, syn.targets(), splits, lrs, eval_pool(o["eval_mode"], syn.model),
                           cfg, syn.syn_steps, progress=not o.get("quiet"))
+    print(f"trained with lr {', '.join(f'{v:g}' for v in lrs)} "
+          f"({'set by --lr' if o.get('lr') else 'learned'})")
     _print_results(result)
     if o.get("out"):
-        Path(o["out"]).write_text(json.dumps(result, indent=2))
+        Path(o["out"]).write_text(json.dumps({"lrs": list(lrs), **result}, indent=2))
 
 
 def cmd_baseline(args) -> None:
@@ -434,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=kinds.output_file, help="write the results as JSON here")
     p.add_argument("--eval_batched", choices=["auto", "on", "off"],
                    help="train the num_eval networks together (vmap); auto: on GPUs only")
+    p.add_argument("--lr", type=kinds.positive_float, nargs="+",
+                   help="train with this lr instead of the set's learned one(s); several values "
+                   "are a per-stage list, scheduled as an independent-lr set's")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("baseline", help="random real images, class means, or the full set")

@@ -12,6 +12,7 @@ import json
 import math
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from .matching import GRADIENT_METHODS, MatchProblem, matching_loss, plan_unroll
 from .models import FlatModel, build_model
 from .schedule import AlignedStart, StageMachine, UniformStart
 from .synthetic import SyntheticSet
+from .texture import TextureSpec, real_canvases
 from .tracking import Tracker
 from .validation import default_val_size, validation_indices
 
@@ -70,7 +72,7 @@ class DistillConfig:
     max_duration: int = 1000            # T_max
     pix_init: str = "real"              # or "noise"
     batch_syn: int | None = None        # default: the whole synthetic set
-    iterations: int = 5000
+    iterations: int | None = None      # default: see `default_iterations`
     eval_it: int = 200
     eval_models: list[str] = field(default_factory=list)  # default: the experts' model
     num_eval: int = 5
@@ -102,6 +104,16 @@ class DistillConfig:
     # validation split and best-set selection (issue 10): see validation.py
     val_size: int | None = None         # None: 10 % of the training set (<= 5000); 0: none
     select_on: str = "val"              # synthetic_best.pt by validation ("val") or "test" accuracy
+    # --- reference compatibility (the reference STM distill.py's --no_aug)
+    no_aug: bool = False                # no augmentation in the unrolled student; eval keeps DSA
+    # --- texture distillation (texture.py): toroidal canvases, random windows
+    texture: bool = False
+    canvas_size: int = 2                # canvas side / image side
+    canvas_samples: int = 1             # windows per canvas per unrolled step
+
+    @property
+    def texture_spec(self) -> TextureSpec | None:
+        return TextureSpec(self.canvas_size, self.canvas_samples) if self.texture else None
 
     @property
     def stm(self) -> bool:
@@ -133,11 +145,41 @@ def _check_ranges(cfg: DistillConfig) -> None:
             raise ConfigError(f"{flag} must be a number {bound}, got {value!r}")
 
 
+METHOD_NAMES = {"STM": "STM", "STAGE-MTT": "STM", "ORIGINAL-MTT": "original-MTT"}
+MTT_ITERATIONS = 5000        # original-MTT's default --Iteration
+REFERENCE_STM_ITERATIONS = 20001  # the reference lets a stage-MTT run go this far
+
+
+def default_iterations(cfg: DistillConfig) -> int:
+    """--Iteration when none is given.
+
+    original-MTT has no stop of its own: 5000. STM ends by its own stop (fine-tuning's
+    image lr decays below 50); its default must not cut a run before that. A run in which
+    every stage runs to T_max without passing, then fine-tunes to the end, takes
+        stages x (T_max + 10) + 50 x (decays until lr_img < 50)
+    iterations (stages = max_start_epoch - min_start_epoch - init_epoch + 1; the test runs every 10
+    held-out losses); a stage that passes only shortens this. The default is that bound,
+    and never less than the reference's 20,001. (A run whose last stage keeps passing has
+    no natural end: it stops at this bound.)
+    """
+    if not cfg.stm:
+        return MTT_ITERATIONS
+    stages = cfg.max_start_epoch - cfg.min_start_epoch - cfg.init_epoch + 1
+    decays = 0
+    lr = cfg.lr_img
+    while lr >= 50.0:
+        lr *= 0.8
+        decays += 1
+    return max(REFERENCE_STM_ITERATIONS,
+               cfg.prev_iter + stages * (cfg.max_duration + 10) + 50 * decays + 1)
+
+
 def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) -> DistillConfig:
     """Fill defaults from the buffer and refuse impossible settings with a clear message."""
     _check_ranges(cfg)
-    if cfg.method.upper() not in ("STM", "ORIGINAL-MTT"):
-        raise ConfigError(f"--method must be STM or original-MTT, got {cfg.method!r}")
+    if str(cfg.method).upper() not in METHOD_NAMES:
+        raise ConfigError(f"--method must be STM (stage-MTT) or original-MTT, got {cfg.method!r}")
+    cfg.method = METHOD_NAMES[cfg.method.upper()]
     if cfg.gradient not in GRADIENT_METHODS:
         raise ConfigError(f"--gradient must be one of {sorted(GRADIENT_METHODS)}, got {cfg.gradient!r}")
     if cfg.lr_mode not in ("global-lr", "independent-lr"):
@@ -173,8 +215,11 @@ def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) 
         c = counts.index(min(counts))
         raise ConfigError(f"--ipc {cfg.ipc} but class {splits.classes[c]!r} has only {counts[c]} "
                           "training images")
+    _validate_texture(cfg, splits)
     if not cfg.eval_models:
         cfg.eval_models = [store.model]
+    if cfg.iterations is None:
+        cfg.iterations = default_iterations(cfg)
     return cfg
 
 
@@ -217,6 +262,23 @@ def _validate_split(cfg: DistillConfig, splits: DatasetSplits) -> None:
     if cfg.val_size == 0 and cfg.select_on == "val":
         raise ConfigError("--select_on val needs a validation split; give --val_size > 0 or "
                           "--select_on test")
+
+
+def _validate_texture(cfg: DistillConfig, splits: DatasetSplits) -> None:
+    """As the reference: texture with ZCA is refused, with real initialisation warned about."""
+    if not cfg.texture:
+        return
+    if cfg.canvas_size < 1 or cfg.canvas_samples < 1:
+        raise ConfigError(f"--canvas_size and --canvas_samples must be >= 1, got "
+                          f"{cfg.canvas_size} and {cfg.canvas_samples}")
+    if splits.preprocess.zca is not None:
+        raise ConfigError("--texture cannot be used with --zca (as in the reference): drop one")
+    if cfg.soft_labels:  # the expert labels whole images, not canvases
+        raise ConfigError("--texture cannot be used with --soft_labels: drop one")
+    if cfg.pix_init in ("real", "correct") and not cfg.load_syn_image:
+        warnings.warn("--texture with --pix_init real: each canvas starts as a grid of real "
+                      "images, and smoothing out the edges between them takes a long time "
+                      "(--pix_init noise avoids it)", stacklevel=3)
 
 
 def open_buffer(buffer_dir: str | Path, splits: DatasetSplits) -> TrajectoryStore:
@@ -323,14 +385,15 @@ class Distiller:
             # a synthetic-set file of ours, or a bare image tensor as the seed's images_N.pt
             blob = safe_load(cfg.load_syn_image)
             images = blob["images"] if isinstance(blob, dict) and "images" in blob else blob
-            want = (splits.num_classes * cfg.ipc, *splits.image_shape)
+            want = (splits.num_classes * cfg.ipc, *self._syn_shape())
             if not isinstance(images, torch.Tensor) or tuple(images.shape) != want:
                 raise ConfigError(f"{cfg.load_syn_image}: expected an image tensor of shape {want}")
             if isinstance(blob, dict) and blob.get("soft_labels") is not None:
                 self.loaded_logits = blob["soft_labels"].float()  # continue with its labels
             return images.float().clone()
         if cfg.pix_init == "noise":
-            return torch.randn(splits.num_classes * cfg.ipc, *splits.image_shape, generator=self.gen)
+            return torch.randn(splits.num_classes * cfg.ipc, *self._syn_shape(), generator=self.gen)
+        per_image = cfg.canvas_size ** 2 if cfg.texture else 1  # a canvas: k x k real images
         picks = []
         in_val = torch.zeros(len(splits.train), dtype=torch.bool)
         in_val[self.val_idx] = True
@@ -344,8 +407,14 @@ class Distiller:
             members = members[torch.randperm(len(members), generator=self.gen)]
             if cfg.pix_init == "correct":
                 members = self._classified_correctly(members, c)
-            picks.append(members[:cfg.ipc])
-        return splits.preprocess(splits.train.images[torch.cat(picks)])
+            picks.append(members.repeat(per_image)[:cfg.ipc * per_image])
+        images = splits.preprocess(splits.train.images[torch.cat(picks)])
+        return real_canvases(images, cfg.canvas_size) if cfg.texture else images
+
+    def _syn_shape(self) -> tuple[int, int, int]:
+        """Shape of one synthetic image: the data's, or a canvas of it with --texture."""
+        spec = self.cfg.texture_spec
+        return spec.canvas_shape(self.splits.image_shape) if spec else tuple(self.splits.image_shape)
 
     def _final_expert(self) -> torch.Tensor:
         """The final-epoch parameters of the first expert: DATM's labeller."""
@@ -396,8 +465,14 @@ class Distiller:
                             self.splits.preprocess, self.splits.describe(), self.store.model,
                             self.cfg.syn_steps, {"iteration": self.iteration,
                                                  "method": self.cfg.method,
-                                                 "lr_mode": self.cfg.lr_mode},
+                                                 "lr_mode": self.cfg.lr_mode,
+                                                 **self._texture_meta()},
                             soft_labels=soft)
+
+    def _texture_meta(self) -> dict:
+        spec = self.cfg.texture_spec
+        return {"texture": {"canvas_size": spec.canvas_size,
+                            "canvas_samples": spec.canvas_samples}} if spec else {}
 
     def state_dict(self) -> dict:
         return {"format": CHECKPOINT_FORMAT, "iteration": self.iteration, "images": self.images.detach().cpu(),
@@ -472,7 +547,8 @@ class Distiller:
         target = trajectory[start_epoch + cfg.expert_epochs].to(self.device, torch.float32)
         n = self.images.shape[0]
         plan = plan_unroll(n, cfg.syn_steps, cfg.batch_syn or n, self.splits.image_shape[1:],
-                           cfg.dsa_strategy if cfg.dsa else None, self.gen)
+                           cfg.dsa_strategy if cfg.dsa and not cfg.no_aug else None, self.gen,
+                           texture_spec=cfg.texture_spec)
         return MatchProblem(self.student, start, target, self.targets(), plan)
 
     def step(self) -> dict:
@@ -632,7 +708,7 @@ class Distiller:
         cfg = self.cfg
         ecfg = EvalConfig(num_eval=cfg.num_eval, epoch_eval_train=cfg.epoch_eval_train,
                           dsa=cfg.dsa, dsa_strategy=cfg.dsa_strategy, device=cfg.device,
-                          seed=cfg.seed, batched=cfg.eval_batched)
+                          seed=cfg.seed, batched=cfg.eval_batched, texture=cfg.texture_spec)
         val = ((self.splits.train.images[self.val_idx], self.splits.train.labels[self.val_idx])
                if len(self.val_idx) else None)
         return evaluate_set(self.images.detach().cpu(), self.targets().cpu(), self.splits, self.lrs(),

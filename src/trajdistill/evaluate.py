@@ -30,6 +30,7 @@ from .augment import DEFAULT_STRATEGY
 from .data.base import DatasetSplits
 from .errors import ConfigError
 from .models import FlatModel, build_model
+from .texture import TextureSpec
 from .training import (confusion_result, set_loss, targets_weights, test_network, to_input,
                        train_epoch)
 
@@ -54,6 +55,9 @@ class EvalConfig:
     # small-batch training is kernel-launch bound, batching is expected to win; not measured
     # here (no GPU): run the benchmark with --device cuda to check.
     batched: str = "auto"
+    # texture sets (texture.py): train on canvas_samples random windows of each canvas per
+    # batch, as the reference's texture evaluation; the test set is used as it is
+    texture: TextureSpec | None = None
 
 
 def network_seed(seed: int, k: int) -> int:
@@ -117,7 +121,7 @@ def train_and_test(model: str, images: torch.Tensor, labels: torch.Tensor, split
             g["lr"] = lr
         train_epoch(net, images, labels, opt, batch_size=cfg.batch_train, device=device,
                     preprocess=splits.preprocess, dsa_strategy=cfg.dsa_strategy if cfg.dsa else None,
-                    weights=weights, generator=gen)
+                    weights=weights, generator=gen, texture=cfg.texture)
     return _test(net, splits, device, val)
 
 
@@ -136,7 +140,7 @@ def use_batched(model: str, splits: DatasetSplits, cfg: EvalConfig) -> bool:
     mode = str(cfg.batched).lower()
     if mode not in BATCHED_CHOICES:
         raise ConfigError(f"--eval_batched must be one of {', '.join(BATCHED_CHOICES)}, got {cfg.batched!r}")
-    if mode == "off" or cfg.num_eval < 2:
+    if mode == "off" or cfg.num_eval < 2 or cfg.texture is not None:  # texture: one at a time
         return False
     ok = batchable(model, splits)
     if mode == "on":

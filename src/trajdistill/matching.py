@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from . import augment as dsa
+from . import texture
 from .models import FlatModel
 
 
@@ -48,22 +49,32 @@ CHUNK_PIXELS = 25 * 32 * 32
 
 @dataclass
 class UnrollPlan:
-    """Minibatch indices and augmentation draws of each unrolled step."""
+    """Minibatch indices and augmentation draws of each unrolled step; with texture
+    distillation also each step's window shifts (texture.py) and the window size."""
 
     batches: list[torch.Tensor]
     augs: list[dict | None]
+    shifts: list[torch.Tensor] | None = None  # per step (canvas_samples, batch, 2)
+    window: tuple[int, int] | None = None     # the network's input size (texture only)
 
 
 def plan_unroll(num_images: int, syn_steps: int, batch_syn: int, image_hw: tuple[int, int],
-                strategy: str | None, generator: torch.Generator | None = None) -> UnrollPlan:
-    """Shuffle the synthetic set into minibatches (reshuffled when exhausted), draw DSA."""
+                strategy: str | None, generator: torch.Generator | None = None,
+                texture_spec: texture.TextureSpec | None = None) -> UnrollPlan:
+    """Shuffle the synthetic set into minibatches (reshuffled when exhausted), draw the
+    texture windows (if any: image_hw is then the window size), then DSA for each input."""
     batches: list[torch.Tensor] = []
     while len(batches) < syn_steps:
         batches += list(torch.randperm(num_images, generator=generator).split(batch_syn))
     batches = batches[:syn_steps]
-    augs = [dsa.sample(strategy, len(b), *image_hw, generator=generator) if strategy else None
-            for b in batches]
-    return UnrollPlan(batches, augs)
+    shifts = None
+    if texture_spec is not None:
+        canvas_hw = texture_spec.canvas_shape((1, *image_hw))[1:]
+        shifts = [texture_spec.draw_shifts(len(b), canvas_hw, generator) for b in batches]
+    per_step = texture_spec.canvas_samples if texture_spec is not None else 1
+    augs = [dsa.sample(strategy, per_step * len(b), *image_hw, generator=generator) if strategy
+            else None for b in batches]
+    return UnrollPlan(batches, augs, shifts, tuple(image_hw) if shifts is not None else None)
 
 
 def soft_labels(labels: torch.Tensor) -> bool:
@@ -97,10 +108,12 @@ class MatchProblem:
         softmax of the label logits (differentiable in images and in `labels`)."""
         labels = self.labels if labels is None else labels
         idx = self.plan.batches[i].to(images.device)
-        x = images[idx]
+        x, y = images[idx], labels[idx]
+        if self.plan.shifts is not None:  # texture: windows of the canvases, targets repeated
+            x = texture.windows(x, self.plan.shifts[i], self.plan.window)
+            y = y.repeat(self.plan.shifts[i].shape[0], *[1] * (y.dim() - 1))
         if self.plan.augs[i] is not None:
             x = dsa.apply(x, self.plan.augs[i])
-        y = labels[idx]
         return x, (F.softmax(y, dim=1) if soft_labels(y) else y)
 
     def step_loss(self, theta: torch.Tensor, images: torch.Tensor, i: int,

@@ -50,6 +50,18 @@ def _pool(kind: str) -> nn.Module:
             "none": nn.Identity()}[kind]
 
 
+def mnist_padding(channel: int, im_size: tuple[int, int]) -> int:
+    """Padding of a ConvNet's first convolution: 3 for 28x28 grey images, else 1.
+
+    As the reference networks.py: its first convolution pads single-channel inputs by 3,
+    so MNIST/FashionMNIST 28x28 images give 32x32 feature maps and the network has exactly
+    the CIFAR ConvNet's layer shapes (2048 classifier inputs at depth 3). The reference
+    pads every single-channel input by 3 but sizes its classifier as if only 28x28 ones
+    were padded; we pad only those, so other grey sizes (the 8x8 digits) keep padding 1.
+    """
+    return 3 if channel == 1 and tuple(im_size) == (28, 28) else 1
+
+
 class ConvNet(nn.Module):
     def __init__(self, channel: int, num_classes: int, im_size: tuple[int, int], width: int = 128,
                  depth: int = 3, act: str = "relu", norm: str = "instancenorm",
@@ -57,8 +69,11 @@ class ConvNet(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         c, (h, w) = channel, im_size
-        for _ in range(depth):
-            layers += [nn.Conv2d(c, width, 3, padding=1), _norm(norm, width, (h, w)), _act(act)]
+        first_pad = mnist_padding(channel, im_size)
+        h, w = h + 2 * (first_pad - 1), w + 2 * (first_pad - 1)  # 28x28 -> 32x32 features
+        for d in range(depth):
+            pad = first_pad if d == 0 else 1
+            layers += [nn.Conv2d(c, width, 3, padding=pad), _norm(norm, width, (h, w)), _act(act)]
             c = width
             if pool != "none":
                 if h < 2 or w < 2:

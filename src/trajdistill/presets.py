@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from .errors import TrajdistillError
 
-_STM_COMMON = {"expert_epochs": 1, "init_epoch": 1, "Iteration": 10000, "eval_it": 200,
+# No "Iteration": an STM run ends by its own stop (distill.default_iterations).
+_STM_COMMON = {"expert_epochs": 1, "init_epoch": 1, "eval_it": 200,
                "max_duration": 1000, "sigma": 5.0, "lr_lr": 0.01}
 
 _TABLE = [

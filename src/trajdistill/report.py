@@ -25,6 +25,7 @@ from PIL import Image  # noqa: E402
 from .data.base import DatasetSplits  # noqa: E402
 from .io import load_json, read_jsonl  # noqa: E402
 from .synthetic import SyntheticSet  # noqa: E402
+from .texture import spec_of, tiled  # noqa: E402
 
 CLIP_STD = 2.5
 MAX_SHOWN_IPC = 10        # the grid shows at most this many images of each class
@@ -44,9 +45,12 @@ def display_images(pixels: torch.Tensor, clip_std: float = CLIP_STD) -> torch.Te
     return (x - lo) / (hi - lo).clamp_min(1e-8)
 
 
-def synthetic_display(syn: SyntheticSet, clip_std: float = CLIP_STD) -> torch.Tensor:
-    """The synthetic images as shown everywhere (grid, export): ZCA inverted, clipped, scaled."""
-    return display_images(syn.pixels(), clip_std)
+def synthetic_display(syn: SyntheticSet, clip_std: float = CLIP_STD,
+                      tile: bool = True) -> torch.Tensor:
+    """The synthetic images as shown everywhere (grid, export): ZCA inverted, clipped, scaled.
+    Texture canvases are shown tiled 2 x 2, so that seams (or their absence) are visible."""
+    shown = display_images(syn.pixels(), clip_std)
+    return tiled(shown) if tile and spec_of(syn.meta) else shown
 
 
 def to_uint8_hwc(image01: torch.Tensor) -> np.ndarray:
@@ -135,7 +139,8 @@ def save_class_comparison(syn: SyntheticSet, splits: DatasetSplits, path: str | 
     """Per class (one row): its synthetic image(s) | the class mean | n_real real images."""
     n_cls = min(splits.num_classes, MAX_COMPARED_CLASSES)
     classes = splits.classes[:n_cls]
-    shown = synthetic_display(syn)
+    # texture canvases: an image-sized window (their top-left corner), beside real images
+    shown = synthetic_display(syn, tile=False)[..., :splits.image_shape[1], :splits.image_shape[2]]
     ipc = min(max(1, len(syn.labels) // splits.num_classes), 3)
     means = display_images(class_pixel_means(splits))  # contrast-stretched like the synthetic
     gen = torch.Generator().manual_seed(seed)

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import augment as dsa
+from . import texture as tex
 from .data.base import Preprocess
 
 
@@ -56,16 +57,23 @@ def train_epoch(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                 optimizer: torch.optim.Optimizer, *, batch_size: int, device,
                 preprocess: Preprocess | None = None, dsa_strategy: str | None = None,
                 weights: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> tuple[float, float]:
-    """One shuffled pass; returns (mean loss, accuracy)."""
+                generator: torch.Generator | None = None,
+                texture: "tex.TextureSpec | None" = None) -> tuple[float, float]:
+    """One shuffled pass; returns (mean loss, accuracy). With `texture` the images are
+    canvases and each batch is canvas_samples random windows of each (texture.py)."""
     net.train()
     n = images.shape[0]
     order = torch.randperm(n, generator=generator)
-    total_loss, correct = 0.0, 0
+    total_loss, correct, seen = 0.0, 0, 0
     w = weights.to(device) if weights is not None else None
     for idx in order.split(batch_size):
         x = to_input(images[idx], preprocess, device)
         y = labels[idx].to(device)
+        if texture is not None:
+            shifts = texture.draw_shifts(len(idx), x.shape[-2:], generator)
+            x = tex.windows(x, shifts, (x.shape[-2] // texture.canvas_size,
+                                        x.shape[-1] // texture.canvas_size))
+            y = y.repeat(texture.canvas_samples, *[1] * (y.dim() - 1))
         if dsa_strategy:
             x = dsa.augment(x, dsa_strategy, generator=generator)
         out = net(x)
@@ -73,9 +81,10 @@ def train_epoch(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += loss.item() * len(idx)
+        total_loss += loss.item() * len(y)
         correct += (out.argmax(1) == (y.argmax(1) if is_soft(y) else y)).sum().item()
-    return total_loss / n, correct / n
+        seen += len(y)
+    return total_loss / seen, correct / seen
 
 
 @dataclass
