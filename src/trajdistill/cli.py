@@ -63,7 +63,7 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", type=kinds.non_empty,
                    help="dataset name (CIFAR10, CIFAR100, ImageNet, Tiny, MNIST, "
                    "FashionMNIST, GZoo2, GZoo2_aug, digits) or an image-folder path")
-    p.add_argument("--data_path", type=kinds.existing_path, help="where the dataset's files are")
+    p.add_argument("--data_path", type=kinds.non_empty, help="where the dataset's files are")
     p.add_argument("--subset", type=kinds.non_empty, help="ImageNet subset (imagenette, imagewoof, ...)")
     p.add_argument("--zca", action="store_true", default=None, help="ZCA-whiten (CIFAR)")
     p.add_argument("--device", type=kinds.device, default=None,
@@ -471,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=kinds.existing_dir)
     p.add_argument("--dataset", type=kinds.non_empty,
                    help="the run's dataset: adds synthetic vs class mean vs real images")
-    p.add_argument("--data_path", type=kinds.existing_path)
+    p.add_argument("--data_path", type=kinds.non_empty)
     p.add_argument("--subset", type=kinds.non_empty)
     p.add_argument("--zca", action="store_true", default=None,
                    help="(default: as the synthetic set was made)")
