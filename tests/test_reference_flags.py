@@ -81,12 +81,13 @@ def test_reference_only_flags_run_with_their_meaning(buffer, monkeypatch, capsys
     assert {r["expert"] for r in rows} == {0}  # --max_experts 1
 
 
-def test_max_files_counts_reference_files_of_ten_experts(buffer, monkeypatch):
+def test_max_files_counts_reference_files_of_ten_experts(capsys):
     from trajdistill.reference_flags import translate
     assert translate({"max_files": 2}, False, False)["max_experts"] == 20
     assert translate({"max_files": 2, "max_experts": 3}, False, False)["max_experts"] == 6
     assert translate({"cuda_gpu": 1, "device": "cpu"}, True, False)["device"] == "cuda:1"
     assert translate({"cuda_gpu": 1, "device": "cpu"}, True, True)["device"] == "cpu"
+    assert "--device cpu was given" in capsys.readouterr().err
     assert translate({"algorithm": "global-lr"}, False, False)["lr_mode"] == "global-lr"
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from trajdistill.data import load_dataset
-from trajdistill.distill import DistillConfig, Distiller, DivergenceError, open_buffer
+from trajdistill.distill import ConfigError, DistillConfig, Distiller, DivergenceError, open_buffer
 from trajdistill.experts import ExpertConfig, TrajectoryStore, train_experts
 from trajdistill.io import FileFormatError, safe_load
 from trajdistill.matching import MatchResult
@@ -213,3 +213,32 @@ def test_original_mtt_resumes_to_the_uninterrupted_result(buffers, tmp_path):
     assert torch.allclose(resumed.images, whole.images, atol=1e-6)
     rows = lambda d: [json.loads(l)["start_epoch"] for l in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert rows(tmp_path / "part") == rows(tmp_path / "whole")
+
+
+def test_soft_label_logits_resume_to_the_uninterrupted_result(buffers, tmp_path):
+    """Soft labels: the label logits and their optimiser's momentum are checkpointed, so a
+    resumed run equals an uninterrupted one; a hard-label run refuses a soft checkpoint."""
+    splits = load_dataset("digits")
+    store = open_buffer(buffers / "digits" / "ConvNetD2", splits)
+    cfg = dict(checkpoint_every=2, ipc=1, syn_steps=3, eval_it=0, soft_labels=True, lr_y=5.0,
+               lr_img=30)
+    whole = Distiller(DistillConfig(iterations=6, **cfg), splits, store, tmp_path / "whole",
+                      progress=False)
+    start = whole.label_logits.detach().clone()
+    whole.run()
+    assert not torch.allclose(whole.label_logits, start)   # the logits were updated
+    part = Distiller(DistillConfig(iterations=4, **cfg), splits, store, tmp_path / "part",
+                     progress=False)
+    part.run()
+    resumed = Distiller.resume(tmp_path / "part", splits, store, progress=False, iterations=6)
+    assert torch.equal(resumed.label_logits.detach(), part.label_logits.detach())
+    resumed.run()
+    assert torch.allclose(resumed.label_logits, whole.label_logits, atol=1e-6)
+    assert torch.allclose(resumed.images, whole.images, atol=1e-6)
+    blob = torch.load(tmp_path / "whole" / "synthetic_last.pt", weights_only=True)
+    assert torch.allclose(blob["soft_labels"], whole.label_logits.detach())
+    # a hard-label run cannot resume a soft-label checkpoint by mistake
+    hard = Distiller(DistillConfig(iterations=6, **{**cfg, "soft_labels": False}), splits, store,
+                     tmp_path / "hard", progress=False)
+    with pytest.raises(ConfigError, match="soft labels"):
+        hard.load_state_dict(torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True))

@@ -61,31 +61,6 @@ def test_correct_init_and_expert_logits(setup, tmp_path):
                   progress=False)
 
 
-def test_logits_learn_and_resume_exactly(setup, tmp_path):
-    splits, store, _ = setup
-    cfg = dict(checkpoint_every=2, **SOFT)
-    whole = Distiller(DistillConfig(iterations=6, **cfg), splits, store, tmp_path / "whole",
-                      progress=False)
-    start = whole.label_logits.detach().clone()
-    whole.run()
-    assert not torch.allclose(whole.label_logits, start)   # the logits were updated
-    part = Distiller(DistillConfig(iterations=4, **cfg), splits, store, tmp_path / "part",
-                     progress=False)
-    part.run()
-    resumed = Distiller.resume(tmp_path / "part", splits, store, progress=False, iterations=6)
-    assert torch.equal(resumed.label_logits.detach(), part.label_logits.detach())
-    resumed.run()
-    assert torch.allclose(resumed.label_logits, whole.label_logits, atol=1e-6)
-    assert torch.allclose(resumed.images, whole.images, atol=1e-6)
-    blob = torch.load(tmp_path / "whole" / "synthetic_last.pt", weights_only=True)
-    assert torch.allclose(blob["soft_labels"], whole.label_logits.detach())
-    # a hard-label run cannot resume a soft-label checkpoint by mistake
-    hard = Distiller(DistillConfig(iterations=6, **{**cfg, "soft_labels": False}), splits, store,
-                     tmp_path / "hard", progress=False)
-    with pytest.raises(ConfigError, match="soft labels"):
-        hard.load_state_dict(torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True))
-
-
 def test_guard_refuses_nan_label_gradient_and_rolls_back_overflowing_logits(setup, tmp_path):
     splits, store, _ = setup
     d = Distiller(DistillConfig(iterations=10, **SOFT), splits, store, tmp_path / "run",

@@ -92,7 +92,9 @@ def translate(o: dict, cuda_available: bool, explicit_device: bool) -> dict:
     if max_files is not None:
         o["max_experts"] = max_files * (o.get("max_experts") or REFERENCE_EXPERTS_PER_FILE)
     gpu = o.pop("cuda_gpu", None)
-    if gpu is not None and not explicit_device:
+    if gpu is not None and explicit_device:
+        note(f"--cuda_gpu {gpu} ignored: --device {o.get('device')} was given")
+    elif gpu is not None:
         if cuda_available:
             o["device"] = f"cuda:{gpu}"
         else:
