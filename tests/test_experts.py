@@ -76,7 +76,7 @@ def test_distill_settings_beyond_the_buffer_are_refused(buffer, digits, tmp_path
     store = open_buffer(root, digits)
     with pytest.raises(ConfigError, match="within the 3 epochs"):
         Distiller(DistillConfig(max_start_epoch=3, expert_epochs=1), digits, store, tmp_path)
-    with pytest.raises(ConfigError, match="ipc=500"):
+    with pytest.raises(ConfigError, match="--ipc 500"):
         Distiller(DistillConfig(ipc=500), digits, store, tmp_path)
     with pytest.raises(ConfigError, match="lr_teacher"):
         Distiller(DistillConfig(lr_mode="independent-lr", init_epoch=2, lr_teacher=[0.1, 0.2, 0.3]),

@@ -64,5 +64,7 @@ def test_cli_export(syn, tmp_path, capsys):
     assert main(["export", str(path), str(tmp_path / "cli_out")]) == 0
     assert "exported" in capsys.readouterr().out
     assert (tmp_path / "cli_out" / "synthetic.pt").exists()
-    assert main(["export", str(tmp_path / "missing.pt"), str(tmp_path / "x")]) == 2
-    assert "file not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # refused where the argument is parsed
+        main(["export", str(tmp_path / "missing.pt"), str(tmp_path / "x")])
+    assert exit_.value.code == 2
+    assert "argument syn: no such file" in capsys.readouterr().err

@@ -274,8 +274,8 @@ def test_cli_reports_bad_input(tmp_path, gz2, capsys):
         args.func(args)
     assert exit_.value.code == 2
     assert "cat.csv: missing columns 't01_smooth_or_features_a02" in capsys.readouterr().err
-    args = parser.parse_args(["gzoo2", "build", "--catalog", "x", "--images", "y", "--out", "z",
-                              "--tree", "10"])
+    args = parser.parse_args(["gzoo2", "build", "--catalog", str(tmp_path / "cat.csv"),
+                              "--images", str(gz2 / "images"), "--out", "z", "--tree", "10"])
     assert args.tree == 10 and args.per_class is None and args.test_per_class is None
     assert not (tmp_path / "o" / "manifest.json").exists()
 

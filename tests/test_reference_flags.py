@@ -30,7 +30,9 @@ def buffer(tmp_path_factory):
     return root
 
 
-def test_seed_commands_parse_unchanged():
+def test_seed_commands_parse_unchanged(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.pt").write_bytes(b"")  # --load_syn_image must name an existing file
     args = build_parser().parse_args(SEED_BUFFER.split())
     assert (args.dataset, args.train_epochs, args.num_experts, args.zca) == ("CIFAR10", 50, 10, True)
     args = build_parser().parse_args(["distill", *SEED_DISTILL_FLAGS.split(), *REFERENCE_ONLY.split()])

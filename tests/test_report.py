@@ -76,6 +76,21 @@ def test_stage_timeline_follows_the_metrics(run):
             assert e["r"] is not None and (e["r"] < e["threshold"] or e["r"] > e["rise_threshold"])
 
 
+def test_report_md_has_the_stage_timeline_rows_of_the_html(run):
+    """report.md's "Stage timeline" is a table with one row per event, as the HTML's."""
+    splits, run_dir = run
+    build_report(run_dir, splits=splits)
+    md = (run_dir / "report.md").read_text()
+    section = md.split("## Stage timeline", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| ---")]
+    assert rows[0].startswith("| iteration | event | cap after")
+    events = stage_events(read_jsonl(run_dir / "metrics.jsonl"))
+    assert len(rows) == 1 + len(events) and events
+    assert [r.split(" | ")[1] for r in rows[1:]] == [e["event"] for e in events]
+    assert rows[-1].startswith(f"| {events[-1]['it']} | stop |")
+
+
 def test_demo_style_results_and_cli_rebuild(run, tmp_path, capsys):
     """results.json (as the demo writes it) adds the baseline table and their per-class bars;
     `trajdistill report RUN --dataset digits` rebuilds the page with the class comparison."""

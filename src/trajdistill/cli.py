@@ -28,7 +28,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from .flags import non_negative_int, positive_float, positive_int
+from . import flags as kinds
+from .errors import ConfigError
 from .presets import BUFFER_PRESETS, PRESETS, preset
 from .reference_flags import add_reference_flags
 from .reference_flags import translate as translate_reference_flags
@@ -42,6 +43,16 @@ def _bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False, got {s!r}")
 
 
+EVAL_MODES = ["S", "C", "M", "W", "D", "A", "P", "N"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line: no usage dump, a pointer to --help instead."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -49,14 +60,16 @@ def _default_device() -> str:
 # ----------------------------------------------------------------------------- shared flags
 
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="dataset name (CIFAR10, CIFAR100, ImageNet, Tiny, MNIST, "
+    p.add_argument("--dataset", type=kinds.non_empty,
+                   help="dataset name (CIFAR10, CIFAR100, ImageNet, Tiny, MNIST, "
                    "FashionMNIST, GZoo2, GZoo2_aug, digits) or an image-folder path")
-    p.add_argument("--data_path", help="where the dataset's files are")
-    p.add_argument("--subset", help="ImageNet subset (imagenette, imagewoof, ...)")
+    p.add_argument("--data_path", type=kinds.non_empty, help="where the dataset's files are")
+    p.add_argument("--subset", type=kinds.non_empty, help="ImageNet subset (imagenette, imagewoof, ...)")
     _add_folder_flags(p)
     p.add_argument("--zca", action="store_true", default=None, help="ZCA-whiten (CIFAR)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", type=kinds.device, default=None,
+                   help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--seed", type=kinds.non_negative_int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -83,19 +96,20 @@ def _add_folder_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train_flags(p: argparse.ArgumentParser, no_aug: bool = True) -> None:
-    p.add_argument("--model", help="network (ConvNet, ConvNetD4, ResNet18, ...)")
+    p.add_argument("--model", type=kinds.non_empty, help="network (ConvNet, ConvNetD4, ResNet18, ...)")
     p.add_argument("--dsa", type=_bool, default=None, help="differentiable augmentation (True/False)")
-    p.add_argument("--dsa_strategy", default=None, help="DSA groups joined by _ (default "
+    p.add_argument("--dsa_strategy", type=kinds.dsa_strategy, default=None, help="DSA groups joined by _ (default "
                    "color_crop_cutout_flip_scale_rotate), or galaxy: full turns and both flips")
     if no_aug:  # distill has its own --no_aug: the reference's, for the unrolled student only
         p.add_argument("--no_aug", action="store_true", default=None, help="same as --dsa False")
-    p.add_argument("--batch_train", type=int, default=None)
+    p.add_argument("--batch_train", type=kinds.positive_int, default=None)
 
 
 def _add_eval_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--eval_mode", default=None, help="S, M, W, D, A, P, N or C (model pools)")
-    p.add_argument("--num_eval", type=int, default=None)
-    p.add_argument("--epoch_eval_train", type=int, default=None)
+    p.add_argument("--eval_mode", choices=EVAL_MODES, default=None,
+                   help="S, M, W, D, A, P, N or C (model pools)")
+    p.add_argument("--num_eval", type=kinds.positive_int, default=None)
+    p.add_argument("--epoch_eval_train", type=kinds.positive_int, default=None)
 
 
 def _resolve(args: argparse.Namespace, defaults: dict, table: dict | None = None,
@@ -115,7 +129,7 @@ def _resolve(args: argparse.Namespace, defaults: dict, table: dict | None = None
 def _load_splits(o: dict):
     from .data import load_dataset
     if not o.get("dataset"):
-        raise SystemExit("error: --dataset is required (or a --preset that names one)")
+        raise ConfigError("--dataset is required (or a --preset that names one)")
     opts = {"subset": o["subset"]} if o.get("subset") else {}
     opts.update({k: o[k] for k in DATA_OPTIONS if o.get(k) is not None})
     return load_dataset(o["dataset"], o.get("data_path"), zca=bool(o.get("zca")), **opts)
@@ -140,6 +154,8 @@ BUFFER_DEFAULTS = {"model": "ConvNet", "train_epochs": 50, "num_experts": 10, "l
 def cmd_buffer(args) -> None:
     from .experts import ExpertConfig, distributed_rank, train_experts
     o = _resolve(args, BUFFER_DEFAULTS, BUFFER_PRESETS)
+    if len(o["lr_teacher"]) != 1:
+        raise ConfigError(f"--lr_teacher: experts train with one lr, got {len(o['lr_teacher'])}")
     splits = _load_splits(o)
     rank, world = distributed_rank()
     device = o["device"]
@@ -188,7 +204,7 @@ def cmd_distill(args) -> None:
         o.get("wandb_name") or f"{Path(o['dataset']).name}-{cfg.method}-ipc{cfg.ipc}-"
         f"{time.strftime('%Y%m%d-%H%M%S')}"))
     if (run_dir / "checkpoint.pt").exists():
-        raise SystemExit(f"error: {run_dir} already holds a run; continue it with "
+        raise ConfigError(f"{run_dir} already holds a run; continue it with "
                          f"`distill --resume {run_dir}` or choose another --run_dir")
     source = {"dataset": o["dataset"], "data_path": o.get("data_path"), "zca": bool(o.get("zca")),
               "subset": o.get("subset"), "buffer_dir": str(bdir),
@@ -203,7 +219,7 @@ def _resume_distill(args) -> None:
     run_dir = Path(args.resume)
     src = load_json(run_dir / "config.json").get("source") or {}
     if not src.get("dataset"):
-        raise SystemExit(f"error: {run_dir}/config.json does not say which data the run used")
+        raise ConfigError(f"{run_dir}/config.json does not say which data the run used")
     splits = _load_splits(src)
     store = open_buffer(src["buffer_dir"], splits)
     distiller = Distiller.resume(run_dir, splits, store, progress=not args.quiet,
@@ -256,39 +272,43 @@ def _add_distill_parser(sub) -> None:
     _add_data_flags(p)
     _add_train_flags(p, no_aug=False)
     _add_eval_flags(p)
-    p.add_argument("--preset", help=f"published settings: {', '.join(sorted(PRESETS))}")
+    p.add_argument("--preset", type=kinds.non_empty,
+                   help=f"published settings: {', '.join(sorted(PRESETS))}")
     p.add_argument("--method", help="STM (default; the reference's stage-MTT) or original-MTT")
-    p.add_argument("--ipc", type=int)
-    p.add_argument("--syn_steps", type=int)
-    p.add_argument("--expert_epochs", type=int)
-    p.add_argument("--max_start_epoch", type=int)
-    p.add_argument("--lr_img", type=float)
-    p.add_argument("--lr_lr", type=float)
+    p.add_argument("--ipc", type=kinds.positive_int)
+    p.add_argument("--syn_steps", type=kinds.positive_int)
+    p.add_argument("--expert_epochs", type=kinds.positive_int)
+    p.add_argument("--max_start_epoch", type=kinds.positive_int)
+    p.add_argument("--lr_img", type=kinds.non_negative_float)
+    p.add_argument("--lr_lr", type=kinds.non_negative_float)
     p.add_argument("--lr_teacher", "--list", dest="lr_teacher", type=_lr_or_auto, nargs="+",
                    help="initial synthetic lr(s), or auto: derived from the buffer (the first "
                    "unrolled steps travel about as far as expert_epochs of an expert)")
     p.add_argument("--learn_lr", type=_bool, help="learn the synthetic lr (default True)")
-    p.add_argument("--lr_mode", help="global-lr (default) or independent-lr")
-    p.add_argument("--sample_method", help="cycle (default) or random")
-    p.add_argument("--init_epoch", type=int)
-    p.add_argument("--sigma", type=float, help="STM threshold (default 5)")
-    p.add_argument("--min_duration", type=int)
-    p.add_argument("--max_duration", "--T_max", dest="max_duration", type=int)
+    p.add_argument("--lr_mode", choices=["global-lr", "independent-lr"],
+                   help="global-lr (default) or independent-lr")
+    p.add_argument("--sample_method", choices=["cycle", "random"], help="cycle (default) or random")
+    p.add_argument("--init_epoch", type=kinds.positive_int)
+    p.add_argument("--sigma", type=kinds.positive_float, help="STM threshold (default 5)")
+    p.add_argument("--min_duration", type=kinds.positive_int)
+    p.add_argument("--max_duration", "--T_max", dest="max_duration", type=kinds.positive_int)
     p.add_argument("--pix_init", help="real (default), noise, correct (real images the "
                    "expert classifies correctly, DATM), mean (the class-mean image) or mean_noise "
                    "(class mean plus noise)")
     p.add_argument("--img_optimizer", choices=["sgd", "adam"], help="image optimiser: sgd "
                    "(default, momentum 0.5) or adam (--lr_img is then the step per pixel, ~0.01)")
-    p.add_argument("--loss_warn_it", type=int, help="warn if the matching loss has not fallen "
-                   "below 1 by this iteration (default 300; 0: never)")
-    p.add_argument("--batch_syn", type=int)
-    p.add_argument("--Iteration", type=int, help="iterations at most (STM default: none before "
-                   "its own stop, see README 'When a run ends'; original-MTT: 5000)")
-    p.add_argument("--eval_it", type=int)
-    p.add_argument("--gradient", help="lean (default, memory of one step) or unroll (reference)")
-    p.add_argument("--max_experts", type=int)
-    p.add_argument("--checkpoint_every", type=int)
-    p.add_argument("--max_failures", type=int, help="non-finite iterations in a row before stopping")
+    p.add_argument("--loss_warn_it", type=kinds.non_negative_int, help="warn if the matching "
+                   "loss has not fallen below 1 by this iteration (default 300; 0: never)")
+    p.add_argument("--batch_syn", type=kinds.positive_int)
+    p.add_argument("--Iteration", type=kinds.positive_int, help="iterations at most (STM default: "
+                   "none before its own stop, see README 'When a run ends'; original-MTT: 5000)")
+    p.add_argument("--eval_it", type=kinds.non_negative_int)
+    p.add_argument("--gradient", choices=["lean", "unroll"],
+                   help="lean (default, memory of one step) or unroll (reference)")
+    p.add_argument("--max_experts", type=kinds.positive_int)
+    p.add_argument("--checkpoint_every", type=kinds.positive_int)
+    p.add_argument("--max_failures", type=kinds.positive_int,
+                   help="refused (non-finite or runaway) updates in a row before stopping")
     p.add_argument("--eval_batched", choices=["auto", "on", "off"],
                    help="train the evaluation networks together with vmap (auto: on CUDA only)")
     # learnable soft labels (DATM)
@@ -296,35 +316,37 @@ def _add_distill_parser(sub) -> None:
                    help="learn a label logit vector per image (trained with soft cross-entropy)")
     p.add_argument("--label_init", choices=["expert"],
                    help="initial logits: the final epoch of an expert on the initial images")
-    p.add_argument("--lr_y", type=positive_float, help="lr of the label logits (SGD, momentum 0.9; "
-                   "default 2)")
-    p.add_argument("--loss_threshold", type=positive_float, help="no update in an iteration "
-                   "whose normalised matching loss exceeds this (DATM's threshold)")
+    p.add_argument("--lr_y", type=kinds.positive_float,
+                   help="lr of the label logits (SGD, momentum 0.9; default 2)")
+    p.add_argument("--loss_threshold", type=kinds.positive_float,
+                   help="no update in an iteration whose normalised matching loss exceeds this "
+                   "(DATM's threshold)")
     # difficulty-aligned start windows (DATM)
     p.add_argument("--start_schedule", choices=["method", "aligned"],
                    help="method (default): MTT's uniform draw / STM's stages; aligned: DATM's "
                    "window [min_start_epoch, upper), upper growing from current_max_start_epoch "
                    "(with STM: the first stage, widened by STM's test)")
-    p.add_argument("--min_start_epoch", type=non_negative_int,
+    p.add_argument("--min_start_epoch", type=kinds.non_negative_int,
                    help="lowest start epoch (default 0; STM's cap counts from it)")
-    p.add_argument("--current_max_start_epoch", type=positive_int,
+    p.add_argument("--current_max_start_epoch", type=kinds.positive_int,
                    help="aligned: the first window's upper end (default: half way)")
-    p.add_argument("--expansion_end_epoch", type=positive_int,
+    p.add_argument("--expansion_end_epoch", type=kinds.positive_int,
                    help="aligned, original-MTT: iterations until the window reaches max_start_epoch "
                    "(default 1000)")
     # validation split (best-set selection without the test set)
-    p.add_argument("--val_size", type=non_negative_int,
+    p.add_argument("--val_size", type=kinds.non_negative_int,
                    help="training images held out to validate evaluation networks (default 10 %% "
                    "of the training set, at most 5000; 0: none)")
     p.add_argument("--select_on", choices=["val", "test"],
                    help="choose synthetic_best.pt on validation (default) or test accuracy")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint "
+    p.add_argument("--resume", metavar="RUN_DIR", type=kinds.existing_dir,
+                   help="continue a run from its last checkpoint "
                    "(its own settings; --Iteration may extend it)")
-    p.add_argument("--buffer_path")
-    p.add_argument("--run_dir")
-    p.add_argument("--prev_iter", type=int)
-    p.add_argument("--load_syn_image")
-    p.add_argument("--wandb_name", help="name of the run (directory under runs/)")
+    p.add_argument("--buffer_path", type=kinds.non_empty)
+    p.add_argument("--run_dir", type=kinds.non_empty)
+    p.add_argument("--prev_iter", type=kinds.non_negative_int)
+    p.add_argument("--load_syn_image", type=kinds.existing_file)
+    p.add_argument("--wandb_name", type=kinds.non_empty, help="name of the run (directory under runs/)")
     p.add_argument("--wandb", nargs=0, action=_OptionalPackage, package="wandb",
                    help="log curves and images to Weights & Biases (optional package; "
                    "WANDB_MODE=offline works without an account)")
@@ -351,7 +373,7 @@ def cmd_evaluate(args) -> None:
     splits = _load_splits({**o, "zca": syn.data.get("zca")})
     want = texture.canvas_shape(splits.image_shape) if texture else splits.image_shape
     if list(want) != list(syn.images.shape[1:]) or splits.classes != syn.data["classes"]:
-        raise SystemExit(f"error: {o['syn']} was distilled from {syn.data['dataset']} "
+        raise ConfigError(f"{o['syn']} was distilled from {syn.data['dataset']} "
                          f"{syn.data['image_shape']} with classes {syn.data['classes']}; "
                          f"{o['dataset']} gives {list(splits.image_shape)} with {splits.classes}")
     # the test set goes through the synthetic set's own transform (its ZCA included)
@@ -384,7 +406,7 @@ def cmd_baseline(args) -> None:
     elif o["kind"] == "full":
         images, labels = splits.train.images, splits.train.labels
     else:
-        raise SystemExit(f"error: --kind must be random, mean or full, got {o['kind']!r}")
+        raise ConfigError(f"--kind must be random, mean or full, got {o['kind']!r}")
     epochs = o["epoch_eval_train"] or (50 if o["kind"] == "full" else 1000)
     cfg = EvalConfig(num_eval=o["num_eval"], epoch_eval_train=epochs, batch_train=o["batch_train"],
                      dsa=o["dsa"], device=o["device"], seed=o["seed"], batched=o["eval_batched"],
@@ -418,8 +440,14 @@ def _print_results(result: dict) -> None:
 
 # ----------------------------------------------------------------------------- report / demo
 
+RUN_FILES = ("config.json", "metrics.jsonl", "results.json", "synthetic_best.pt", "synthetic_last.pt")
+
+
 def cmd_report(args) -> None:
     from .report import build_report
+    if not any((Path(args.run_dir) / name).is_file() for name in RUN_FILES):
+        raise ConfigError(f"{args.run_dir} is not a run directory: it holds none of "
+                          f"{', '.join(RUN_FILES)}")
     splits = None
     if args.dataset:
         from .synthetic import SyntheticSet
@@ -451,70 +479,75 @@ def cmd_demo(args) -> None:
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trajdistill", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="trajdistill", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("buffer", help="train expert trajectories")
     _add_data_flags(p)
     _add_train_flags(p)
-    p.add_argument("--preset", help=f"expert settings: {', '.join(sorted(BUFFER_PRESETS))}")
-    p.add_argument("--train_epochs", type=int)
-    p.add_argument("--num_experts", type=int)
-    p.add_argument("--lr_teacher", type=float, nargs="+")
-    p.add_argument("--mom", type=float)
-    p.add_argument("--l2", type=float)
+    p.add_argument("--preset", type=kinds.non_empty,
+                   help=f"expert settings: {', '.join(sorted(BUFFER_PRESETS))}")
+    p.add_argument("--train_epochs", type=kinds.positive_int)
+    p.add_argument("--num_experts", type=kinds.positive_int)
+    p.add_argument("--lr_teacher", type=kinds.positive_float, nargs="+")
+    p.add_argument("--mom", type=kinds.non_negative_float)
+    p.add_argument("--l2", type=kinds.non_negative_float)
     p.add_argument("--decay", action="store_true", default=None)
-    p.add_argument("--buffer_path")
+    p.add_argument("--buffer_path", type=kinds.non_empty)
     p.set_defaults(func=cmd_buffer)
 
     _add_distill_parser(sub)
 
     p = sub.add_parser("evaluate", help="train fresh networks on a synthetic set, test on real data")
-    p.add_argument("--syn", required=True, help="a synthetic set file (synthetic_best.pt)")
+    p.add_argument("--syn", required=True, type=kinds.existing_file,
+                   help="a synthetic set file (synthetic_best.pt)")
     _add_data_flags(p)
     _add_eval_flags(p)
     p.add_argument("--dsa", type=_bool, default=None)
-    p.add_argument("--dsa_strategy", default=None, help="DSA groups, or galaxy (see distill)")
-    p.add_argument("--batch_train", type=int)
-    p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--dsa_strategy", type=kinds.dsa_strategy, default=None,
+                   help="DSA groups, or galaxy (see distill)")
+    p.add_argument("--batch_train", type=kinds.positive_int)
+    p.add_argument("--out", type=kinds.output_file, help="write the results as JSON here")
     p.add_argument("--eval_batched", choices=["auto", "on", "off"],
                    help="train the num_eval networks together (vmap); auto: on GPUs only")
-    p.add_argument("--lr", type=positive_float, nargs="+",
+    p.add_argument("--lr", type=kinds.positive_float, nargs="+",
                    help="train with this lr instead of the set's learned one(s); several values "
                    "are a per-stage list, scheduled as an independent-lr set's")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("baseline", help="random real images, class means, or the full set")
     p.add_argument("--kind", choices=["random", "mean", "full"])
-    p.add_argument("--ipc", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--ipc", type=kinds.positive_int)
+    p.add_argument("--lr", type=kinds.positive_float)
     _add_data_flags(p)
     _add_train_flags(p)
     _add_eval_flags(p)
     p.add_argument("--eval_batched", choices=["auto", "on", "off"],
                    help="train the num_eval networks together (vmap); auto: on GPUs only")
-    p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--out", type=kinds.output_file, help="write the results as JSON here")
     p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("report", help="(re)build the report of a run directory")
-    p.add_argument("run_dir")
-    p.add_argument("--dataset", help="the run's dataset: adds synthetic vs class mean vs real images")
-    p.add_argument("--data_path")
-    p.add_argument("--subset")
+    p.add_argument("run_dir", type=kinds.existing_dir)
+    p.add_argument("--dataset", type=kinds.non_empty,
+                   help="the run's dataset: adds synthetic vs class mean vs real images")
+    p.add_argument("--data_path", type=kinds.non_empty)
+    p.add_argument("--subset", type=kinds.non_empty)
     _add_folder_flags(p)
     p.add_argument("--zca", action="store_true", default=None,
                    help="(default: as the synthetic set was made)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="a distilled set as PNGs per class + a tensor file + README")
-    p.add_argument("syn", help="a synthetic set file (RUN_DIR/synthetic_best.pt)")
-    p.add_argument("out_dir")
+    p.add_argument("syn", type=kinds.existing_file,
+                   help="a synthetic set file (RUN_DIR/synthetic_best.pt)")
+    p.add_argument("out_dir", type=kinds.non_empty)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded digits, in minutes")
-    p.add_argument("--run_dir", default="runs/demo")
-    p.add_argument("--iterations", type=int)
-    p.add_argument("--device", default=None)
+    p.add_argument("--run_dir", type=kinds.non_empty, default="runs/demo")
+    p.add_argument("--iterations", type=kinds.positive_int)
+    p.add_argument("--device", type=kinds.device, default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -528,19 +561,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .data.base import DataError
-    from .distill import ConfigError, DivergenceError
-    from .experts import BufferError
-    from .io import FileFormatError
-    from .models import ModelError
-    from .presets import PresetError
+    """Run a command. Errors the user can fix (the package's own types) print one line and
+    return 2; Ctrl-C prints one line and returns 130; anything else is a bug and keeps its
+    traceback."""
+    from .errors import TrajdistillError
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (DataError, ConfigError, BufferError, FileFormatError, ModelError, PresetError,
-            DivergenceError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except TrajdistillError as e:
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

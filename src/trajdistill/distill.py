@@ -17,10 +17,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
+from . import progress as progress_out
 from .augment import DEFAULT_STRATEGY, parse_strategy
 from .data.base import DatasetSplits
+from .errors import ConfigError, TrajdistillError
 from .evaluate import EvalConfig, class_means, evaluate_set
 from .experts import BufferError, TrajectoryStore
 from .lr_auto import auto_lr, spread
@@ -34,10 +35,6 @@ from .tracking import Tracker
 from .validation import default_val_size, validation_indices
 
 
-class ConfigError(ValueError):
-    pass
-
-
 # galaxies (issue 14): --img_optimizer, and the noise of --pix_init mean_noise (class mean +
 # MEAN_NOISE_STD Gaussian noise in normalised input units, a tenth of the data's std, so that
 # ipc > 1 copies differ; --pix_init mean starts every image at its class mean, so a run
@@ -46,11 +43,20 @@ IMG_OPTIMIZERS = ("sgd", "adam")
 MEAN_NOISE_STD = 0.1
 
 
-class DivergenceError(RuntimeError):
+class DivergenceError(TrajdistillError, RuntimeError):
     """Repeated non-finite losses, gradients or lrs: the run stops instead of saving NaNs."""
 
 
 CHECKPOINT_FORMAT = "trajdistill.checkpoint/1"
+# An lr update that multiplies or divides the synthetic lr by more than this in one step is
+# refused like a non-finite one: it is the first step of a divergence (a finite 7e12 lr is
+# followed by NaNs), not learning.
+MAX_LR_FACTOR = 10.0
+# Likewise an image update ten times larger than the images themselves (in norm): a first
+# matching loss far above 1 gives such steps (7e4 on the digits reproduction), and the set they
+# leave is noise that no later step repairs. Healthy runs stay near or below 1 (the demo's
+# first steps: 1.1).
+MAX_IMAGE_STEP = 10.0
 # correct: real images an expert classifies correctly (soft labels, issue 10); mean /
 # mean_noise: see MEAN_NOISE_STD
 PIX_INITS = ("real", "noise", "correct", "mean", "mean_noise")
@@ -131,6 +137,31 @@ class DistillConfig:
         return self.method.upper() == "STM"
 
 
+# (field, flag, smallest allowed, whether the smallest itself is allowed): the same ranges
+# the command line checks, for configurations built in Python (torch.optim's own ValueError
+# must never be what a user sees).
+_RANGES = [("ipc", "--ipc", 1, True), ("syn_steps", "--syn_steps", 1, True),
+           ("expert_epochs", "--expert_epochs", 1, True), ("lr_img", "--lr_img", 0, True),
+           ("lr_lr", "--lr_lr", 0, True), ("sigma", "--sigma", 0, False),
+           ("min_duration", "--min_duration", 1, True), ("max_duration", "--max_duration", 1, True),
+           ("iterations", "--Iteration", 0, True), ("eval_it", "--eval_it", 0, True),
+           ("num_eval", "--num_eval", 1, True), ("epoch_eval_train", "--epoch_eval_train", 1, True),
+           ("checkpoint_every", "--checkpoint_every", 1, True),
+           ("max_failures", "--max_failures", 1, True), ("batch_syn", "--batch_syn", 1, True),
+           ("max_experts", "--max_experts", 1, True), ("prev_iter", "--prev_iter", 0, True)]
+
+
+def _check_ranges(cfg: DistillConfig) -> None:
+    for name, flag, low, inclusive in _RANGES:
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+                or value < low or (value == low and not inclusive):
+            bound = f">= {low}" if inclusive else f"> {low}"
+            raise ConfigError(f"{flag} must be a number {bound}, got {value!r}")
+
+
 METHOD_NAMES = {"STM": "STM", "STAGE-MTT": "STM", "ORIGINAL-MTT": "original-MTT"}
 MTT_ITERATIONS = 5000        # original-MTT's default --Iteration
 REFERENCE_STM_ITERATIONS = 20001  # the reference lets a stage-MTT run go this far
@@ -162,6 +193,7 @@ def default_iterations(cfg: DistillConfig) -> int:
 
 def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) -> DistillConfig:
     """Fill defaults from the buffer and refuse impossible settings with a clear message."""
+    _check_ranges(cfg)
     if str(cfg.method).upper() not in METHOD_NAMES:
         raise ConfigError(f"--method must be STM (stage-MTT) or original-MTT, got {cfg.method!r}")
     cfg.method = METHOD_NAMES[cfg.method.upper()]
@@ -214,10 +246,8 @@ def _validate_rest(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryS
     counts = splits.train.class_counts()
     if cfg.pix_init in ("real", "correct") and min(counts) < cfg.ipc:
         c = counts.index(min(counts))
-        raise ConfigError(f"ipc={cfg.ipc} but class {splits.classes[c]!r} has only {counts[c]} "
+        raise ConfigError(f"--ipc {cfg.ipc} but class {splits.classes[c]!r} has only {counts[c]} "
                           "training images")
-    if cfg.ipc < 1:
-        raise ConfigError(f"ipc must be >= 1, got {cfg.ipc}")
     _validate_texture(cfg, splits)
     if not cfg.eval_models:
         cfg.eval_models = [store.model]
@@ -351,7 +381,7 @@ class Distiller:
         if cfg.lr_teacher in ("auto", ["auto"]):
             cfg.lr_teacher = [self._auto_lr()] * (cfg.init_epoch if (
                 cfg.stm and cfg.lr_mode == "independent-lr") else 1)
-            tqdm.write(f"--lr_teacher auto: {cfg.lr_teacher[0]:.4g}")
+            progress_out.note(f"--lr_teacher auto: {cfg.lr_teacher[0]:.4g}")
         self.log_lrs = [torch.tensor(math.log(v), device=self.device, requires_grad=True)
                         for v in cfg.lr_teacher]
         self.opt_img = (torch.optim.Adam([self.images], lr=cfg.lr_img) if cfg.img_optimizer == "adam"
@@ -370,6 +400,7 @@ class Distiller:
         self.best = {"accuracy": -1.0, "iteration": None}
         self.failures = 0  # consecutive iterations whose update was refused as non-finite
         self.last_failure = ""
+        self.first_loss: float | None = None  # of this process: > 1 means a likely divergence
         self.grad_fn = GRADIENT_METHODS[cfg.gradient]
 
     def _start_schedule(self):
@@ -465,9 +496,10 @@ class Distiller:
         pred = self._expert_logits(self.splits.preprocess(self.splits.train.images[looked]))
         right = pred.argmax(1).cpu() == c
         if int(right.sum()) < self.cfg.ipc:
-            tqdm.write(f"--pix_init correct: the expert classifies only {int(right.sum())} of "
-                       f"{len(looked)} images of class {self.splits.classes[c]!r} correctly; "
-                       "misclassified ones fill the rest")
+            progress_out.note(f"--pix_init correct: the expert classifies only "
+                              f"{int(right.sum())} of {len(looked)} images of class "
+                              f"{self.splits.classes[c]!r} correctly; misclassified ones fill "
+                              "the rest")
         return torch.cat([looked[right], looked[~right], rest])
 
     def _lr_optimizer(self, p: torch.Tensor) -> torch.optim.Optimizer:
@@ -559,7 +591,7 @@ class Distiller:
         if ckpt.exists():
             d.load_state_dict(safe_load(ckpt), str(ckpt))
         else:
-            tqdm.write(f"{ckpt} not written yet: starting {run_dir} from the beginning")
+            progress_out.note(f"{ckpt} not written yet: starting {run_dir} from the beginning")
         _truncate_jsonl(run_dir / "metrics.jsonl", lambda r: r.get("it", -1) < d.iteration)
         _truncate_jsonl(run_dir / "evals.jsonl", lambda r: r.get("it", -1) <= d.iteration)
         return d
@@ -602,6 +634,7 @@ class Distiller:
                               self.log_lrs[lr_index])
         record["loss"] = result.loss
         record[f"loss_epoch_{start_epoch}"] = result.loss
+        self._warn_first_loss(result.loss)
         trouble = _non_finite(result, heldout)
         if not trouble and not self._above_threshold(result.loss, record):
             trouble = self._apply_guarded(result, lr_index)
@@ -614,6 +647,11 @@ class Distiller:
             record.update({k: v for k, v in asdict(event).items() if v is not None})
             if event.level_up and cfg.lr_mode == "independent-lr":
                 self._add_stage_lr()
+            if self.progress and (event.level_up or event.fine_tuning_started):
+                what = "fine-tuning starts" if event.fine_tuning_started else "next stage"
+                progress_out.note(f"it {self.iteration}: {what}, stage cap {event.cap}, "
+                                  f"loss {result.loss:.4g}, lr(s) "
+                                  + ", ".join(f"{v:.3g}" for v in self.lrs()))
         if cfg.stm:
             lr_img = sched.after_update()
             for g in self.opt_img.param_groups:
@@ -626,19 +664,48 @@ class Distiller:
         return record
 
     def _apply_guarded(self, result, lr_index: int) -> str | None:
-        """Apply the update; if it leaves any learnable non-finite, put the old state back."""
-        saved = [(t.detach().clone(), copy.deepcopy(o.state_dict()))
-                 for _, t, o in self._learnables()]
+        """Apply the update; if it leaves non-finite values or an lr that jumped by more than
+        MAX_LR_FACTOR, put every learnable and its optimiser back as they were."""
+        saved = [(t.detach().clone(), copy.deepcopy(o.state_dict())) for _, t, o in self._learnables()]
+        log_lrs_before = [float(p.detach()) for p in self.log_lrs]
         self._apply(result, lr_index)
-        learnables = self._learnables()
-        bad = [name for name, t, _ in learnables if not torch.isfinite(t).all()]
-        if not bad:
-            return None
-        with torch.no_grad():
-            for (_, t, o), (value, state) in zip(learnables, saved):
-                t.copy_(value)
-                o.load_state_dict(state)
-        return "the update made " + ", ".join(bad) + " non-finite"
+        images_before = next(v for (name, _, _), (v, _) in zip(self._learnables(), saved)
+                             if name == "images")
+        trouble = self._bad_update(images_before, log_lrs_before)
+        if trouble:
+            with torch.no_grad():
+                for (_, t, o), (value, state) in zip(self._learnables(), saved):
+                    t.copy_(value)
+                    o.load_state_dict(state)
+        return trouble
+
+    def _bad_update(self, images_before: torch.Tensor, log_lrs_before: list[float]) -> str | None:
+        bad = [name for name, t, _ in self._learnables() if not torch.isfinite(t).all()]
+        if bad:
+            return "the update made " + ", ".join(bad) + " non-finite"
+        step = float((self.images.detach() - images_before).norm() / images_before.norm())
+        if step > MAX_IMAGE_STEP:
+            return (f"the image update is {step:.3g} times the images' own norm (more than "
+                    f"{MAX_IMAGE_STEP:g}); lower --lr_img (now {self.cfg.lr_img:g})")
+        for k, (old, p) in enumerate(zip(log_lrs_before, self.log_lrs)):
+            new = float(p.detach())
+            if abs(new - old) > math.log(MAX_LR_FACTOR):  # in log space: exp() may over/underflow
+                return (f"the update would change lr {k} from {math.exp(old):.3g} to "
+                        f"{math.exp(min(new, 700)):.3g} in one step "
+                        f"(more than {MAX_LR_FACTOR:g}x); lower --lr_lr (now {self.cfg.lr_lr:g})")
+        return None
+
+    def _warn_first_loss(self, loss: float) -> None:
+        """A first matching loss above 1: the student overshoots the expert's target."""
+        if self.first_loss is not None or not math.isfinite(loss):
+            return
+        self.first_loss = loss
+        if loss > 1:
+            progress_out.note(
+                f"warning: the first matching loss is {loss:.3g} (> 1: the student overshoots the "
+                f"expert's target, which can diverge); if it does, lower --lr_teacher (now "
+                f"{self.cfg.lr_teacher[0]:g}) or --syn_steps (now {self.cfg.syn_steps}), or raise "
+                f"--expert_epochs (now {self.cfg.expert_epochs})")
 
     def _above_threshold(self, loss: float, record: dict) -> bool:
         """--loss_threshold: an iteration whose normalised matching loss exceeds it makes no
@@ -656,18 +723,24 @@ class Distiller:
         record.update(diverged=reason, failures=self.failures, lrs=self.lrs(),
                       seconds=time.perf_counter() - t0)
         self.iteration += 1
-        tqdm.write(f"it {record['it']}: {reason}; update skipped, last good state kept "
-                   f"({self.failures}/{self.cfg.max_failures})")
+        progress_out.note(f"it {record['it']}: {reason}; update skipped, last good state kept "
+                          f"({self.failures}/{self.cfg.max_failures})")
         return record
 
     def _check_divergence(self) -> None:
         if self.failures >= self.cfg.max_failures:
             self.checkpoint()  # the state is the last good one: every bad update was refused
             raise DivergenceError(
-                f"distillation diverged: {self.failures} iterations in a row with non-finite "
-                f"values (last: {self.last_failure}). The last good state is in "
+                f"distillation diverged: {self.failures} iterations in a row with refused "
+                f"updates (last: {self.last_failure}). The last good state is in "
                 f"{self.run_dir / 'checkpoint.pt'}; try a smaller --lr_img or --lr_lr, or "
-                f"--learn_lr False.")
+                f"--learn_lr False" + self._first_loss_hint() + ".")
+
+    def _first_loss_hint(self) -> str:
+        if self.first_loss is None or self.first_loss <= 1:
+            return ""
+        return (f"; the first matching loss was {self.first_loss:.3g} (> 1): lower --lr_teacher "
+                f"or --syn_steps, or raise --expert_epochs")
 
     def _apply(self, result, lr_index: int) -> None:
         self.opt_img.zero_grad(set_to_none=True)
@@ -716,7 +789,8 @@ class Distiller:
                                     tensorboard=cfg.tensorboard, name=cfg.wandb_name)
         metrics = open(self.run_dir / "metrics.jsonl", "a")
         evals = open(self.run_dir / "evals.jsonl", "a")
-        bar = tqdm(range(self.iteration, cfg.iterations), desc="distill", disable=not self.progress)
+        bar = progress_out.bar(range(self.iteration, cfg.iterations), desc="distill",
+                               enabled=self.progress, report=True)
         try:
             for _ in bar:
                 record = self.step()
@@ -754,7 +828,7 @@ class Distiller:
                    f"fallen below 1 (lowest {self.min_loss:.3f}): nothing is being distilled. "
                    "Try --lr_teacher auto, a smaller --lr_img, --pix_init mean, or other experts.")
             record["warning"] = msg
-            tqdm.write(msg)
+            progress_out.note(msg)
 
     def _evaluate_and_log(self, evals) -> None:
         result = self.evaluate()
@@ -765,7 +839,7 @@ class Distiller:
         evals.flush()
         self.tracker.log_eval(result, self.iteration)
         self.tracker.log_images(self.synthetic_set(), self.iteration, self.splits.classes)
-        tqdm.write(f"it {self.iteration}: " + ", ".join(
+        progress_out.note(f"it {self.iteration}: " + ", ".join(
             f"{m} " + (f"val {100 * r['val_mean']:.2f} ± {100 * r['val_std']:.2f} %, "
                        if "val_mean" in r else "") +
             f"test {100 * r['mean']:.2f} ± {100 * r['std']:.2f} %" for m, r in result.items()))

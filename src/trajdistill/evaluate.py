@@ -23,11 +23,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
-from tqdm.auto import tqdm
 
 from . import augment as dsa
+from . import progress as progress_out
 from .augment import DEFAULT_STRATEGY
 from .data.base import DatasetSplits
+from .errors import ConfigError
 from .models import FlatModel, build_model
 from .texture import TextureSpec
 from .training import (confusion_result, set_loss, targets_weights, test_network, to_input,
@@ -115,7 +116,7 @@ def train_and_test(model: str, images: torch.Tensor, labels: torch.Tensor, split
                           weight_decay=cfg.weight_decay)
     images = _train_images(images)
     weights = targets_weights(labels, splits.num_classes)
-    for lr in tqdm(schedule, desc=f"train {model}", leave=False, disable=not progress):
+    for lr in progress_out.bar(schedule, desc=f"train {model}", enabled=progress, unit="epochs"):
         for g in opt.param_groups:
             g["lr"] = lr
         train_epoch(net, images, labels, opt, batch_size=cfg.batch_train, device=device,
@@ -138,7 +139,7 @@ def use_batched(model: str, splits: DatasetSplits, cfg: EvalConfig) -> bool:
     """Resolve cfg.batched for one model: "off", "on" (where the model allows), or "auto"."""
     mode = str(cfg.batched).lower()
     if mode not in BATCHED_CHOICES:
-        raise ValueError(f"--eval_batched must be one of {', '.join(BATCHED_CHOICES)}, got {cfg.batched!r}")
+        raise ConfigError(f"--eval_batched must be one of {', '.join(BATCHED_CHOICES)}, got {cfg.batched!r}")
     if mode == "off" or cfg.num_eval < 2 or cfg.texture is not None:  # texture: one at a time
         return False
     ok = batchable(model, splits)
@@ -176,7 +177,8 @@ def train_and_test_batched(model: str, images: torch.Tensor, labels: torch.Tenso
 
     losses = vmap(loss_one)
     base.train()
-    for lr in tqdm(schedule, desc=f"train {len(seeds)} x {model}", leave=False, disable=not progress):
+    for lr in progress_out.bar(schedule, desc=f"train {len(seeds)} x {model}", enabled=progress,
+                              unit="epochs"):
         for g in opt.param_groups:
             g["lr"] = lr
         orders = [torch.randperm(n, generator=g) for g in gens]
@@ -212,15 +214,20 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, splits: DatasetSpli
     seeds = [network_seed(cfg.seed, k) for k in range(cfg.num_eval)]
     out = {}
     for model in models:
-        if use_batched(model, splits, cfg):
-            results = train_and_test_batched(model, images, labels, splits, schedule, cfg, seeds,
-                                             progress=progress, val=val)
-        else:
-            results = [train_and_test(model, images, labels, splits, schedule, cfg, seed=s,
-                                      progress=progress, val=val)
-                       for s in tqdm(seeds, desc=f"evaluate {model}", leave=False,
-                                     disable=not progress)]
-        out[model] = summarise(results)
+        with progress_out.bar(desc=f"evaluate {model}", total=len(seeds), enabled=progress,
+                              report=True, unit="networks") as bar:
+            if use_batched(model, splits, cfg):
+                results = train_and_test_batched(model, images, labels, splits, schedule, cfg,
+                                                 seeds, progress=progress, val=val)
+                bar.update(len(seeds))
+            else:
+                results = []
+                for s in seeds:
+                    results.append(train_and_test(model, images, labels, splits, schedule, cfg,
+                                                  seed=s, progress=progress, val=val))
+                    bar.update()
+            out[model] = summarise(results)
+            bar.set_postfix(accuracy=f"{100 * out[model]['mean']:.2f} %")
     return out
 
 
@@ -246,8 +253,8 @@ def random_real(splits: DatasetSplits, ipc: int, seed: int = 0) -> tuple[torch.T
     for c in range(splits.num_classes):
         members = splits.train.indices_of(c)
         if len(members) < ipc:
-            raise ValueError(f"class {splits.classes[c]!r} has {len(members)} training images, "
-                             f"fewer than ipc={ipc}")
+            raise ConfigError(f"class {splits.classes[c]!r} has {len(members)} training images, "
+                              f"fewer than --ipc {ipc}")
         idx.append(members[torch.randperm(len(members), generator=gen)[:ipc]])
     idx = torch.cat(idx)
     return splits.train.images[idx], splits.train.labels[idx]
@@ -281,5 +288,5 @@ def eval_pool(mode: str, model: str) -> list[str]:
         "N": ["ConvNetNN", "ConvNetBN", "ConvNetLN", "ConvNetIN", "ConvNetGN"],
     }
     if mode not in pools:
-        raise ValueError(f"unknown --eval_mode {mode!r}; known: {', '.join(pools)}")
+        raise ConfigError(f"unknown --eval_mode {mode!r}; known: {', '.join(pools)}")
     return pools[mode]

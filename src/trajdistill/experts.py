@@ -16,16 +16,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .augment import DEFAULT_STRATEGY
 from .data.base import DatasetSplits, Preprocess
+from .errors import TrajdistillError
+from . import progress as progress_out
 from .io import atomic_save, load_json, safe_load, write_json
 from .models import FlatModel, build_model
 from .training import class_weights, test_network, train_epoch
 
 
-class BufferError(ValueError):
+class BufferError(TrajdistillError):
     """A trajectory store that is missing, damaged, or made for something else."""
 
 
@@ -73,7 +74,7 @@ def train_expert(splits: DatasetSplits, cfg: ExpertConfig, index: int,
     weights = class_weights(splits.train.labels, splits.num_classes)
     # torch.cat copies: each snapshot is independent of the live parameters (on CPU too)
     snapshots = [flat.flat_params().cpu().clone()]
-    epochs = tqdm(range(cfg.train_epochs), desc=f"expert {index}", leave=False, disable=not progress)
+    epochs = progress_out.bar(range(cfg.train_epochs), desc=f"expert {index}", enabled=progress)
     for epoch in epochs:
         if cfg.decay and epoch == cfg.train_epochs // 2 + 1:
             for g in opt.param_groups:
@@ -103,11 +104,12 @@ def train_experts(splits: DatasetSplits, cfg: ExpertConfig, buffer_dir: str | Pa
     """
     store = TrajectoryStore.create(buffer_dir, buffer_identity(splits, cfg), splits.preprocess)
     todo = [i for i in range(cfg.num_experts) if i % world_size == rank and not store.has(i)]
-    for i in tqdm(todo, desc="experts", disable=not progress):
+    for i in progress_out.bar(todo, desc="experts", enabled=progress, report=True, unit="experts"):
         traj, summary = train_expert(splits, cfg, i, progress=progress)
         store.save(i, traj, summary)
-        tqdm.write(f"expert {i}: train acc {summary['train_accuracy']:.4f}, "
-                   f"test acc {summary['test_accuracy']:.4f}")
+        if progress:
+            progress_out.note(f"expert {i}: train acc {summary['train_accuracy']:.4f}, "
+                              f"test acc {summary['test_accuracy']:.4f}")
     return store
 
 

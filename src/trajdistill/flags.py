@@ -73,3 +73,61 @@ def existing_dir(text: str) -> str:
     if not path.is_dir():
         raise argparse.ArgumentTypeError(f"expected a directory, got a file: {text}")
     return text
+
+
+def non_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a value, got an empty string")
+    return text
+
+
+def existing_path(text: str) -> str:
+    """A file or a directory that exists (dataset locations can be either)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    if not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"no such file or directory: {text}")
+    return text
+
+
+def output_file(text: str) -> str:
+    """A file to write: not a directory, in a directory that exists."""
+    path = Path(text)
+    if not text.strip() or path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a file name to write, got {text!r}")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"the folder of {text} does not exist")
+    return text
+
+
+def device(text: str) -> str:
+    """cpu, cuda, cuda:N or mps, and only one this PyTorch can use."""
+    import torch
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got {text!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else "no GPU visible"
+            raise argparse.ArgumentTypeError(f"{text!r} is not available: this PyTorch "
+                                             f"({torch.__version__}) has {build}; use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text!r} does not exist: "
+                                             f"{torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r} is not available on this machine; use cpu")
+    elif dev.type != "cpu":
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got {text!r}")
+    return text
+
+
+def dsa_strategy(text: str) -> str:
+    """Augmentation groups joined by '_' (color_crop_cutout_flip_scale_rotate)."""
+    from .augment import parse_strategy
+    try:
+        parse_strategy(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 
+from .errors import TrajdistillError
 
-class FileFormatError(ValueError):
+
+class FileFormatError(TrajdistillError):
     """A file that cannot be read as what it should be; the message names the file."""
 
 
@@ -89,10 +91,28 @@ def safe_load(path: str | Path, mmap: bool = False):
     path = Path(path)
     if not path.exists():
         raise FileFormatError(f"{path}: file not found")
+    if path.is_dir():
+        raise FileFormatError(f"{path}: a directory, not a tensor file")
+    if not _looks_like_torch_file(path):
+        raise FileFormatError(f"{path}: not a tensor file (torch.save writes a zip archive or a "
+                              "pickle; this is neither)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise FileFormatError(f"{path}: damaged or truncated tensor file "
+                                  f"({str(e).splitlines()[0]})") from None
         raise FileFormatError(f"{path}: refused to load — it holds objects other than tensors "
-                              f"and plain data, which could run code ({str(e).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise FileFormatError(f"{path}: damaged or truncated file ({str(e).splitlines()[0]})") from None
+                              f"and plain data, which could run code") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, IndexError, KeyError,
+            ValueError) as e:
+        # torch's readers fail in many ways on a cut or foreign file; none of them is a bug here
+        first = (str(e).splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise FileFormatError(f"{path}: damaged or truncated tensor file ({first})") from None
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive (PK..) or, in the legacy format, a pickle (0x80 ..)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"

@@ -18,8 +18,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from .errors import TrajdistillError
 
-class ModelError(ValueError):
+
+class ModelError(TrajdistillError):
     pass
 
 

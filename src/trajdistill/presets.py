@@ -4,6 +4,8 @@ A preset fills the flags it names; flags given on the command line override it.
 """
 from __future__ import annotations
 
+from .errors import TrajdistillError
+
 # No "Iteration": an STM run ends by its own stop (distill.default_iterations).
 _STM_COMMON = {"expert_epochs": 1, "init_epoch": 1, "eval_it": 200,
                "max_duration": 1000, "sigma": 5.0, "lr_lr": 0.01}
@@ -84,7 +86,7 @@ BUFFER_PRESETS = {
 }
 
 
-class PresetError(ValueError):
+class PresetError(TrajdistillError):
     pass
 
 

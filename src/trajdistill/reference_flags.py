@@ -45,7 +45,7 @@ def reference_bool(text: str) -> bool:
 
 
 def add_reference_flags(p: argparse.ArgumentParser) -> None:
-    from .flags import positive_int
+    from .flags import non_negative_int, positive_int
     g = p.add_argument_group("flags of the reference STM distill.py")
     g.add_argument("--fix_lr_teacher", action="store_true", default=None,
                    help="never update the synthetic lr (same as --learn_lr False)")
@@ -63,7 +63,7 @@ def add_reference_flags(p: argparse.ArgumentParser) -> None:
                    help="texture canvas side in image sides (default 2)")
     g.add_argument("--canvas_samples", type=positive_int,
                    help="texture windows per canvas per step (default 1)")
-    g.add_argument("--cuda_gpu", type=int, help="GPU index (same as --device cuda:N)")
+    g.add_argument("--cuda_gpu", type=non_negative_int, help="GPU index (same as --device cuda:N)")
     g.add_argument("--load_all", action="store_true", default=None, help="accepted; no effect here")
     g.add_argument("--force_save", action="store_true", default=None, help="accepted; no effect here")
     g.add_argument("--lr_init", type=float, help="accepted; no effect here (unused by the reference)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from .data.base import DatasetSplits  # noqa: E402
-from .io import read_jsonl  # noqa: E402
+from .io import load_json, read_jsonl  # noqa: E402
 from .synthetic import SyntheticSet  # noqa: E402
 from .texture import spec_of, tiled  # noqa: E402
 
@@ -387,8 +386,8 @@ def build_report(run_dir: str | Path, classes: list[str] | None = None,
     figs = run / "figures"
     metrics = read_jsonl(run / "metrics.jsonl")
     evals = read_jsonl(run / "evals.jsonl")
-    results = json.loads((run / "results.json").read_text()) if (run / "results.json").exists() else {}
-    config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
+    results = load_json(run / "results.json") if (run / "results.json").exists() else {}
+    config = load_json(run / "config.json") if (run / "config.json").exists() else {}
     syn_path = run / "synthetic_best.pt" if (run / "synthetic_best.pt").exists() else run / "synthetic_last.pt"
     syn = SyntheticSet.load(syn_path) if syn_path.exists() else None
     if splits is not None and classes is None:
@@ -398,8 +397,8 @@ def build_report(run_dir: str | Path, classes: list[str] | None = None,
 
     sections: list[dict] = []  # {title, img, caption, html}
 
-    def add(title, img=None, caption="", body=""):
-        sections.append({"title": title, "img": img, "caption": caption, "html": body})
+    def add(title, img=None, caption="", body="", md=""):
+        sections.append({"title": title, "img": img, "caption": caption, "html": body, "md": md})
 
     if syn is not None:
         save_synthetic_grid(syn, classes, figs / "synthetic.png")
@@ -432,7 +431,8 @@ def build_report(run_dir: str | Path, classes: list[str] | None = None,
             add("Why each stage ended", "figures/stage_test.png",
                 "The stage test every 10 held-out losses: a level-up when r falls below "
                 "-sigma·s (loss falling) or rises above 3·s (over-fitting).")
-        add("Stage timeline", body=_events_table(stage_events(metrics)))
+        events = stage_events(metrics)
+        add("Stage timeline", body=_events_table(events), md=_events_markdown(events))
         plot_lrs(metrics, figs / "lrs.png")
         add("Learning rates", "figures/lrs.png",
             f"Final learned lr(s): {', '.join(f'{v:.4g}' for v in metrics[-1].get('lrs', []))}.")
@@ -505,6 +505,18 @@ def _events_table(events: list[dict]) -> str:
                    for e in events)
     return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + f"</tr>{rows}</table>"
             if events else "<p>no stage events</p>")
+
+
+def _events_markdown(events: list[dict]) -> str:
+    """The stage timeline as the HTML shows it, as a Markdown table."""
+    if not events:
+        return "no stage events"
+    head = ["iteration", "event", "cap after", "n", "r", "threshold", "rise threshold", "reason"]
+    keys = ["it", "event", "cap", "n", "r", "threshold", "rise_threshold", "why"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    lines += ["| " + " | ".join(_fmt(e.get(k)).replace("|", "\\|") for k in keys) + " |"
+              for e in events]
+    return "\n".join(lines)
 
 
 TOP_LABELS = 3  # classes shown per image in the soft-label table
@@ -611,4 +623,6 @@ def _markdown(title: str, table: list[dict], sections, note: str = "") -> str:
             lines += [f"![{s['title']}]({s['img']})", ""]
         if s["caption"]:
             lines += [s["caption"], ""]
+        if s.get("md"):
+            lines += [s["md"], ""]
     return "\n".join(lines)

@@ -41,7 +41,11 @@ class SyntheticSet:
 
     @classmethod
     def load(cls, path: str | Path) -> "SyntheticSet":
-        blob = safe_load(path)
+        try:
+            blob = safe_load(path)
+        except FileFormatError as e:
+            raise FileFormatError(f"{e}; expected a trajdistill synthetic-set file "
+                                  "(RUN_DIR/synthetic_best.pt)") from None
         if not isinstance(blob, dict) or blob.get("format") != FORMAT:
             raise FileFormatError(f"{path}: not a trajdistill synthetic set (format {FORMAT!r})")
         images, labels = blob["images"], blob["labels"]

@@ -27,6 +27,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Protocol
 
+from .errors import TrajdistillError
+
 MULTI = {"matching_loss_by_start_epoch": "matching loss, one line per start epoch",
          "heldout_loss_by_stage": "held-out next-epoch loss, one line per stage",
          "learned_lr": "learned lr(s)"}
@@ -34,7 +36,7 @@ SCALARS = ("loss", "heldout", "cap", "r", "threshold", "rise_threshold", "lr_img
 INSTALL = {"wandb": "pip install wandb", "tensorboard": "pip install tensorboard"}
 
 
-class TrackingError(RuntimeError):
+class TrackingError(TrajdistillError, RuntimeError):
     """A tracking backend was asked for but cannot be used (the message says how to fix it)."""
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import ConfigError
+
 VAL_FRACTION = 0.1
 VAL_CAP = 5000
 VAL_SEED = 0  # the same validation images for every run on the same data
@@ -28,8 +30,8 @@ def validation_indices(labels: torch.Tensor, num_classes: int, size: int,
     if size == 0:
         return torch.zeros(0, dtype=torch.long)
     if not num_classes <= size <= len(labels):
-        raise ValueError(f"validation size must be in [{num_classes} (one per class), "
-                         f"{len(labels)} (the training set)], got {size}")
+        raise ConfigError(f"--val_size must be 0 or in [{num_classes} (one per class), "
+                          f"{len(labels)} (the training set)], got {size}")
     gen = torch.Generator().manual_seed(seed)
     chosen = torch.zeros(len(labels), dtype=torch.bool)
     for c in range(num_classes):

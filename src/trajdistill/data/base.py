@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import TrajdistillError
 from .zca import ZCA
 
 
-class DataError(ValueError):
+class DataError(TrajdistillError):
     """Bad input data: the message names the file, the field and what was expected."""
 
 

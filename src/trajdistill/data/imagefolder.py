@@ -19,8 +19,8 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
+from .. import progress
 from .base import DataError, DatasetSplits, ImageDataset, Preprocess, channel_stats
 from .cache import cached_images
 from ..gzoo2.images import central_half
@@ -100,7 +100,8 @@ def _decode_all(files, shape, crop, mode, tag, workers) -> np.ndarray:
     workers = workers or min(8, os.cpu_count() or 1)
     pool = ThreadPoolExecutor(workers)
     try:
-        with tqdm(total=len(files), desc=f"decoding {tag}", unit="img", disable=None) as bar:
+        with progress.bar(total=len(files), desc=f"decoding {tag}", unit="images",
+                          report=True) as bar:
             for i, arr in enumerate(pool.map(lambda f: decode_image(f, shape, crop, mode), files)):
                 out[i] = arr
                 bar.update()

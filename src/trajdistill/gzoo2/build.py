@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from .. import progress as progress_out
 from ..data.base import DataError
 from ..io import write_json
 from . import classes as tree_mod
@@ -158,8 +158,8 @@ def _write_images(out: Path, split: str, rows: list[tuple[int, int, Found]], sou
 
     chunk = 64  # a bounded number of results in flight
     try:
-        with tqdm(total=len(rows), desc=f"{split} images", unit=" galaxies",
-                  disable=not progress) as bar:
+        with progress_out.bar(total=len(rows), desc=f"{split} images", unit="galaxies",
+                              enabled=progress, report=True) as bar:
             for s in range(0, len(rows), chunk):
                 part = rows[s:s + chunk]
                 for (c, _, _), x in zip(part, pool.map(one, [f for _, _, f in part])):
@@ -244,8 +244,9 @@ def _select(cat: Catalog, labels, best, opts: BuildOptions, names: list[str], fi
     """
     found_counts = np.bincount(labels[labels >= 0], minlength=len(names))
     info, train, test, skipped_all = [], [], [], []
-    with tqdm(total=int(np.minimum(found_counts, opts.per_class).sum()), desc="checking images",
-              unit=" galaxies", disable=not progress) as bar:
+    with progress_out.bar(total=int(np.minimum(found_counts, opts.per_class).sum()),
+                          desc="checking images", unit="galaxies", enabled=progress,
+                          report=True) as bar:
         for c in range(len(names)):
             kept, skipped = _select_class(ranked(cat.ids, labels, best, c), opts.per_class,
                                           find, pool, bar)

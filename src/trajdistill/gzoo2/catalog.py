@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from .. import progress as progress_out
 from ..data.base import DataError
 from .kaggle import is_kaggle, kaggle_columns, kaggle_fractions
 
@@ -140,8 +140,8 @@ def _read_csv(path: Path, columns: list[str], progress: bool):
         raw: list[list[str]] = [[] for _ in wanted]
         where: list[str] = []
         n_fields = len(header)
-        for row in tqdm(reader, desc=f"catalog {path.name}", unit=" rows", disable=not progress,
-                        mininterval=0.5):
+        for row in progress_out.bar(reader, desc=f"catalog {path.name}", unit="rows",
+                                    enabled=progress, report=True):
             if len(row) != n_fields:
                 if not row:
                     continue  # a blank line (e.g. at the end) is not data
@@ -172,7 +172,8 @@ def _read_fits(path: Path, columns: list[str], progress: bool):
         wanted = [id_col] + ([sample_col] if sample_col else []) + list(columns)
         idx = _find_columns(path, header, wanted)
         cols = {}
-        for c in tqdm(wanted, desc=f"catalog {path.name}", unit=" cols", disable=not progress):
+        for c in progress_out.bar(wanted, desc=f"catalog {path.name}", unit="columns",
+                                  enabled=progress, report=True):
             arr = np.ma.getdata(hdu.data.field(idx[c]))
             if c != sample_col and c != id_col and arr.dtype.kind not in "iuf":
                 raise DataError(f"{path}, column {c!r}: type {arr.dtype} is not numeric")
@@ -234,8 +235,8 @@ def read_mapping(path: str | Path, progress: bool = True) -> dict[int, list[tupl
         idx = _find_columns(path, header, [id_col, "asset_id"])
         j_sample = lower.index("sample") if "sample" in lower else None
         mapping: dict[int, list[tuple[str, str]]] = {}
-        for row in tqdm(reader, desc=f"mapping {path.name}", unit=" rows", disable=not progress,
-                        mininterval=0.5):
+        for row in progress_out.bar(reader, desc=f"mapping {path.name}", unit="rows",
+                                    enabled=progress, report=True):
             if not row:
                 continue
             if len(row) != len(header):

@@ -9,6 +9,7 @@ import argparse
 import sys
 import warnings
 
+from .. import flags as kinds
 from ..data.base import DataError
 
 
@@ -22,27 +23,32 @@ def add_gzoo2_parser(subparsers) -> argparse.ArgumentParser:
         description="Label every catalog galaxy by its most confident class of the simplified "
                     "tree, keep the most confident per class (skipping galaxies without an image), "
                     "split test/train with a fixed seed and write uint8 arrays + manifest.json.")
-    b.add_argument("--catalog", required=True,
+    b.add_argument("--catalog", required=True, type=kinds.existing_file,
                    help="GZ2 table (CSV, CSV.gz or FITS) with dr7objid or objid and the vote columns")
-    b.add_argument("--images", required=True, help="folder of 424x424 cut-outs <objid>.jpg or <asset_id>.jpg")
-    b.add_argument("--mapping", default=None,
+    b.add_argument("--images", required=True, type=kinds.existing_dir,
+                   help="folder of 424x424 cut-outs <objid>.jpg or <asset_id>.jpg")
+    b.add_argument("--mapping", default=None, type=kinds.existing_file,
                    help="gz2_filename_mapping.csv (objid, sample, asset_id) when images are named by asset_id")
-    b.add_argument("--out", required=True, help="output dataset directory (e.g. DATA/GZoo2_aug)")
-    b.add_argument("--per-class", type=int, default=None,
+    b.add_argument("--out", required=True, type=kinds.non_empty,
+                   help="output dataset directory (e.g. DATA/GZoo2_aug)")
+    b.add_argument("--per-class", type=kinds.positive_int, default=None,
                    help="galaxies kept per class (default 600; 100 with --tree 10)")
-    b.add_argument("--test-per-class", type=int, default=None,
+    b.add_argument("--test-per-class", type=kinds.positive_int, default=None,
                    help="of those, test galaxies (default 100; 20 with --tree 10)")
-    b.add_argument("--aug", type=int, default=10,
+    b.add_argument("--aug", type=kinds.positive_int, default=10,
                    help="copies of each training image, rotated by multiples of 360/aug degrees "
                         "(10: GZoo2_aug; 1: GZoo2)")
     b.add_argument("--votes", choices=["fraction", "debiased"], default="fraction",
                    help="vote columns to multiply: plain _fraction (reference) or _debiased")
-    b.add_argument("--seed", type=int, default=0, help="shuffle seed of the test/train split")
-    b.add_argument("--size", type=int, default=128, help="output image size in pixels")
+    b.add_argument("--seed", type=kinds.non_negative_int, default=0,
+                   help="shuffle seed of the test/train split")
+    b.add_argument("--size", type=kinds.positive_int, default=128, help="output image size in pixels")
     b.add_argument("--tree", type=int, choices=[9, 10], default=9,
                    help="9 classes, or 10 with star/artifact (the earlier sub-dataset)")
-    b.add_argument("--workers", type=int, default=None, help="decoding threads (output does not depend on it)")
-    b.add_argument("--examples", type=int, default=8, help="galaxies per class in montage.png")
+    b.add_argument("--workers", type=kinds.positive_int, default=None,
+                   help="decoding threads (output does not depend on it)")
+    b.add_argument("--examples", type=kinds.non_negative_int, default=8,
+                   help="galaxies per class in montage.png")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
     b.add_argument("--quiet", action="store_true", help="no summary table")
     b.set_defaults(func=run_build)

@@ -1,0 +1,16 @@
+"""The package's one base exception: bad input, not a bug.
+
+Every error type the package raises for something the user can fix (a flag, a file, the
+data, a setting) derives from TrajdistillError, so the command line catches this one
+class and prints one `error: ...` line; anything else is a genuine bug and keeps its
+traceback. It is a ValueError so code that caught ValueError keeps working.
+"""
+from __future__ import annotations
+
+
+class TrajdistillError(ValueError):
+    """A problem the user can fix; the message names the flag or file and what was expected."""
+
+
+class ConfigError(TrajdistillError):
+    """Settings that cannot work together (or with this data); the message names the flag."""

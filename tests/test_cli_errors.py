@@ -1,0 +1,198 @@
+"""Bad input, as a new (or hostile) user types it: every case ends in one `error: ...` line that
+names the flag or file, exit status 2, never a traceback. Mostly in-process through cli.main;
+three through a real process to prove what the console shows (and Ctrl-C's exit status 130)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from trajdistill import cli
+from trajdistill.data import load_dataset
+from trajdistill.distill import DistillConfig, Distiller, open_buffer
+from trajdistill.errors import ConfigError, TrajdistillError
+from trajdistill.evaluate import random_real
+from trajdistill.experts import BufferError, ExpertConfig, train_experts
+from trajdistill.io import FileFormatError
+from trajdistill.synthetic import SyntheticSet
+
+CUDA = "cuda:99" if torch.cuda.is_available() else "cuda"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A real tiny buffer (digits, ConvNetD2, 2 epochs) and a gallery of wrong files."""
+    root = tmp_path_factory.mktemp("bad_input")
+    splits = load_dataset("digits")
+    train_experts(splits, ExpertConfig(model="ConvNetD2", train_epochs=2, num_experts=1),
+                  root / "buffers" / "digits" / "ConvNetD2", progress=False)
+    images, labels = random_real(splits, 1)
+    syn = root / "syn.pt"
+    SyntheticSet(splits.preprocess(images), labels, [0.01], splits.preprocess, splits.describe(),
+                 "ConvNetD2", 5).save(syn)
+    (root / "notes.txt").write_text("these are not tensors\n")
+    (root / "cut.pt").write_bytes(syn.read_bytes()[:300])
+    (root / "a_dir").mkdir()
+    (root / "not_a_run").mkdir()
+    (root / "not_a_run" / "notes.txt").write_text("hello")
+    (root / "cut_run").mkdir()
+    (root / "cut_run" / "results.json").write_text('{"table": [1')
+    return {"root": str(root), "buf": str(root / "buffers"), "syn": str(syn),
+            "txt": str(root / "notes.txt"), "cut": str(root / "cut.pt"),
+            "dir": str(root / "a_dir"), "norun": str(root / "not_a_run"),
+            "missing": str(root / "missing.pt"), "cutrun": str(root / "cut_run")}
+
+
+DISTILL = ["distill", "--dataset", "digits", "--model", "ConvNetD2", "--device", "cpu",
+           "--buffer_path", "{buf}", "--run_dir", "{root}/run", "--quiet"]
+
+# (argv, what the error line must name)
+CASES = [
+    # the issue's own list
+    (["evaluate", "--syn", "/etc/passwd", "--dataset", "digits"], "synthetic-set file"),
+    (["report", "{norun}"], "is not a run directory"),
+    (DISTILL + ["--lr_img", "-5"], "--lr_img"),
+    (DISTILL + ["--device", CUDA], "--device"),
+    (DISTILL + ["--syn_steps", "0"], "--syn_steps"),
+    (DISTILL + ["--sigma", "-1"], "--sigma"),
+    (["baseline", "--kind", "random", "--ipc", "100000", "--dataset", "digits", "--device", "cpu"],
+     "--ipc"),
+    (DISTILL + ["--load_syn_image", "{txt}"], "notes.txt: not a tensor file"),
+    # numbers that are not numbers, or out of range
+    (DISTILL + ["--ipc", "0"], "--ipc"),
+    (DISTILL + ["--ipc", "two"], "--ipc"),
+    (DISTILL + ["--ipc", "1.5"], "--ipc"),
+    (DISTILL + ["--lr_teacher", "nan"], "--lr_teacher"),
+    (DISTILL + ["--lr_lr", "inf"], "--lr_lr"),
+    (DISTILL + ["--lr_teacher", "0"], "--lr_teacher"),
+    (DISTILL + ["--Iteration", "-3"], "--Iteration"),
+    (DISTILL + ["--batch_syn", ""], "--batch_syn"),
+    (["buffer", "--dataset", "digits", "--num_experts", "0"], "--num_experts"),
+    (["buffer", "--dataset", "digits", "--mom", "-0.5"], "--mom"),
+    (["evaluate", "--syn", "{syn}", "--num_eval", "0"], "--num_eval"),
+    (["baseline", "--dataset", "digits", "--lr", "-1"], "--lr"),
+    (["demo", "--iterations", "0"], "--iterations"),
+    (["gzoo2", "build", "--catalog", "{txt}", "--images", "{dir}", "--out", "{root}/g",
+      "--aug", "0"], "--aug"),
+    # unknown choices and names
+    (DISTILL + ["--eval_mode", "X"], "--eval_mode"),
+    (DISTILL + ["--gradient", "fast"], "--gradient"),
+    (DISTILL + ["--lr_mode", "per-stage"], "--lr_mode"),
+    (DISTILL + ["--method", "DATM-ish"], "--method"),
+    (["baseline", "--kind", "median", "--dataset", "digits"], "--kind"),
+    (["buffer", "--dataset", "digits", "--dsa_strategy", "blur"], "--dsa_strategy"),
+    (["distill", "--dataset", "nosuchset", "--device", "cpu"], "nosuchset"),
+    (["distill", "--dataset", ""], "--dataset"),
+    (["distill", "--preset", "CIFAR10-ipc7", "--device", "cpu"], "CIFAR10-ipc7"),
+    (["buffer", "--dataset", "digits", "--model", "NoSuchNet", "--buffer_path", "{root}/b",
+      "--device", "cpu"], "NoSuchNet"),
+    (DISTILL + ["--no_such_flag", "1"], "--no_such_flag"),
+    (["demo", "--device", "gpu"], "--device"),
+    # settings that cannot work together (checked with the buffer / the data)
+    (DISTILL + ["--lr_teacher", "0.01", "0.02"], "--lr_teacher"),
+    (DISTILL + ["--max_start_epoch", "50"], "max_start_epoch"),
+    (DISTILL + ["--ipc", "500"], "--ipc"),
+    (DISTILL + ["--val_size", "3"], "--val_size"),
+    (["buffer", "--dataset", "digits", "--lr_teacher", "0.01", "0.02"], "--lr_teacher"),
+    # files and folders that are missing, of the wrong kind, or damaged
+    (["distill", "--dataset", "digits", "--device", "cpu", "--buffer_path", "{root}/nowhere"],
+     "no expert buffer"),
+    (DISTILL + ["--resume", "{root}/nowhere"], "--resume"),
+    (DISTILL + ["--load_syn_image", "{dir}"], "--load_syn_image"),
+    (["evaluate", "--syn", "{dir}"], "--syn"),
+    (["evaluate", "--syn", "{missing}"], "--syn"),
+    (["evaluate", "--syn", "{cut}", "--dataset", "digits"], "cut.pt: damaged or truncated"),
+    (["evaluate", "--syn", "{txt}", "--dataset", "digits"], "notes.txt: not a tensor file"),
+    (["evaluate", "--syn", "{syn}", "--out", "{dir}"], "--out"),
+    (["baseline", "--dataset", "CIFAR10", "--data_path", "{root}/nowhere", "--device", "cpu"],
+     "nowhere"),
+    (["report", "{missing}"], "run_dir"),
+    (["report", "{cutrun}"], "results.json: not valid JSON"),
+    (DISTILL + ["--resume", "{norun}"], "config.json"),
+    (["distill", "--preset", ""], "--preset"),
+    (["export", "{txt}", "{root}/export"], "notes.txt"),
+    (["export", "{dir}", "{root}/export"], "syn"),
+    (["gzoo2", "build", "--catalog", "{root}/nowhere.csv", "--images", "{dir}", "--out",
+      "{root}/g"], "nowhere.csv"),
+]
+
+
+def _run_main(argv: list[str], capsys) -> tuple[int, str]:
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:  # argparse's own errors exit through SystemExit(2)
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,culprit", CASES, ids=[" ".join(a[:1] + a[-2:]) for a, _ in CASES])
+def test_bad_input_gets_one_error_line_naming_the_culprit(env, argv, culprit, capsys):
+    code, err = _run_main([a.format(**env) for a in argv], capsys)
+    assert code == 2, err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0]), err
+    assert culprit in errors[0], err
+    assert "usage:" not in err and "weights_only=False" not in err
+
+
+def test_there_are_at_least_25_cases_across_every_subcommand():
+    assert len(CASES) >= 25
+    commands = {argv[0] for argv, _ in CASES}
+    assert commands == {"buffer", "distill", "evaluate", "baseline", "report", "export", "demo",
+                        "gzoo2"}
+
+
+def test_every_package_error_is_one_type_and_a_bug_keeps_its_traceback(monkeypatch):
+    for error in (ConfigError, BufferError, FileFormatError):
+        assert issubclass(error, TrajdistillError)
+
+    def bug(args):
+        raise ZeroDivisionError("a genuine bug")
+    monkeypatch.setattr(cli, "cmd_export", bug)
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["export", __file__, "out"])
+
+
+@pytest.mark.parametrize("field,value,flag", [("syn_steps", 0, "--syn_steps"),
+                                              ("sigma", 0.0, "--sigma"),
+                                              ("lr_img", -5.0, "--lr_img"),
+                                              ("lr_lr", float("nan"), "--lr_lr")])
+def test_python_configs_are_checked_before_torch_optim_sees_them(env, tmp_path, field, value, flag):
+    splits = load_dataset("digits")
+    store = open_buffer(f"{env['buf']}/digits/ConvNetD2", splits)
+    with pytest.raises(ConfigError, match=flag):
+        Distiller(DistillConfig(**{field: value}), splits, store, tmp_path, progress=False)
+
+
+def _console(*argv: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "trajdistill.cli", *argv], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}, **kw)
+
+
+def test_console_shows_one_line_for_a_foreign_file_and_an_unknown_flag():
+    p = _console("evaluate", "--syn", "/etc/passwd", "--dataset", "digits")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 2
+    assert err.splitlines() == [err.strip()] and err.startswith("error: /etc/passwd: not a tensor")
+    p = _console("distill", "--ipc", "0")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and err.count("\n") == 1
+    assert err.startswith("error: argument --ipc: expected a positive integer, got '0'")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
+    p = _console("demo", "--run_dir", str(tmp_path / "demo"), "--iterations", "5",
+                 cwd=tmp_path)
+    # wait until the demo is at work (its first line), then interrupt it as Ctrl-C does
+    assert p.stdout.readline().startswith("[demo]")
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted"

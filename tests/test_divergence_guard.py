@@ -1,0 +1,74 @@
+"""The divergence the non-finite guard could not see, reproduced on real data: digits, a buffer of
+3 expert epochs, the default distill flags. The first matching loss is about 13 (> 1); the
+first update then threw the images ~1e4 times their own norm and, the step after, the lr to
+~7e12 -- finite, so kept -- and every later iteration was NaN with that state kept as "good".
+Now: a one-line warning names the flags to change, runaway updates are refused like
+non-finite ones, and the state left behind is the one before them."""
+import math
+
+import pytest
+import torch
+
+from trajdistill.cli import main
+from trajdistill.data import load_dataset
+from trajdistill.distill import DistillConfig, Distiller, DivergenceError, open_buffer
+from trajdistill.experts import ExpertConfig, train_experts
+from trajdistill.io import read_jsonl
+
+
+@pytest.fixture(scope="module")
+def short_buffer(tmp_path_factory):
+    root = tmp_path_factory.mktemp("short_buffer")
+    splits = load_dataset("digits")
+    train_experts(splits, ExpertConfig(model="ConvNet", train_epochs=3, num_experts=1),
+                  root / "digits" / "ConvNet", progress=False)
+    return splits, open_buffer(root / "digits" / "ConvNet", splits), root
+
+
+def _distiller(short_buffer, tmp_path, **overrides):
+    splits, store, _ = short_buffer
+    cfg = DistillConfig(iterations=10, eval_it=0, max_failures=2, **overrides)
+    return Distiller(cfg, splits, store, tmp_path / "run", progress=False)
+
+
+def test_default_flags_refuse_the_runaway_image_step_and_keep_the_initial_state(short_buffer,
+                                                                                 tmp_path, capsys):
+    d = _distiller(short_buffer, tmp_path)
+    initial = d.images.detach().clone()
+    with pytest.raises(DivergenceError, match=r"--lr_img.*first matching loss was 1\d\.\d"):
+        d.run()
+    assert "warning: the first matching loss is" in capsys.readouterr().err
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert metrics[0]["loss"] > 5  # the reproduction: far above 1
+    assert all("image update is" in r["diverged"] for r in metrics)
+    # the rollback went back to a state that was good: the initial one, optimiser untouched
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert torch.equal(ckpt["images"], initial) and torch.equal(d.images.detach(), initial)
+    assert ckpt["log_lrs"][0].item() == pytest.approx(math.log(0.01))
+    assert d.opt_img.state_dict()["state"] == {} and d.opt_lrs[0].state_dict()["state"] == {}
+
+
+def test_an_lr_that_jumps_by_orders_of_magnitude_is_refused_naming_lr_lr(short_buffer, tmp_path):
+    """Images frozen (lr_img 0) and a larger lr step (lr_lr 0.1): the lr update from the first
+    loss would take the lr from 0.01 to ~1e-12 -- finite, and the start of a divergence. It is
+    refused, like every following one, and the lr stays where it was."""
+    d = _distiller(short_buffer, tmp_path, lr_img=0.0, lr_lr=0.1)
+    with pytest.raises(DivergenceError, match="--lr_lr"):
+        d.run()
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert len(metrics) == 2  # max_failures
+    for r in metrics:
+        assert "lr 0 from 0.01 to" in r["diverged"] and "--lr_lr (now 0.1)" in r["diverged"]
+        assert r["lrs"][0] == pytest.approx(0.01)  # every refused update left the lr where it was
+    assert d.lrs()[0] == pytest.approx(0.01) and d.opt_lrs[0].state_dict()["state"] == {}
+
+
+def test_the_cli_says_it_in_one_error_line(short_buffer, tmp_path, capsys):
+    _, _, root = short_buffer
+    code = main(["distill", "--dataset", "digits", "--buffer_path", str(root), "--device", "cpu",
+                 "--run_dir", str(tmp_path / "cli"), "--Iteration", "10", "--eval_it", "0",
+                 "--max_failures", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: distillation diverged")
+    assert "--lr_teacher" in err and "--syn_steps" in err and "--expert_epochs" in err
