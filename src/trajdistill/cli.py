@@ -152,17 +152,14 @@ BUFFER_DEFAULTS = {"model": "ConvNet", "train_epochs": 50, "num_experts": 10, "l
 
 
 def cmd_buffer(args) -> None:
-    from .experts import ExpertConfig, distributed_rank, train_experts
+    from .distributed import init_from_env, shutdown
+    from .experts import ExpertConfig, train_experts
     o = _resolve(args, BUFFER_DEFAULTS, BUFFER_PRESETS)
     if len(o["lr_teacher"]) != 1:
         raise ConfigError(f"--lr_teacher: experts train with one lr, got {len(o['lr_teacher'])}")
     splits = _load_splits(o)
-    rank, world = distributed_rank()
-    device = o["device"]
-    if world > 1:
-        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        if device.startswith("cuda"):
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    comm, device = init_from_env(o["device"])  # torchrun: each rank trains its share
+    rank, world = comm.rank, comm.world
     cfg = ExpertConfig(model=o["model"], train_epochs=o["train_epochs"],
                        num_experts=o["num_experts"], lr_teacher=float(o["lr_teacher"][0]),
                        mom=o["mom"], l2=o["l2"], batch_train=o["batch_train"], dsa=o["dsa"],
@@ -171,9 +168,7 @@ def cmd_buffer(args) -> None:
     out = buffer_dir(o["buffer_path"], o["dataset"], o["model"], bool(o.get("zca")), o.get("subset"),
                      o.get("res"))
     store = train_experts(splits, cfg, out, rank=rank, world_size=world, progress=not o.get("quiet"))
-    if world > 1:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    shutdown(comm)
     if rank == 0:
         accs = [store.summary(i)["test_accuracy"] for i in store.indices()]
         print(f"{len(accs)} experts in {out}; test accuracy "
@@ -184,6 +179,7 @@ def cmd_buffer(args) -> None:
 
 def cmd_distill(args) -> None:
     from .distill import DistillConfig, Distiller, open_buffer
+    from .distributed import init_from_env
     from .evaluate import eval_pool
     if args.resume:
         return _resume_distill(args)
@@ -191,6 +187,7 @@ def cmd_distill(args) -> None:
                  no_aug_is_no_dsa=False)
     o = translate_reference_flags(o, torch.cuda.is_available(), explicit_device=bool(args.device))
     splits = _load_splits(o)
+    comm, o["device"] = init_from_env(o["device"])  # torchrun: the ranks share the meta-batch
     bdir = buffer_dir(o["buffer_path"], o["dataset"], o["model"], bool(o.get("zca")), o.get("subset"),
                       o.get("res"))
     store = open_buffer(bdir, splits)
@@ -203,36 +200,44 @@ def cmd_distill(args) -> None:
     run_dir = Path(o.get("run_dir") or Path("runs") / (
         o.get("wandb_name") or f"{Path(o['dataset']).name}-{cfg.method}-ipc{cfg.ipc}-"
         f"{time.strftime('%Y%m%d-%H%M%S')}"))
-    if (run_dir / "checkpoint.pt").exists():
+    if comm.is_main and (run_dir / "checkpoint.pt").exists():
         raise ConfigError(f"{run_dir} already holds a run; continue it with "
                          f"`distill --resume {run_dir}` or choose another --run_dir")
     source = {"dataset": o["dataset"], "data_path": o.get("data_path"), "zca": bool(o.get("zca")),
               "subset": o.get("subset"), "buffer_dir": str(bdir),
               **{k: o[k] for k in DATA_OPTIONS if o.get(k) is not None}}
-    distiller = Distiller(cfg, splits, store, run_dir, progress=not o.get("quiet"), source=source)
+    distiller = Distiller(cfg, splits, store, run_dir, progress=not o.get("quiet"), source=source,
+                          comm=comm)
     _finish(distiller, splits)
 
 
 def _resume_distill(args) -> None:
     from .distill import Distiller, open_buffer
+    from .distributed import init_from_env
     from .io import load_json
     run_dir = Path(args.resume)
-    src = load_json(run_dir / "config.json").get("source") or {}
+    saved = load_json(run_dir / "config.json")
+    src = saved.get("source") or {}
     if not src.get("dataset"):
         raise ConfigError(f"{run_dir}/config.json does not say which data the run used")
     splits = _load_splits(src)
+    comm, device = init_from_env(saved.get("device", "cpu"))
     store = open_buffer(src["buffer_dir"], splits)
     distiller = Distiller.resume(run_dir, splits, store, progress=not args.quiet,
-                                 iterations=args.Iteration)
-    print(f"resuming {run_dir} at iteration {distiller.iteration}")
+                                 iterations=args.Iteration, comm=comm, device=device)
+    if comm.is_main:
+        print(f"resuming {run_dir} at iteration {distiller.iteration}")
     _finish(distiller, splits)
 
 
 def _finish(distiller, splits) -> None:
+    from .distributed import shutdown
     from .report import build_report
     best = distiller.run()
-    html = build_report(distiller.run_dir, splits=splits)
-    print(f"{best_summary(best)}; run directory {distiller.run_dir}; report {html}")
+    if distiller.comm.is_main:
+        html = build_report(distiller.run_dir, splits=splits)
+        print(f"{best_summary(best)}; run directory {distiller.run_dir}; report {html}")
+    shutdown(distiller.comm)
 
 
 def best_summary(best: dict) -> str:
@@ -300,6 +305,9 @@ def _add_distill_parser(sub) -> None:
     p.add_argument("--loss_warn_it", type=kinds.non_negative_int, help="warn if the matching "
                    "loss has not fallen below 1 by this iteration (default 300; 0: never)")
     p.add_argument("--batch_syn", type=kinds.positive_int)
+    p.add_argument("--num_trajectories", type=kinds.positive_int,
+                   help="(expert, start epoch) pairs matched per iteration, their gradients "
+                   "averaged into one update (default 1); under torchrun the ranks share them")
     p.add_argument("--Iteration", type=kinds.positive_int, help="iterations at most (STM default: "
                    "none before its own stop, see README 'When a run ends'; original-MTT: 5000)")
     p.add_argument("--eval_it", type=kinds.non_negative_int)

@@ -1,16 +1,18 @@
 """The distillation loop: owns the learnable state, optimisers, schedule, checkpoints, logs.
 
-One iteration (algorithm.md sections 2-3): pick an expert and a start epoch, measure STM's
-held-out next-epoch loss (no graph), compute the matching gradient with the chosen
-method (`lean` by default, `unroll` as reference), step the images and the lr(s), feed
-the stage machine, log one JSON line.
+One iteration (algorithm.md sections 2-3): draw the meta-batch's `num_trajectories` slots
+(an expert and a start epoch each; meta_batch.py), and for each of this process's slots
+measure STM's held-out next-epoch loss (no graph) and compute the matching gradient with
+the chosen method (`lean` by default, `unroll` as reference); average losses and gradients
+over the slots (one all-reduce across torchrun's ranks; distributed.py), step the images,
+the lr(s) and the soft labels, feed the stage machine the mean held-out loss, log one JSON
+line. Every rank holds the same state and takes the same decisions; rank 0 alone writes.
 """
 from __future__ import annotations
 
 import copy
 import json
 import math
-import random
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -21,12 +23,14 @@ import torch
 from . import progress as progress_out
 from .augment import DEFAULT_STRATEGY, parse_strategy
 from .data.base import DatasetSplits
+from .distributed import SINGLE, Comm
 from .errors import ConfigError, TrajdistillError
 from .evaluate import EvalConfig, class_means, evaluate_set
 from .experts import BufferError, TrajectoryStore
 from .lr_auto import auto_lr, spread
 from .io import atomic_save, atomic_write_text, load_json, read_jsonl, safe_load, write_json
 from .matching import GRADIENT_METHODS, MatchProblem, matching_loss, plan_unroll
+from .meta_batch import Combined, Slot, SlotResult, combine, draw_slots
 from .models import FlatModel, build_model
 from .schedule import AlignedStart, StageMachine, UniformStart
 from .synthetic import SyntheticSet
@@ -47,7 +51,11 @@ class DivergenceError(TrajdistillError, RuntimeError):
     """Repeated non-finite losses, gradients or lrs: the run stops instead of saving NaNs."""
 
 
-CHECKPOINT_FORMAT = "trajdistill.checkpoint/1"
+# /2: every random draw of an iteration comes from (seed, iteration, slot) (meta_batch.py),
+# so the checkpoint no longer holds an expert cursor or generator states; a /1 checkpoint
+# still loads (those entries are ignored, so its continuation draws differently).
+CHECKPOINT_FORMAT = "trajdistill.checkpoint/2"
+READABLE_FORMATS = ("trajdistill.checkpoint/1", CHECKPOINT_FORMAT)
 # An lr update that multiplies or divides the synthetic lr by more than this in one step is
 # refused like a non-finite one: it is the first step of a divergence (a finite 7e12 lr is
 # followed by NaNs), not learning.
@@ -100,6 +108,9 @@ class DistillConfig:
     wandb_name: str | None = None
     seed: int = 0
     device: str = "cpu"
+    # trajectories matched per iteration (the meta-batch); their mean gradient makes one
+    # update. Shared out over torchrun's ranks; the result depends on it, not on the ranks.
+    num_trajectories: int = 1
     prev_iter: int = 0
     load_syn_image: str | None = None
     # learnable soft labels (DATM, issue 10): per-image label logits with their own optimiser
@@ -148,7 +159,8 @@ _RANGES = [("ipc", "--ipc", 1, True), ("syn_steps", "--syn_steps", 1, True),
            ("num_eval", "--num_eval", 1, True), ("epoch_eval_train", "--epoch_eval_train", 1, True),
            ("checkpoint_every", "--checkpoint_every", 1, True),
            ("max_failures", "--max_failures", 1, True), ("batch_syn", "--batch_syn", 1, True),
-           ("max_experts", "--max_experts", 1, True), ("prev_iter", "--prev_iter", 0, True)]
+           ("max_experts", "--max_experts", 1, True), ("prev_iter", "--prev_iter", 0, True),
+           ("num_trajectories", "--num_trajectories", 1, True)]
 
 
 def _check_ranges(cfg: DistillConfig) -> None:
@@ -328,20 +340,49 @@ def open_buffer(buffer_dir: str | Path, splits: DatasetSplits) -> TrajectoryStor
     return store
 
 
+class _Discard:
+    """The log files of ranks other than 0: they write nothing."""
+
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _truncate_jsonl(path: Path, keep) -> None:
     """Keep the records a resumed run has not redone (a line cut by a kill ends the file)."""
     if path.exists():
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in read_jsonl(path) if keep(r)))
 
 
-def _non_finite(result, heldout: float | None) -> str | None:
+def _slot_record(slots: list[Slot], matched: Combined) -> dict:
+    """What metrics.jsonl says of the meta-batch: one slot's expert and start epoch as
+    before, or every slot's; loss_epoch_<e> is the mean loss of the slots that started at e."""
+    if len(slots) == 1:
+        out = {"expert": slots[0].expert, "start_epoch": slots[0].start_epoch}
+    else:
+        out = {"slots": [{"expert": s.expert, "start_epoch": s.start_epoch, "loss": loss}
+                         for s, loss in zip(slots, matched.losses)]}
+        if matched.heldouts is not None:
+            out["heldouts"] = matched.heldouts
+    for e in sorted({s.start_epoch for s in slots}):
+        losses = [loss for s, loss in zip(slots, matched.losses) if s.start_epoch == e]
+        out[f"loss_epoch_{e}"] = sum(losses) / len(losses)
+    return out
+
+
+def _non_finite(result: Combined) -> str | None:
     if not math.isfinite(result.loss):
         return f"non-finite matching loss ({result.loss})"
-    if heldout is not None and not math.isfinite(heldout):
-        return f"non-finite held-out loss ({heldout})"
+    if result.heldout is not None and not math.isfinite(result.heldout):
+        return f"non-finite held-out loss ({result.heldout})"
     if not torch.isfinite(result.grad_images).all():
         return "non-finite image gradient"
-    if not torch.isfinite(result.grad_log_lr).all():
+    if not all(torch.isfinite(g).all() for g in result.grad_log_lrs):
         return "non-finite lr gradient"
     if result.grad_labels is not None and not torch.isfinite(result.grad_labels).all():
         return "non-finite label gradient"
@@ -361,14 +402,15 @@ class Distiller:
     """Learnable state + loop. `run()` distills; `state_dict()` is everything to resume."""
 
     def __init__(self, cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore,
-                 run_dir: str | Path, progress: bool = True, source: dict | None = None):
+                 run_dir: str | Path, progress: bool = True, source: dict | None = None,
+                 comm: Comm = SINGLE):
+        self.comm = comm  # torchrun's ranks (distributed.py); SINGLE: this process alone
         self.cfg = validate(cfg, splits, store)
         self.source = source or {}  # where data and buffer came from (for --resume)
-        self.splits, self.store, self.progress = splits, store, progress
+        self.splits, self.store, self.progress = splits, store, progress and comm.is_main
         self.run_dir = Path(run_dir)
         self.device = torch.device(cfg.device)
-        self.rng = random.Random(cfg.seed)
-        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)  # the initial images' draws
         c, h, w = splits.image_shape
         self.student = FlatModel.wrap(build_model(store.model, c, splits.num_classes, (h, w))
                                       .to(self.device))
@@ -381,7 +423,7 @@ class Distiller:
         if cfg.lr_teacher in ("auto", ["auto"]):
             cfg.lr_teacher = [self._auto_lr()] * (cfg.init_epoch if (
                 cfg.stm and cfg.lr_mode == "independent-lr") else 1)
-            progress_out.note(f"--lr_teacher auto: {cfg.lr_teacher[0]:.4g}")
+            self._note(f"--lr_teacher auto: {cfg.lr_teacher[0]:.4g}")
         self.log_lrs = [torch.tensor(math.log(v), device=self.device, requires_grad=True)
                         for v in cfg.lr_teacher]
         self.opt_img = (torch.optim.Adam([self.images], lr=cfg.lr_img) if cfg.img_optimizer == "adam"
@@ -395,13 +437,23 @@ class Distiller:
             self.label_logits = start.to(self.device).clone().requires_grad_(True)
             self.opt_labels = torch.optim.SGD([self.label_logits], lr=cfg.lr_y, momentum=0.9)
         self.schedule = self._start_schedule()
-        self.expert_order: list[int] = []
         self.iteration = cfg.prev_iter
         self.best = {"accuracy": -1.0, "iteration": None}
         self.failures = 0  # consecutive iterations whose update was refused as non-finite
         self.last_failure = ""
         self.first_loss: float | None = None  # of this process: > 1 means a likely divergence
         self.grad_fn = GRADIENT_METHODS[cfg.gradient]
+        if comm.active:  # every rank starts from rank 0's state (identical by construction)
+            self.load_state_dict(comm.broadcast_object(self.state_dict()), "rank 0's state")
+            if cfg.num_trajectories < comm.world:
+                self._note(f"note: --num_trajectories {cfg.num_trajectories} < {comm.world} "
+                           f"processes: {comm.world - cfg.num_trajectories} rank(s) idle while "
+                           "matching; give --num_trajectories a multiple of the process count")
+
+    def _note(self, text: str) -> None:
+        """One line on stderr, from rank 0 only."""
+        if self.comm.is_main:
+            progress_out.note(text)
 
     def _start_schedule(self):
         """STM's stage machine (window from min_start_epoch), DATM's aligned window, or
@@ -496,7 +548,7 @@ class Distiller:
         pred = self._expert_logits(self.splits.preprocess(self.splits.train.images[looked]))
         right = pred.argmax(1).cpu() == c
         if int(right.sum()) < self.cfg.ipc:
-            progress_out.note(f"--pix_init correct: the expert classifies only "
+            self._note(f"--pix_init correct: the expert classifies only "
                               f"{int(right.sum())} of {len(looked)} images of class "
                               f"{self.splits.classes[c]!r} correctly; misclassified ones fill "
                               "the rest")
@@ -540,15 +592,14 @@ class Distiller:
         return {"format": CHECKPOINT_FORMAT, "iteration": self.iteration, "images": self.images.detach().cpu(),
                 "log_lrs": [p.detach().cpu() for p in self.log_lrs],
                 "opt_img": self.opt_img.state_dict(), "opt_lrs": [o.state_dict() for o in self.opt_lrs],
-                "schedule": self.schedule.state_dict(), "expert_order": list(self.expert_order),
-                "rng": json.dumps(self.rng.getstate()), "gen": self.gen.get_state(),
+                "schedule": self.schedule.state_dict(),
                 "best": dict(self.best), "failures": self.failures,
                 "label_logits": (self.label_logits.detach().cpu()
                                  if self.label_logits is not None else None),
                 "opt_labels": self.opt_labels.state_dict() if self.opt_labels is not None else None}
 
     def load_state_dict(self, s: dict, source: str = "checkpoint") -> None:
-        if not isinstance(s, dict) or s.get("format") != CHECKPOINT_FORMAT:
+        if not isinstance(s, dict) or s.get("format") not in READABLE_FORMATS:
             raise ConfigError(f"{source}: not a trajdistill distillation checkpoint")
         if tuple(s["images"].shape) != tuple(self.images.shape):
             raise ConfigError(f"{source}: images of shape {tuple(s['images'].shape)}, but this run "
@@ -569,89 +620,97 @@ class Distiller:
         for o, st in zip(self.opt_lrs, s["opt_lrs"]):
             o.load_state_dict(st)
         self.schedule.load_state_dict(s["schedule"])
-        self.expert_order = list(s["expert_order"])
-        state = json.loads(s["rng"])
-        self.rng.setstate((state[0], tuple(state[1]), state[2]))
-        self.gen.set_state(s["gen"])
         self.best = dict(s["best"])
         self.failures = s.get("failures", 0)
 
     @classmethod
     def resume(cls, run_dir: str | Path, splits: DatasetSplits, store: TrajectoryStore,
-               progress: bool = True, iterations: int | None = None) -> "Distiller":
-        """Continue a run from its last checkpoint; logs are cut back to that point."""
+               progress: bool = True, iterations: int | None = None,
+               comm: Comm = SINGLE, device: str | None = None) -> "Distiller":
+        """Continue a run from its last checkpoint; logs are cut back to that point.
+        Under torchrun rank 0 reads the run directory and sends it to the other ranks."""
         run_dir = Path(run_dir)
-        saved = load_json(run_dir / "config.json")
+        saved = comm.broadcast_object(load_json(run_dir / "config.json") if comm.is_main else None)
         names = {f.name for f in fields(DistillConfig)}
         cfg = DistillConfig(**{k: v for k, v in saved.items() if k in names})
         if iterations is not None:
             cfg.iterations = iterations
-        d = cls(cfg, splits, store, run_dir, progress, source=saved.get("source"))
+        if device is not None:  # torchrun on CUDA: this rank's own GPU
+            cfg.device = device
+        d = cls(cfg, splits, store, run_dir, progress, source=saved.get("source"), comm=comm)
         ckpt = run_dir / "checkpoint.pt"
-        if ckpt.exists():
-            d.load_state_dict(safe_load(ckpt), str(ckpt))
+        state = comm.broadcast_object(safe_load(ckpt) if comm.is_main and ckpt.exists() else None)
+        if state is not None:
+            d.load_state_dict(state, str(ckpt))
         else:
-            progress_out.note(f"{ckpt} not written yet: starting {run_dir} from the beginning")
-        _truncate_jsonl(run_dir / "metrics.jsonl", lambda r: r.get("it", -1) < d.iteration)
-        _truncate_jsonl(run_dir / "evals.jsonl", lambda r: r.get("it", -1) <= d.iteration)
+            d._note(f"{ckpt} not written yet: starting {run_dir} from the beginning")
+        if comm.is_main:
+            _truncate_jsonl(run_dir / "metrics.jsonl", lambda r: r.get("it", -1) < d.iteration)
+            _truncate_jsonl(run_dir / "evals.jsonl", lambda r: r.get("it", -1) <= d.iteration)
         return d
 
     # ------------------------------------------------------------------ one iteration
-    def _next_expert(self) -> int:
-        if not self.expert_order:
-            self.expert_order = list(self.experts)
-            self.rng.shuffle(self.expert_order)
-        return self.expert_order.pop()
-
-    def _problem(self, trajectory: torch.Tensor, start_epoch: int) -> MatchProblem:
+    def _problem(self, trajectory: torch.Tensor, start_epoch: int,
+                 generator: torch.Generator) -> MatchProblem:
         cfg = self.cfg
         start = trajectory[start_epoch].to(self.device, torch.float32)
         target = trajectory[start_epoch + cfg.expert_epochs].to(self.device, torch.float32)
         n = self.images.shape[0]
         plan = plan_unroll(n, cfg.syn_steps, cfg.batch_syn or n, self.splits.image_shape[1:],
-                           cfg.dsa_strategy if cfg.dsa and not cfg.no_aug else None, self.gen,
+                           cfg.dsa_strategy if cfg.dsa and not cfg.no_aug else None, generator,
                            texture_spec=cfg.texture_spec)
         return MatchProblem(self.student, start, target, self.targets(), plan)
+
+    def _lr_index(self, start_epoch: int) -> int:
+        """independent-lr: the lr of the start epoch's stage; global-lr: the one lr."""
+        if self.cfg.lr_mode != "independent-lr":
+            return 0
+        return min(start_epoch - self.cfg.min_start_epoch, len(self.log_lrs) - 1)
+
+    def _match_slot(self, slot: Slot, heldout: bool) -> SlotResult:
+        """One trajectory of the meta-batch: STM's held-out loss (no graph; the plan drawn
+        first) and the matching loss and gradients from the slot's start epoch."""
+        trajectory = self.store.load(slot.expert)
+        held, t0 = None, time.perf_counter()
+        if heldout:
+            held = matching_loss(self._problem(trajectory, self.schedule.heldout_epoch,
+                                               slot.generator),
+                                 self.images, self.log_lrs[-1].detach().exp())
+        k = self._lr_index(slot.start_epoch)
+        result = self.grad_fn(self._problem(trajectory, slot.start_epoch, slot.generator),
+                              self.images, self.log_lrs[k])
+        return SlotResult(slot.index, result, held, k,
+                          heldout_seconds=(time.perf_counter() - t0) if heldout else 0.0)
 
     def step(self) -> dict:
         cfg, sched = self.cfg, self.schedule
         t0 = time.perf_counter()
-        start_epoch = sched.start_epoch(self.iteration, self.rng)
-        expert = self._next_expert()
-        trajectory = self.store.load(expert)
-        record = {"it": self.iteration, "expert": expert, "start_epoch": start_epoch}
-
-        heldout = None
-        if cfg.stm and sched.needs_heldout:
-            th = time.perf_counter()
-            heldout = matching_loss(self._problem(trajectory, sched.heldout_epoch), self.images,
-                                    self.log_lrs[-1].detach().exp())
-            record["heldout_seconds"] = time.perf_counter() - th
-
-        lr_index = (min(start_epoch - cfg.min_start_epoch, len(self.log_lrs) - 1)
-                    if cfg.lr_mode == "independent-lr" else 0)
-        result = self.grad_fn(self._problem(trajectory, start_epoch), self.images,
-                              self.log_lrs[lr_index])
-        record["loss"] = result.loss
-        record[f"loss_epoch_{start_epoch}"] = result.loss
-        self._warn_first_loss(result.loss)
-        trouble = _non_finite(result, heldout)
-        if not trouble and not self._above_threshold(result.loss, record):
-            trouble = self._apply_guarded(result, lr_index)
+        slots = draw_slots(sched, self.experts, cfg.seed, self.iteration, cfg.num_trajectories)
+        heldout = cfg.stm and sched.needs_heldout
+        parts = [self._match_slot(slots[m], heldout) for m in self.comm.my_share(len(slots))]
+        matched = combine(parts, len(slots), len(self.log_lrs), self.images, self.label_logits,
+                          heldout, self.comm)
+        record = {"it": self.iteration, **_slot_record(slots, matched)}
+        if heldout:  # this rank's share
+            record["heldout_seconds"] = sum(p.heldout_seconds for p in parts)
+        record["loss"] = matched.loss
+        self._warn_first_loss(matched.loss)
+        trouble = _non_finite(matched)
+        if not trouble and not self._above_threshold(matched.loss, record):
+            trouble = self._apply_guarded(matched)
         if trouble:
             return self._refuse(record, trouble, t0)
         self.failures = 0
 
-        if heldout is not None:
-            event = sched.record(heldout)
+        if heldout:
+            event = sched.record(matched.heldout)
             record.update({k: v for k, v in asdict(event).items() if v is not None})
             if event.level_up and cfg.lr_mode == "independent-lr":
                 self._add_stage_lr()
             if self.progress and (event.level_up or event.fine_tuning_started):
                 what = "fine-tuning starts" if event.fine_tuning_started else "next stage"
-                progress_out.note(f"it {self.iteration}: {what}, stage cap {event.cap}, "
-                                  f"loss {result.loss:.4g}, lr(s) "
-                                  + ", ".join(f"{v:.3g}" for v in self.lrs()))
+                self._note(f"it {self.iteration}: {what}, stage cap {event.cap}, "
+                           f"loss {matched.loss:.4g}, lr(s) " + ", ".join(f"{v:.3g}" for v in self.lrs()))
         if cfg.stm:
             lr_img = sched.after_update()
             for g in self.opt_img.param_groups:
@@ -663,12 +722,12 @@ class Distiller:
         self.iteration += 1
         return record
 
-    def _apply_guarded(self, result, lr_index: int) -> str | None:
+    def _apply_guarded(self, result: Combined) -> str | None:
         """Apply the update; if it leaves non-finite values or an lr that jumped by more than
         MAX_LR_FACTOR, put every learnable and its optimiser back as they were."""
         saved = [(t.detach().clone(), copy.deepcopy(o.state_dict())) for _, t, o in self._learnables()]
         log_lrs_before = [float(p.detach()) for p in self.log_lrs]
-        self._apply(result, lr_index)
+        self._apply(result)
         images_before = next(v for (name, _, _), (v, _) in zip(self._learnables(), saved)
                              if name == "images")
         trouble = self._bad_update(images_before, log_lrs_before)
@@ -701,7 +760,7 @@ class Distiller:
             return
         self.first_loss = loss
         if loss > 1:
-            progress_out.note(
+            self._note(
                 f"warning: the first matching loss is {loss:.3g} (> 1: the student overshoots the "
                 f"expert's target, which can diverge); if it does, lower --lr_teacher (now "
                 f"{self.cfg.lr_teacher[0]:g}) or --syn_steps (now {self.cfg.syn_steps}), or raise "
@@ -723,7 +782,7 @@ class Distiller:
         record.update(diverged=reason, failures=self.failures, lrs=self.lrs(),
                       seconds=time.perf_counter() - t0)
         self.iteration += 1
-        progress_out.note(f"it {record['it']}: {reason}; update skipped, last good state kept "
+        self._note(f"it {record['it']}: {reason}; update skipped, last good state kept "
                           f"({self.failures}/{self.cfg.max_failures})")
         return record
 
@@ -742,15 +801,19 @@ class Distiller:
         return (f"; the first matching loss was {self.first_loss:.3g} (> 1): lower --lr_teacher "
                 f"or --syn_steps, or raise --expert_epochs")
 
-    def _apply(self, result, lr_index: int) -> None:
+    def _apply(self, result: Combined) -> None:
+        """One optimiser step with the meta-batch's mean gradients; an lr no slot used
+        this iteration is not stepped (its momentum would move it with a zero gradient)."""
         self.opt_img.zero_grad(set_to_none=True)
         self.images.grad = result.grad_images.to(self.images.dtype)
         self.opt_img.step()
         if self.cfg.learn_lr:
-            p = self.log_lrs[lr_index]
-            self.opt_lrs[lr_index].zero_grad(set_to_none=True)
-            p.grad = result.grad_log_lr.reshape(p.shape).to(p.dtype)
-            self.opt_lrs[lr_index].step()
+            for p, o, g, used in zip(self.log_lrs, self.opt_lrs, result.grad_log_lrs,
+                                     result.lr_used):
+                if used:
+                    o.zero_grad(set_to_none=True)
+                    p.grad = g.reshape(p.shape).to(p.dtype)
+                    o.step()
         if self.label_logits is not None:
             self.opt_labels.zero_grad(set_to_none=True)
             self.label_logits.grad = result.grad_labels.to(self.label_logits.dtype)
@@ -775,20 +838,24 @@ class Distiller:
                if len(self.val_idx) else None)
         return evaluate_set(self.images.detach().cpu(), self.targets().cpu(), self.splits, self.lrs(),
                             cfg.eval_models, ecfg, syn_steps=cfg.syn_steps, progress=self.progress,
-                            val=val)
+                            val=val, comm=self.comm)
 
     def checkpoint(self) -> None:
-        atomic_save(self.state_dict(), self.run_dir / "checkpoint.pt")
-        self.synthetic_set().save(self.run_dir / "synthetic_last.pt")
+        if self.comm.is_main:
+            atomic_save(self.state_dict(), self.run_dir / "checkpoint.pt")
+            self.synthetic_set().save(self.run_dir / "synthetic_last.pt")
 
     def run(self) -> dict:
-        cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.run_dir / "config.json", {**asdict(cfg), "source": self.source})
-        self.tracker = Tracker.open(self.run_dir, asdict(cfg), wandb=cfg.wandb,
-                                    tensorboard=cfg.tensorboard, name=cfg.wandb_name)
-        metrics = open(self.run_dir / "metrics.jsonl", "a")
-        evals = open(self.run_dir / "evals.jsonl", "a")
+        """Distill to the end; rank 0 writes the run directory, the other ranks compute."""
+        cfg, main = self.cfg, self.comm.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.run_dir / "config.json", {**asdict(cfg), "source": self.source})
+        self.tracker = (Tracker.open(self.run_dir, asdict(cfg), wandb=cfg.wandb,
+                                     tensorboard=cfg.tensorboard, name=cfg.wandb_name)
+                        if main else Tracker())
+        metrics = open(self.run_dir / "metrics.jsonl", "a") if main else _Discard()
+        evals = open(self.run_dir / "evals.jsonl", "a") if main else _Discard()
         bar = progress_out.bar(range(self.iteration, cfg.iterations), desc="distill",
                                enabled=self.progress, report=True)
         try:
@@ -828,7 +895,7 @@ class Distiller:
                    f"fallen below 1 (lowest {self.min_loss:.3f}): nothing is being distilled. "
                    "Try --lr_teacher auto, a smaller --lr_img, --pix_init mean, or other experts.")
             record["warning"] = msg
-            progress_out.note(msg)
+            self._note(msg)
 
     def _evaluate_and_log(self, evals) -> None:
         result = self.evaluate()
@@ -838,8 +905,9 @@ class Distiller:
                                 "selected_on": self.cfg.select_on, **result}) + "\n")
         evals.flush()
         self.tracker.log_eval(result, self.iteration)
-        self.tracker.log_images(self.synthetic_set(), self.iteration, self.splits.classes)
-        progress_out.note(f"it {self.iteration}: " + ", ".join(
+        if self.comm.is_main:
+            self.tracker.log_images(self.synthetic_set(), self.iteration, self.splits.classes)
+        self._note(f"it {self.iteration}: " + ", ".join(
             f"{m} " + (f"val {100 * r['val_mean']:.2f} ± {100 * r['val_std']:.2f} %, "
                        if "val_mean" in r else "") +
             f"test {100 * r['mean']:.2f} ± {100 * r['std']:.2f} %" for m, r in result.items()))
@@ -848,4 +916,5 @@ class Distiller:
                          "accuracy": main["mean"], "std": main["std"],
                          "val_accuracy": main.get("val_mean"), "val_std": main.get("val_std"),
                          "iteration": self.iteration}
-            self.synthetic_set().save(self.run_dir / "synthetic_best.pt")
+            if self.comm.is_main:
+                self.synthetic_set().save(self.run_dir / "synthetic_best.pt")

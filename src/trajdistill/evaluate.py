@@ -28,6 +28,7 @@ from . import augment as dsa
 from . import progress as progress_out
 from .augment import DEFAULT_STRATEGY
 from .data.base import DatasetSplits
+from .distributed import SINGLE, Comm
 from .errors import ConfigError
 from .models import FlatModel, build_model
 from .texture import TextureSpec
@@ -206,27 +207,36 @@ def train_and_test_batched(model: str, images: torch.Tensor, labels: torch.Tenso
 
 def evaluate_set(images: torch.Tensor, labels: torch.Tensor, splits: DatasetSplits,
                  lrs: list[float], models: list[str], cfg: EvalConfig, syn_steps: int = 0,
-                 progress: bool = True, val=None) -> dict:
+                 progress: bool = True, val=None, comm: Comm = SINGLE) -> dict:
     """Evaluate a set on each model: {model: {mean, std, accuracies, per_class, confusion}}
     (test set), plus val_mean, val_std, val_accuracies when validation images
-    `val` = (uint8 images, labels) are given."""
+    `val` = (uint8 images, labels) are given.
+
+    Under torchrun the num_eval networks of each model are shared out over the ranks
+    (network k on rank k mod K; its seed is its own, whichever rank trains it) and the
+    results gathered in network order, so every rank returns what one process would."""
     schedule = lr_schedule(lrs, cfg.epoch_eval_train, syn_steps)
     seeds = [network_seed(cfg.seed, k) for k in range(cfg.num_eval)]
+    mine = comm.my_share(len(seeds))
+    progress = progress and comm.is_main
     out = {}
     for model in models:
-        with progress_out.bar(desc=f"evaluate {model}", total=len(seeds), enabled=progress,
+        with progress_out.bar(desc=f"evaluate {model}", total=len(mine), enabled=progress,
                               report=True, unit="networks") as bar:
-            if use_batched(model, splits, cfg):
+            if use_batched(model, splits, cfg) and len(mine) > 1:
                 results = train_and_test_batched(model, images, labels, splits, schedule, cfg,
-                                                 seeds, progress=progress, val=val)
-                bar.update(len(seeds))
+                                                 [seeds[k] for k in mine], progress=progress,
+                                                 val=val)
+                bar.update(len(mine))
             else:
                 results = []
-                for s in seeds:
+                for k in mine:
                     results.append(train_and_test(model, images, labels, splits, schedule, cfg,
-                                                  seed=s, progress=progress, val=val))
+                                                  seed=seeds[k], progress=progress, val=val))
                     bar.update()
-            out[model] = summarise(results)
+            gathered = dict(kv for share in comm.all_gather_object(list(zip(mine, results)))
+                            for kv in share)
+            out[model] = summarise([gathered[k] for k in range(len(seeds))])
             bar.set_postfix(accuracy=f"{100 * out[model]['mean']:.2f} %")
     return out
 

@@ -11,7 +11,6 @@ Everything is read with `torch.load(weights_only=True)`: no code runs on load.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -204,7 +203,3 @@ def _differences(have: dict, want: dict, prefix: str = "") -> list[str]:
             out.append(f"{prefix}{key}: buffer has {a!r}, expected {b!r}")
     return out
 
-
-def distributed_rank() -> tuple[int, int]:
-    """(rank, world size) under torchrun, (0, 1) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

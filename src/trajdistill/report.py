@@ -24,6 +24,7 @@ from PIL import Image  # noqa: E402
 
 from .data.base import DatasetSplits  # noqa: E402
 from .io import load_json, read_jsonl  # noqa: E402
+from .meta_batch import logged_matches  # noqa: E402
 from .synthetic import SyntheticSet  # noqa: E402
 from .texture import spec_of, tiled  # noqa: E402
 
@@ -201,7 +202,8 @@ def plot_matching(metrics: list[dict], path: str | Path) -> Path:
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4))
     by_epoch = defaultdict(list)
     for r in metrics:
-        by_epoch[r["start_epoch"]].append((r["it"], r["loss"]))
+        for epoch, loss in logged_matches(r):  # one point per trajectory of the meta-batch
+            by_epoch[epoch].append((r["it"], loss))
     cmap = plt.get_cmap("viridis")
     n_ep = max(len(by_epoch), 1)
     for i, e in enumerate(sorted(by_epoch)):
@@ -234,7 +236,8 @@ def plot_matching(metrics: list[dict], path: str | Path) -> Path:
         c.text(0.01, 0.98, "green: level-up, red: fine-tuning,\nblack dashed: stop", fontsize=7,
                transform=c.transAxes, va="top")
     else:
-        c.plot(its, [r["start_epoch"] for r in metrics], ".", ms=2)
+        points = [(r["it"], e) for r in metrics for e, _ in logged_matches(r)]
+        c.plot([p[0] for p in points], [p[1] for p in points], ".", ms=2)
         c.set(title="start epoch drawn (MTT)", xlabel="iteration")
     return _save(fig, path)
 

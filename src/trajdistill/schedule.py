@@ -7,7 +7,9 @@ expansion_end_epoch iterations.
 `StageMachine` is STM: a cap c on the start epoch that rises when a statistical test on the
 held-out next-epoch losses says the images have learned what epochs < c can teach; its
 window counts from min_start_epoch: t in [min_start_epoch, min_start_epoch + c).
-All are pure state machines fed numbers, so they are tested without any network.
+All are pure state machines fed numbers, so they are tested without any network. Each
+`start_epoch(it, rng, slot, slots)` is the draw of slot `slot` of an iteration's meta-batch
+of `slots` trajectories (meta_batch.py); one slot per iteration is MTT's and STM's own.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ class UniformStart:
     max_start_epoch: int
     min_start_epoch: int = 0
 
-    def start_epoch(self, it: int, rng: random.Random) -> int:
+    def start_epoch(self, it: int, rng: random.Random, slot: int = 0, slots: int = 1) -> int:
         return rng.randrange(self.min_start_epoch, self.max_start_epoch)
 
     def state_dict(self) -> dict:
@@ -70,7 +72,7 @@ class AlignedStart:
         grown = (self.max_start_epoch - self.current_max_start_epoch) * it // self.expansion_end_epoch
         return min(self.current_max_start_epoch + grown, self.max_start_epoch)
 
-    def start_epoch(self, it: int, rng: random.Random) -> int:
+    def start_epoch(self, it: int, rng: random.Random, slot: int = 0, slots: int = 1) -> int:
         return rng.randrange(self.min_start_epoch, self.upper(it))
 
     def state_dict(self) -> dict:
@@ -129,9 +131,11 @@ class StageMachine:
         self.cap = self.init_epoch
 
     # ------------------------------------------------------------------ per iteration
-    def start_epoch(self, it: int, rng: random.Random) -> int:
+    def start_epoch(self, it: int, rng: random.Random, slot: int = 0, slots: int = 1) -> int:
+        """cycle: the slots of all iterations count through the window in turn (slot `slot`
+        of `slots` per iteration: count it * slots + slot); random: a uniform draw."""
         if self.sample_method == "cycle":
-            return self.min_start_epoch + it % self.cap
+            return self.min_start_epoch + (it * slots + slot) % self.cap
         return self.min_start_epoch + rng.randrange(self.cap)
 
     @property

@@ -172,10 +172,12 @@ class Tracker:
             if flag in record:
                 values[f"stage/{flag}"] = float(bool(record[flag]))
         points = []
-        if _number(record.get("loss")) and "start_epoch" in record:
-            values[f"loss_epoch/{record['start_epoch']}"] = float(record["loss"])
-            points.append(("matching_loss_by_start_epoch", f"start_epoch_{record['start_epoch']}",
-                           float(record["loss"])))
+        for key in record:  # loss_epoch_<e>: the (mean) matching loss of start epoch e
+            if key.startswith("loss_epoch_") and _number(record[key]):
+                epoch = key[len("loss_epoch_"):]
+                values[f"loss_epoch/{epoch}"] = float(record[key])
+                points.append(("matching_loss_by_start_epoch", f"start_epoch_{epoch}",
+                               float(record[key])))
         if _number(record.get("heldout")):
             cap = record.get("cap", 0)
             points.append(("heldout_loss_by_stage", f"stage_{cap}", float(record["heldout"])))
