@@ -1,4 +1,5 @@
 """Expert training under PyTorch's own launcher (torchrun, gloo on CPU): ranks share the work."""
+import json
 import os
 import subprocess
 import sys
@@ -122,3 +123,19 @@ def test_a_failing_rank_ends_the_whole_job(tmp_path):
     assert out.returncode != 0
     assert "error: " in out.stderr and "expert_001.pt: damaged or truncated" in out.stderr
     assert time.monotonic() - t0 < 120
+
+
+def test_torchrun_baseline_shares_the_evaluation_networks(tmp_path):
+    """3 evaluation networks on 2 ranks: the accuracies one process measures, printed once."""
+    args = ["baseline", "--kind", "mean", *DATA, "--num_eval", "3", "--epoch_eval_train", "10"]
+    outs = []
+    for launcher, name in ((SINGLE, "one.json"), (TORCHRUN, "two.json")):
+        p = subprocess.run(launcher + args + ["--out", str(tmp_path / name)], env=ENV,
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert p.stdout.count("ConvNetD2:") == 1
+        outs.append(json.loads((tmp_path / name).read_text()))
+    one, two = (o["ConvNetD2"] for o in outs)
+    assert len(two["accuracies"]) == 3
+    assert two["accuracies"] == pytest.approx(one["accuracies"], abs=1e-9)
+    assert two["confusion"] == one["confusion"]

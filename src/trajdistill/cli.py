@@ -386,19 +386,22 @@ def cmd_evaluate(args) -> None:
                          f"{o['dataset']} gives {list(splits.image_shape)} with {splits.classes}")
     # the test set goes through the synthetic set's own transform (its ZCA included)
     splits = replace(splits, preprocess=syn.preprocess)
+    comm, device = _ranks(o)
     cfg = EvalConfig(num_eval=o["num_eval"], epoch_eval_train=o["epoch_eval_train"],
-                     batch_train=o["batch_train"], dsa=o["dsa"], device=o["device"], seed=o["seed"],
+                     batch_train=o["batch_train"], dsa=o["dsa"], device=device, seed=o["seed"],
                      batched=o["eval_batched"], texture=texture,
                      **_strategy(o))
     # --lr: a hand-set lr (or per-stage list) instead of the learned one(s)
     lrs = o.get("lr") or syn.lrs
     result = evaluate_set(syn.images, syn.targets(), splits, lrs, eval_pool(o["eval_mode"], syn.model),
-                          cfg, syn.syn_steps, progress=not o.get("quiet"))
-    print(f"trained with lr {', '.join(f'{v:g}' for v in lrs)} "
-          f"({'set by --lr' if o.get('lr') else 'learned'})")
-    _print_results(result)
-    if o.get("out"):
-        Path(o["out"]).write_text(json.dumps({"lrs": list(lrs), **result}, indent=2))
+                          cfg, syn.syn_steps, progress=not o.get("quiet"), comm=comm)
+    if comm.is_main:
+        print(f"trained with lr {', '.join(f'{v:g}' for v in lrs)} "
+              f"({'set by --lr' if o.get('lr') else 'learned'})")
+        _print_results(result)
+        if o.get("out"):
+            Path(o["out"]).write_text(json.dumps({"lrs": list(lrs), **result}, indent=2))
+    _leave(comm)
 
 
 def cmd_baseline(args) -> None:
@@ -416,15 +419,29 @@ def cmd_baseline(args) -> None:
     else:
         raise ConfigError(f"--kind must be random, mean or full, got {o['kind']!r}")
     epochs = o["epoch_eval_train"] or (50 if o["kind"] == "full" else 1000)
+    comm, device = _ranks(o)
     cfg = EvalConfig(num_eval=o["num_eval"], epoch_eval_train=epochs, batch_train=o["batch_train"],
-                     dsa=o["dsa"], device=o["device"], seed=o["seed"], batched=o["eval_batched"],
+                     dsa=o["dsa"], device=device, seed=o["seed"], batched=o["eval_batched"],
                      **_strategy(o))
     result = evaluate_set(images, labels, splits, [o["lr"]], eval_pool(o["eval_mode"], o["model"]),
-                          cfg, progress=not o.get("quiet"))
-    _print_results(result)
-    if o.get("out"):
-        Path(o["out"]).write_text(json.dumps({"kind": o["kind"], "ipc": o["ipc"], "lr": o["lr"],
-                                              "epochs": epochs, **result}, indent=2))
+                          cfg, progress=not o.get("quiet"), comm=comm)
+    if comm.is_main:
+        _print_results(result)
+        if o.get("out"):
+            Path(o["out"]).write_text(json.dumps({"kind": o["kind"], "ipc": o["ipc"], "lr": o["lr"],
+                                                  "epochs": epochs, **result}, indent=2))
+    _leave(comm)
+
+
+def _ranks(o: dict):
+    """torchrun's process group (evaluation networks shared out over the ranks), or none."""
+    from .distributed import init_from_env
+    return init_from_env(o["device"])
+
+
+def _leave(comm) -> None:
+    from .distributed import shutdown
+    shutdown(comm)
 
 
 def _strategy(o: dict) -> dict:
