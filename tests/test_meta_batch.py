@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trajdistill.data import load_dataset
-from trajdistill.distill import DistillConfig, Distiller, open_buffer
+from trajdistill.distill import ConfigError, DistillConfig, Distiller, open_buffer
 from trajdistill.distributed import SINGLE
 from trajdistill.experts import ExpertConfig, train_experts
 from trajdistill.matching import MatchProblem, MatchResult, plain_unroll, plan_unroll
@@ -89,3 +89,18 @@ def test_one_update_with_the_mean_of_the_slots_gradients(setup, slots):
     assert record["loss"] == pytest.approx(sum(losses) / slots, rel=1e-4)
     if slots > 1:
         assert [s["loss"] for s in record["slots"]] == pytest.approx(losses, rel=1e-4)
+
+
+def test_a_checkpoint_of_the_earlier_format_still_loads(setup, tmp_path):
+    """Format /1 held an expert cursor and generator states (now drawn per slot): ignored."""
+    splits, store, root = setup
+    cfg = DistillConfig(method="original-MTT", ipc=1, syn_steps=2, iterations=2, eval_it=0)
+    d = Distiller(cfg, splits, store, tmp_path / "a", progress=False)
+    d.step()
+    old = dict(d.state_dict(), format="trajdistill.checkpoint/1", expert_order=[1, 0],
+               rng="[3, [1, 2], null]", gen=torch.Generator().get_state())
+    e = Distiller(cfg, splits, store, tmp_path / "b", progress=False)
+    e.load_state_dict(old)
+    assert e.iteration == 1 and torch.equal(e.images.detach(), d.images.detach())
+    with pytest.raises(ConfigError, match="not a trajdistill distillation checkpoint"):
+        e.load_state_dict(dict(old, format="something else"))

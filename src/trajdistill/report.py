@@ -566,7 +566,7 @@ def _embed(run: Path, rel: str) -> str:
 _CONFIG_KEYS = ("dataset", "method", "ipc", "syn_steps", "expert_epochs", "max_start_epoch",
                 "init_epoch", "sigma", "max_duration", "lr_img", "lr_lr", "lr_teacher", "lr_mode",
                 "pix_init", "iterations", "eval_models", "num_eval", "epoch_eval_train", "dsa",
-                "gradient", "seed")
+                "gradient", "num_trajectories", "seed")
 
 
 def _html(run: Path, table: list[dict], sections, results: dict, config: dict,
