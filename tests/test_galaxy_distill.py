@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from trajdistill.data import load_dataset
-from trajdistill.distill import MEAN_NOISE_STD, ConfigError, DistillConfig, Distiller, open_buffer
+from trajdistill.distill import ConfigError, DistillConfig, Distiller, open_buffer
+from trajdistill.initial import MEAN_NOISE_STD
 from trajdistill.evaluate import class_means
 from trajdistill.experts import ExpertConfig, train_experts
 from trajdistill.lr_auto import auto_lr, spread

@@ -25,26 +25,22 @@ from .augment import DEFAULT_STRATEGY, parse_strategy
 from .data.base import DatasetSplits
 from .distributed import SINGLE, Comm
 from .errors import ConfigError, TrajdistillError
-from .evaluate import EvalConfig, class_means, evaluate_set
+from .evaluate import EvalConfig, evaluate_set
 from .experts import BufferError, TrajectoryStore
-from .lr_auto import auto_lr, spread
+from .initial import LABEL_INITS, PIX_INITS, Labeller, auto_teacher_lr, initial_images
 from .io import atomic_save, atomic_write_text, load_json, read_jsonl, safe_load, write_json
 from .matching import GRADIENT_METHODS, MatchProblem, matching_loss, plan_unroll
 from .meta_batch import Combined, Slot, SlotResult, combine, draw_slots
 from .models import FlatModel, build_model
 from .schedule import AlignedStart, StageMachine, UniformStart
 from .synthetic import SyntheticSet
-from .texture import TextureSpec, real_canvases
+from .texture import TextureSpec
 from .tracking import Tracker
 from .validation import default_val_size, validation_indices
 
 
-# galaxies (issue 14): --img_optimizer, and the noise of --pix_init mean_noise (class mean +
-# MEAN_NOISE_STD Gaussian noise in normalised input units, a tenth of the data's std, so that
-# ipc > 1 copies differ; --pix_init mean starts every image at its class mean, so a run
-# starts from that baseline)
+# galaxies (issue 14): --img_optimizer (initial images: see initial.py)
 IMG_OPTIMIZERS = ("sgd", "adam")
-MEAN_NOISE_STD = 0.1
 
 
 class DivergenceError(TrajdistillError, RuntimeError):
@@ -65,10 +61,6 @@ MAX_LR_FACTOR = 10.0
 # leave is noise that no later step repairs. Healthy runs stay near or below 1 (the demo's
 # first steps: 1.1).
 MAX_IMAGE_STEP = 10.0
-# correct: real images an expert classifies correctly (soft labels, issue 10); mean /
-# mean_noise: see MEAN_NOISE_STD
-PIX_INITS = ("real", "noise", "correct", "mean", "mean_noise")
-LABEL_INITS = ("expert",)
 START_SCHEDULES = ("method", "aligned")
 
 
@@ -418,10 +410,13 @@ class Distiller:
         self.experts = experts[:cfg.max_experts] if cfg.max_experts else experts
         self.val_idx = validation_indices(splits.train.labels, splits.num_classes, cfg.val_size)
         self.labels = torch.arange(splits.num_classes).repeat_interleave(cfg.ipc).to(self.device)
-        self.loaded_logits = None  # soft labels of a --load_syn_image set, if it has them
-        self.images = self._initial_images().to(self.device).requires_grad_(True)
+        self.labeller: Labeller | None = None
+        images, loaded_logits = initial_images(cfg, splits, self.val_idx, self.gen,
+                                               self._labeller, self._note)
+        self.images = images.to(self.device).requires_grad_(True)
         if cfg.lr_teacher in ("auto", ["auto"]):
-            cfg.lr_teacher = [self._auto_lr()] * (cfg.init_epoch if (
+            lr = auto_teacher_lr(cfg, store, self.experts, self.student, self.images, self.labels)
+            cfg.lr_teacher = [lr] * (cfg.init_epoch if (
                 cfg.stm and cfg.lr_mode == "independent-lr") else 1)
             self._note(f"--lr_teacher auto: {cfg.lr_teacher[0]:.4g}")
         self.log_lrs = [torch.tensor(math.log(v), device=self.device, requires_grad=True)
@@ -432,8 +427,8 @@ class Distiller:
         # soft labels: learnable logits (N, classes); None keeps the hard class labels
         self.label_logits = self.opt_labels = None
         if cfg.soft_labels:
-            start = (self.loaded_logits if self.loaded_logits is not None
-                     else self._expert_logits(self.images.detach()))
+            start = (loaded_logits if loaded_logits is not None  # a loaded set's own labels
+                     else self._labeller().logits(self.images.detach()))
             self.label_logits = start.to(self.device).clone().requires_grad_(True)
             self.opt_labels = torch.optim.SGD([self.label_logits], lr=cfg.lr_y, momentum=0.9)
         self.schedule = self._start_schedule()
@@ -473,86 +468,11 @@ class Distiller:
         return UniformStart(cfg.max_start_epoch, cfg.min_start_epoch)
 
     # ------------------------------------------------------------------ state
-    def _initial_images(self) -> torch.Tensor:
-        cfg, splits = self.cfg, self.splits
-        if cfg.load_syn_image:
-            # a synthetic-set file of ours, or a bare image tensor as the seed's images_N.pt
-            blob = safe_load(cfg.load_syn_image)
-            images = blob["images"] if isinstance(blob, dict) and "images" in blob else blob
-            want = (splits.num_classes * cfg.ipc, *self._syn_shape())
-            if not isinstance(images, torch.Tensor) or tuple(images.shape) != want:
-                raise ConfigError(f"{cfg.load_syn_image}: expected an image tensor of shape {want}")
-            if isinstance(blob, dict) and blob.get("soft_labels") is not None:
-                self.loaded_logits = blob["soft_labels"].float()  # continue with its labels
-            return images.float().clone()
-        if cfg.pix_init == "noise":
-            return torch.randn(splits.num_classes * cfg.ipc, *self._syn_shape(), generator=self.gen)
-        per_image = cfg.canvas_size ** 2 if cfg.texture else 1  # a canvas: k x k real images
-        if cfg.pix_init in ("mean", "mean_noise"):
-            means = class_means(splits)[0].repeat_interleave(cfg.ipc * per_image, 0)
-            means = real_canvases(means, cfg.canvas_size) if cfg.texture else means
-            if cfg.pix_init == "mean_noise":
-                means = means + MEAN_NOISE_STD * torch.randn(means.shape, generator=self.gen)
-            return means
-        picks = []
-        in_val = torch.zeros(len(splits.train), dtype=torch.bool)
-        in_val[self.val_idx] = True
-        for c in range(splits.num_classes):
-            members = splits.train.indices_of(c)
-            members = members[~in_val[members]]  # no validation image is copied into the set
-            if len(members) < cfg.ipc:
-                raise ConfigError(f"ipc={cfg.ipc} but class {splits.classes[c]!r} has only "
-                                  f"{len(members)} training images outside the validation split "
-                                  f"(--val_size {cfg.val_size})")
-            members = members[torch.randperm(len(members), generator=self.gen)]
-            if cfg.pix_init == "correct":
-                members = self._classified_correctly(members, c)
-            picks.append(members.repeat(per_image)[:cfg.ipc * per_image])
-        images = splits.preprocess(splits.train.images[torch.cat(picks)])
-        return real_canvases(images, cfg.canvas_size) if cfg.texture else images
-
-    def _syn_shape(self) -> tuple[int, int, int]:
-        """Shape of one synthetic image: the data's, or a canvas of it with --texture."""
-        spec = self.cfg.texture_spec
-        return spec.canvas_shape(self.splits.image_shape) if spec else tuple(self.splits.image_shape)
-
-    def _auto_lr(self) -> float:
-        """lr_auto.auto_lr over 3 experts and up to 5 epochs of the first sampling window."""
-        cfg = self.cfg
-        first = cfg.min_start_epoch
-        if cfg.stm:
-            last = first + cfg.init_epoch - 1
-        elif cfg.start_schedule == "aligned":
-            last = cfg.current_max_start_epoch - 1
-        else:
-            last = cfg.max_start_epoch - 1
-        trajectories = [self.store.load(i) for i in self.experts[:3]]
-        return auto_lr(self.student, trajectories, spread(first, last, 5), cfg.expert_epochs,
-                       self.images.detach(), self.labels, cfg.syn_steps)
-
-    def _final_expert(self) -> torch.Tensor:
-        """The final-epoch parameters of the first expert: DATM's labeller."""
-        return self.store.load(self.experts[0])[-1].to(self.device, torch.float32)
-
-    @torch.no_grad()
-    def _expert_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """The logits the final epoch of an expert gives (network-space) images."""
-        theta = self._final_expert()
-        return torch.cat([self.student(theta, x.to(self.device)) for x in images.split(256)])
-
-    def _classified_correctly(self, members: torch.Tensor, c: int) -> torch.Tensor:
-        """DATM's samples_predicted_correctly: members of class c (in the given order) that
-        the expert classifies as c come first; only the first max(256, 10 ipc) are looked at
-        (enough to find ipc of them without a pass over the whole class)."""
-        looked, rest = members[:max(256, 10 * self.cfg.ipc)], members[max(256, 10 * self.cfg.ipc):]
-        pred = self._expert_logits(self.splits.preprocess(self.splits.train.images[looked]))
-        right = pred.argmax(1).cpu() == c
-        if int(right.sum()) < self.cfg.ipc:
-            self._note(f"--pix_init correct: the expert classifies only "
-                              f"{int(right.sum())} of {len(looked)} images of class "
-                              f"{self.splits.classes[c]!r} correctly; misclassified ones fill "
-                              "the rest")
-        return torch.cat([looked[right], looked[~right], rest])
+    def _labeller(self) -> Labeller:
+        """The first expert's final epoch (soft labels, pix_init correct), loaded once."""
+        if self.labeller is None:
+            self.labeller = Labeller.of(self.student, self.store, self.experts, self.device)
+        return self.labeller
 
     def _lr_optimizer(self, p: torch.Tensor) -> torch.optim.Optimizer:
         return torch.optim.SGD([p], lr=self.cfg.lr_lr, momentum=0.5)
