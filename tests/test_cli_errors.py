@@ -117,6 +117,11 @@ CASES = [
     (["export", "{dir}", "{root}/export"], "syn"),
     (["gzoo2", "build", "--catalog", "{root}/nowhere.csv", "--images", "{dir}", "--out",
       "{root}/g"], "nowhere.csv"),
+    # the embedded digits take no loader options: refused, not ignored (was a misleading
+    # "no expert buffer at .../digits-16px", or a baseline on the plain digits)
+    (DISTILL + ["--res", "16"], "take option(s) res"),
+    (["baseline", "--dataset", "digits", "--labels", "{txt}", "--num_eval", "1",
+      "--epoch_eval_train", "1", "--device", "cpu", "--quiet"], "take option(s) labels"),
 ]
 
 
