@@ -122,6 +122,15 @@ CASES = [
     (DISTILL + ["--res", "16"], "take option(s) res"),
     (["baseline", "--dataset", "digits", "--labels", "{txt}", "--num_eval", "1",
       "--epoch_eval_train", "1", "--device", "cpu", "--quiet"], "take option(s) labels"),
+    # output folders and files that cannot be written (were tracebacks, some after the work)
+    (DISTILL + ["--run_dir", "{txt}/run"], "--run_dir"),
+    (["buffer", "--dataset", "digits", "--buffer_path", "{txt}"], "--buffer_path"),
+    (["export", "{syn}", "{txt}"], "out_dir"),
+    (["demo", "--run_dir", "{txt}/demo"], "--run_dir"),
+    (["gzoo2", "build", "--catalog", "{txt}", "--images", "{dir}", "--out", "{txt}"], "--out"),
+    (["evaluate", "--syn", "{syn}", "--dataset", "digits", "--num_eval", "1",
+      "--epoch_eval_train", "1", "--device", "cpu", "--quiet", "--out", "/proc/trajdistill.json"],
+     "--out"),
 ]
 
 

@@ -343,7 +343,7 @@ def _add_distill_parser(sub) -> None:
                    help="continue a run from its last checkpoint "
                    "(its own settings; --Iteration may extend it)")
     p.add_argument("--buffer_path", type=kinds.non_empty)
-    p.add_argument("--run_dir", type=kinds.non_empty)
+    p.add_argument("--run_dir", type=kinds.output_dir)
     p.add_argument("--prev_iter", type=kinds.non_negative_int)
     p.add_argument("--load_syn_image", type=kinds.existing_file)
     p.add_argument("--wandb_name", type=kinds.non_empty, help="name of the run (directory under runs/)")
@@ -493,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mom", type=kinds.non_negative_float)
     p.add_argument("--l2", type=kinds.non_negative_float)
     p.add_argument("--decay", action="store_true", default=None)
-    p.add_argument("--buffer_path", type=kinds.non_empty)
+    p.add_argument("--buffer_path", type=kinds.output_dir)
     p.set_defaults(func=cmd_buffer)
 
     _add_distill_parser(sub)
@@ -541,11 +541,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="a distilled set as PNGs per class + a tensor file + README")
     p.add_argument("syn", type=kinds.existing_file,
                    help="a synthetic set file (RUN_DIR/synthetic_best.pt)")
-    p.add_argument("out_dir", type=kinds.non_empty)
+    p.add_argument("out_dir", type=kinds.output_dir)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded digits, in minutes")
-    p.add_argument("--run_dir", type=kinds.non_empty, default="runs/demo")
+    p.add_argument("--run_dir", type=kinds.output_dir, default="runs/demo")
     p.add_argument("--iterations", type=kinds.positive_int)
     p.add_argument("--device", type=kinds.device, default=None)
     p.add_argument("--quiet", action="store_true")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import tempfile
 from pathlib import Path
 
 
@@ -90,13 +91,45 @@ def existing_path(text: str) -> str:
     return text
 
 
+def _cannot_write(folder: Path) -> str | None:
+    """None when a file can be created in `folder` (tried: a nameless temporary file, gone at
+    once), else why not. Permissions alone do not tell (root, read-only mounts, /proc)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
+
+
 def output_file(text: str) -> str:
-    """A file to write: not a directory, in a directory that exists."""
+    """A file to write: not a directory, in a directory that exists and takes new files."""
     path = Path(text)
     if not text.strip() or path.is_dir():
         raise argparse.ArgumentTypeError(f"expected a file name to write, got {text!r}")
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"the folder of {text} does not exist")
+    why = _cannot_write(path.parent)
+    if why:
+        raise argparse.ArgumentTypeError(f"cannot write in the folder of {text} ({why})")
+    return text
+
+
+def output_dir(text: str) -> str:
+    """A folder to write into: one that exists, or one that can be created (its nearest
+    existing parent is a folder that takes new files)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder, got an empty string")
+    path = existing = Path(text)
+    while not (existing.exists() or existing.is_symlink()):
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == path:
+            raise argparse.ArgumentTypeError(f"expected a folder, got a file: {text}")
+        raise argparse.ArgumentTypeError(f"cannot create {text}: {existing} is not a folder")
+    why = _cannot_write(existing)
+    if why:
+        raise argparse.ArgumentTypeError(f"cannot write in {existing} ({why})")
     return text
 
 

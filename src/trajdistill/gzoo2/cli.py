@@ -29,7 +29,7 @@ def add_gzoo2_parser(subparsers) -> argparse.ArgumentParser:
                    help="folder of 424x424 cut-outs <objid>.jpg or <asset_id>.jpg")
     b.add_argument("--mapping", default=None, type=kinds.existing_file,
                    help="gz2_filename_mapping.csv (objid, sample, asset_id) when images are named by asset_id")
-    b.add_argument("--out", required=True, type=kinds.non_empty,
+    b.add_argument("--out", required=True, type=kinds.output_dir,
                    help="output dataset directory (e.g. DATA/GZoo2_aug)")
     b.add_argument("--per-class", type=kinds.positive_int, default=None,
                    help="galaxies kept per class (default 600; 100 with --tree 10)")
