@@ -131,6 +131,8 @@ CASES = [
     (["evaluate", "--syn", "{syn}", "--dataset", "digits", "--num_eval", "1",
       "--epoch_eval_train", "1", "--device", "cpu", "--quiet", "--out", "/proc/trajdistill.json"],
      "--out"),
+    # a seed beyond 64 bits (was an OverflowError traceback from torch.Generator)
+    (DISTILL + ["--seed", "99999999999999999999"], "--seed"),
 ]
 
 

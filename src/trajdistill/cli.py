@@ -69,7 +69,7 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zca", action="store_true", default=None, help="ZCA-whiten (CIFAR)")
     p.add_argument("--device", type=kinds.device, default=None,
                    help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--seed", type=kinds.non_negative_int, default=None)
+    p.add_argument("--seed", type=kinds.seed, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -36,6 +36,18 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+SEED_LIMIT = 2 ** 32  # seeds are multiplied into per-expert / per-network seeds within 64 bits
+
+
+def seed(text: str) -> int:
+    """A random seed: an integer in [0, 2**32)."""
+    value = _number(text, int, f"an integer from 0 to {SEED_LIMIT - 1}")
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {SEED_LIMIT - 1}, "
+                                         f"got {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = _number(text, float, "a positive number")
     if value <= 0:
