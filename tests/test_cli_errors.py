@@ -40,6 +40,14 @@ def env(tmp_path_factory):
     (root / "not_a_run" / "notes.txt").write_text("hello")
     (root / "cut_run").mkdir()
     (root / "cut_run" / "results.json").write_text('{"table": [1')
+    # JSON of the right syntax and the wrong shape
+    for name, files in {"list_run": {"results.json": "[1, 2]"},
+                        "short_metrics_run": {"metrics.jsonl": '{"it": 0}\n'},
+                        "list_config_run": {"config.json": "[]"},
+                        "string_source_run": {"config.json": '{"source": "digits"}'}}.items():
+        (root / name).mkdir()
+        for file, text in files.items():
+            (root / name / file).write_text(text)
     return {"root": str(root), "buf": str(root / "buffers"), "syn": str(syn),
             "txt": str(root / "notes.txt"), "cut": str(root / "cut.pt"),
             "dir": str(root / "a_dir"), "norun": str(root / "not_a_run"),
@@ -133,6 +141,11 @@ CASES = [
      "--out"),
     # a seed beyond 64 bits (was an OverflowError traceback from torch.Generator)
     (DISTILL + ["--seed", "99999999999999999999"], "--seed"),
+    # run files of the right syntax but the wrong shape (were AttributeError / KeyError)
+    (["report", "{root}/list_run"], "results.json: expected a JSON object"),
+    (["report", "{root}/short_metrics_run"], "metrics.jsonl, record 1: 'start_epoch'"),
+    (DISTILL + ["--resume", "{root}/list_config_run"], "config.json: expected a JSON object"),
+    (DISTILL + ["--resume", "{root}/string_source_run"], "config.json does not say"),
 ]
 
 

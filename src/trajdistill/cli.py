@@ -218,8 +218,9 @@ def _resume_distill(args) -> None:
     from .io import load_json
     run_dir = Path(args.resume)
     src = load_json(run_dir / "config.json").get("source") or {}
-    if not src.get("dataset"):
-        raise ConfigError(f"{run_dir}/config.json does not say which data the run used")
+    if not isinstance(src, dict) or not src.get("dataset") or not src.get("buffer_dir"):
+        raise ConfigError(f"{run_dir}/config.json does not say which data and expert buffer "
+                          "the run used ('source': dataset, buffer_dir)")
     splits = _load_splits(src)
     store = open_buffer(src["buffer_dir"], splits)
     distiller = Distiller.resume(run_dir, splits, store, progress=not args.quiet,
