@@ -34,6 +34,10 @@ def env(tmp_path_factory):
     SyntheticSet(splits.preprocess(images), labels, [0.01], splits.preprocess, splits.describe(),
                  "ConvNetD2", 5).save(syn)
     (root / "notes.txt").write_text("these are not tensors\n")
+    blob = torch.load(syn, weights_only=True)  # damaged sets: a field gone, NaN lr, NaN images
+    torch.save({k: v for k, v in blob.items() if k != "lrs"}, root / "no_lrs.pt")
+    torch.save({**blob, "lrs": [float("nan")]}, root / "nan_lr.pt")
+    torch.save({**blob, "images": blob["images"] * float("nan")}, root / "nan_images.pt")
     (root / "cut.pt").write_bytes(syn.read_bytes()[:300])
     (root / "a_dir").mkdir()
     (root / "not_a_run").mkdir()
@@ -146,6 +150,12 @@ CASES = [
     (["report", "{root}/short_metrics_run"], "metrics.jsonl, record 1: 'start_epoch'"),
     (DISTILL + ["--resume", "{root}/list_config_run"], "config.json: expected a JSON object"),
     (DISTILL + ["--resume", "{root}/string_source_run"], "config.json does not say"),
+    # synthetic-set files with a field missing or non-finite (were a KeyError, or a silent
+    # evaluation with lr NaN / an export of NaN images)
+    (["evaluate", "--syn", "{root}/no_lrs.pt", "--dataset", "digits"], "without 'lrs'"),
+    (["evaluate", "--syn", "{root}/nan_lr.pt", "--dataset", "digits", "--num_eval", "1",
+      "--epoch_eval_train", "1", "--device", "cpu", "--quiet"], "nan_lr.pt: 'lrs' should be"),
+    (["export", "{root}/nan_images.pt", "{root}/nan_export"], "nan_images.pt: the images are not"),
 ]
 
 
