@@ -52,10 +52,23 @@ def env(tmp_path_factory):
         (root / name).mkdir()
         for file, text in files.items():
             (root / name / file).write_text(text)
+    (root / "syn_run").mkdir()
+    (root / "syn_run" / "synthetic_best.pt").write_bytes(syn.read_bytes())
+    _image_folder(root / "two_classes", ["cat", "dog"], 2)
     return {"root": str(root), "buf": str(root / "buffers"), "syn": str(syn),
             "txt": str(root / "notes.txt"), "cut": str(root / "cut.pt"),
             "dir": str(root / "a_dir"), "norun": str(root / "not_a_run"),
             "missing": str(root / "missing.pt"), "cutrun": str(root / "cut_run")}
+
+
+def _image_folder(root, classes, n, splits=("train", "test")):
+    """train/<class>/ and test/<class>/ with n tiny real PNGs each."""
+    from PIL import Image
+    for split in splits:
+        for k, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (6, 6), (40 * k, 20 * i, 90)).save(root / split / name / f"{i}.png")
 
 
 DISTILL = ["distill", "--dataset", "digits", "--model", "ConvNetD2", "--device", "cpu",
@@ -156,6 +169,8 @@ CASES = [
     (["evaluate", "--syn", "{root}/nan_lr.pt", "--dataset", "digits", "--num_eval", "1",
       "--epoch_eval_train", "1", "--device", "cpu", "--quiet"], "nan_lr.pt: 'lrs' should be"),
     (["export", "{root}/nan_images.pt", "{root}/nan_export"], "nan_images.pt: the images are not"),
+    # a report asked to compare a digits run with other data (was a RuntimeError in torch.cat)
+    (["report", "{root}/syn_run", "--dataset", "{root}/two_classes"], "--dataset"),
 ]
 
 

@@ -453,13 +453,18 @@ def cmd_report(args) -> None:
     if args.dataset:
         from .synthetic import SyntheticSet
         run = Path(args.run_dir)
-        zca = args.zca
-        for name in ("synthetic_best.pt", "synthetic_last.pt"):
-            if zca is None and (run / name).exists():
-                zca = bool(SyntheticSet.load(run / name).data.get("zca"))
+        found = [run / n for n in ("synthetic_best.pt", "synthetic_last.pt") if (run / n).exists()]
+        syn = SyntheticSet.load(found[0]) if found else None
+        zca = args.zca if args.zca is not None or syn is None else bool(syn.data.get("zca"))
         splits = _load_splits({"dataset": args.dataset, "data_path": args.data_path,
                                "subset": args.subset, "zca": zca,
                                **{k: getattr(args, k) for k in DATA_OPTIONS}})
+        if syn is not None and (list(splits.image_shape) != list(syn.data.get("image_shape", []))
+                                or splits.classes != syn.data.get("classes")):
+            raise ConfigError(f"--dataset {args.dataset}: gives {list(splits.image_shape)} images "
+                              f"of {splits.num_classes} classes, but {found[0]} was distilled from "
+                              f"{syn.data.get('dataset')} {syn.data.get('image_shape')} with "
+                              f"{len(syn.data.get('classes') or [])} classes")
     print(build_report(args.run_dir, splits=splits))
 
 
