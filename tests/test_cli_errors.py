@@ -55,6 +55,14 @@ def env(tmp_path_factory):
     (root / "syn_run").mkdir()
     (root / "syn_run" / "synthetic_best.pt").write_bytes(syn.read_bytes())
     _image_folder(root / "two_classes", ["cat", "dog"], 2)
+    _image_folder(root / "one_class", ["cat"], 2)
+    # a flat folder of images + labels CSV: classes a, b (2 images each) and c (1 image)
+    from PIL import Image
+    (root / "flat" / "images").mkdir(parents=True)
+    for i in range(5):
+        Image.new("RGB", (6, 6), (50 * i, 0, 0)).save(root / "flat" / "images" / f"{i}.png")
+    (root / "flat" / "labels.csv").write_text("id,label\n0,a\n1,a\n2,b\n3,b\n4,c\n")
+    (root / "flat" / "latin1.csv").write_bytes("id,label\n0,caf\u00e9\n".encode("latin-1"))
     return {"root": str(root), "buf": str(root / "buffers"), "syn": str(syn),
             "txt": str(root / "notes.txt"), "cut": str(root / "cut.pt"),
             "dir": str(root / "a_dir"), "norun": str(root / "not_a_run"),
@@ -73,6 +81,8 @@ def _image_folder(root, classes, n, splits=("train", "test")):
 
 DISTILL = ["distill", "--dataset", "digits", "--model", "ConvNetD2", "--device", "cpu",
            "--buffer_path", "{buf}", "--run_dir", "{root}/run", "--quiet"]
+# a baseline that, were its input accepted, would be over in a second
+BASELINE = ["baseline", "--num_eval", "1", "--epoch_eval_train", "1", "--device", "cpu", "--quiet"]
 
 # (argv, what the error line must name)
 CASES = [
@@ -171,6 +181,13 @@ CASES = [
     (["export", "{root}/nan_images.pt", "{root}/nan_export"], "nan_images.pt: the images are not"),
     # a report asked to compare a digits run with other data (was a RuntimeError in torch.cat)
     (["report", "{root}/syn_run", "--dataset", "{root}/two_classes"], "--dataset"),
+    # labels CSVs and folders that cannot make a classification dataset (a UnicodeDecodeError
+    # traceback; one class or a class without a test image trained and "tested" silently)
+    (BASELINE + ["--dataset", "{root}/flat", "--labels", "latin1.csv"], "latin1.csv: not UTF-8"),
+    (BASELINE + ["--dataset", "{root}/flat", "--labels", "labels.csv", "--classes", "a"],
+     "only one class"),
+    (BASELINE + ["--dataset", "{root}/flat", "--labels", "labels.csv"], "c (1) have fewer than 2"),
+    (BASELINE + ["--dataset", "{root}/one_class"], "one class folder"),
 ]
 
 

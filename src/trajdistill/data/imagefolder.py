@@ -192,6 +192,9 @@ def load_image_folder(data_path, size: int | None = None, mode: str = "RGB",
     test_classes = class_folders(test_dir)
     if test_classes != classes:
         raise DataError(f"{test_dir}: class folders {test_classes} differ from train/'s {classes}")
+    if len(classes) < 2:
+        raise DataError(f"{root / 'train'}: one class folder ({classes[0]}); a classifier needs at "
+                        "least 2")
     train_files, train_labels = scan_split(root / "train", classes)
     test_files, test_labels = scan_split(test_dir, classes)
     shape, crop = _target_shape(size, train_files[0], crop)
