@@ -1,6 +1,7 @@
 """Bad input, as a new (or hostile) user types it: every case ends in one `error: ...` line that
 names the flag or file, exit status 2, never a traceback. Mostly in-process through cli.main;
 three through a real process to prove what the console shows (and Ctrl-C's exit status 130)."""
+import gzip
 import os
 import signal
 import subprocess
@@ -62,6 +63,11 @@ def env(tmp_path_factory):
     for i in range(5):
         Image.new("RGB", (6, 6), (50 * i, 0, 0)).save(root / "flat" / "images" / f"{i}.png")
     (root / "flat" / "labels.csv").write_text("id,label\n0,a\n1,a\n2,b\n3,b\n4,c\n")
+    (root / "latin1_catalog.csv").write_bytes("objid,t01\n1,caf\u00e9\n".encode("latin-1"))
+    from trajdistill.gzoo2.classes import column_name, required_answers
+    header = ",".join(["objid"] + [column_name(a) for a in required_answers()])
+    rows = "".join(f"{i}" + ",0.5" * len(required_answers()) + "\n" for i in range(2000))
+    (root / "cut_catalog.csv.gz").write_bytes(gzip.compress((header + "\n" + rows).encode())[:2000])
     (root / "flat" / "latin1.csv").write_bytes("id,label\n0,caf\u00e9\n".encode("latin-1"))
     return {"root": str(root), "buf": str(root / "buffers"), "syn": str(syn),
             "txt": str(root / "notes.txt"), "cut": str(root / "cut.pt"),
@@ -188,6 +194,14 @@ CASES = [
      "only one class"),
     (BASELINE + ["--dataset", "{root}/flat", "--labels", "labels.csv"], "c (1) have fewer than 2"),
     (BASELINE + ["--dataset", "{root}/one_class"], "one class folder"),
+    # catalogs that are not UTF-8 CSV, or a cut .gz (a codec message without the file, an
+    # EOFError traceback), and the builder's own ranges named by flag
+    (["gzoo2", "build", "--catalog", "{root}/latin1_catalog.csv", "--images", "{dir}", "--out",
+      "{root}/g"], "latin1_catalog.csv: not UTF-8"),
+    (["gzoo2", "build", "--catalog", "{root}/cut_catalog.csv.gz", "--images", "{dir}", "--out",
+      "{root}/g"], "cut_catalog.csv.gz: damaged or truncated gzip"),
+    (["gzoo2", "build", "--catalog", "{txt}", "--images", "{dir}", "--out", "{root}/g",
+      "--per-class", "5", "--test-per-class", "10"], "--test-per-class"),
 ]
 
 
