@@ -202,6 +202,10 @@ CASES = [
       "{root}/g"], "cut_catalog.csv.gz: damaged or truncated gzip"),
     (["gzoo2", "build", "--catalog", "{txt}", "--images", "{dir}", "--out", "{root}/g",
       "--per-class", "5", "--test-per-class", "10"], "--test-per-class"),
+    # settings that fail with the buffer: an --expert_epochs it cannot hold (was reported as
+    # "max_start_epoch (-1)"), a --prev_iter past --Iteration (ran nothing, exit status 0)
+    (DISTILL + ["--expert_epochs", "3"], "--expert_epochs"),
+    (DISTILL + ["--prev_iter", "5", "--Iteration", "2"], "--prev_iter"),
 ]
 
 
@@ -245,7 +249,21 @@ def test_every_package_error_is_one_type_and_a_bug_keeps_its_traceback(monkeypat
 @pytest.mark.parametrize("field,value,flag", [("syn_steps", 0, "--syn_steps"),
                                               ("sigma", 0.0, "--sigma"),
                                               ("lr_img", -5.0, "--lr_img"),
-                                              ("lr_lr", float("nan"), "--lr_lr")])
+                                              ("lr_lr", float("nan"), "--lr_lr"),
+                                              # were TypeError / AttributeError / RuntimeError /
+                                              # AssertionError tracebacks, a ValueError from the
+                                              # schedule, or accepted and used as garbage
+                                              ("lr_teacher", 0.01, "--lr_teacher"),
+                                              ("lr_teacher", [float("nan")], "--lr_teacher"),
+                                              ("ipc", 1.5, "--ipc"),
+                                              ("learn_lr", "no", "--learn_lr"),
+                                              ("device", "gpu", "--device"),
+                                              ("dsa_strategy", None, "--dsa_strategy"),
+                                              ("eval_batched", "maybe", "--eval_batched"),
+                                              ("eval_models", ["NoSuchNet"], "NoSuchNet"),
+                                              ("sample_method", "sometimes", "--sample_method"),
+                                              ("lr_y", float("nan"), "--lr_y"),
+                                              ("seed", 2 ** 70, "--seed")])
 def test_python_configs_are_checked_before_torch_optim_sees_them(env, tmp_path, field, value, flag):
     splits = load_dataset("digits")
     store = open_buffer(f"{env['buf']}/digits/ConvNetD2", splits)

@@ -147,25 +147,31 @@ def output_dir(text: str) -> str:
 
 def device(text: str) -> str:
     """cpu, cuda, cuda:N or mps, and only one this PyTorch can use."""
+    why = device_problem(text)
+    if why:
+        raise argparse.ArgumentTypeError(why)
+    return text
+
+
+def device_problem(text) -> str | None:
+    """Why `text` is not a device this PyTorch can use, or None (also for Python configs)."""
     import torch
     try:
         dev = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got {text!r}") from None
+    except (RuntimeError, ValueError, TypeError):
+        return f"expected cpu, cuda, cuda:N or mps, got {text!r}"
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             build = "a CPU-only build" if torch.version.cuda is None else "no GPU visible"
-            raise argparse.ArgumentTypeError(f"{text!r} is not available: this PyTorch "
-                                             f"({torch.__version__}) has {build}; use cpu")
+            return f"{text!r} is not available: this PyTorch ({torch.__version__}) has {build}; use cpu"
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(f"{text!r} does not exist: "
-                                             f"{torch.cuda.device_count()} CUDA device(s)")
+            return f"{text!r} does not exist: {torch.cuda.device_count()} CUDA device(s)"
     elif dev.type == "mps":
         if not torch.backends.mps.is_available():
-            raise argparse.ArgumentTypeError(f"{text!r} is not available on this machine; use cpu")
+            return f"{text!r} is not available on this machine; use cpu"
     elif dev.type != "cpu":
-        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got {text!r}")
-    return text
+        return f"expected cpu, cuda, cuda:N or mps, got {text!r}"
+    return None
 
 
 def dsa_strategy(text: str) -> str:
