@@ -206,6 +206,10 @@ CASES = [
     # "max_start_epoch (-1)"), a --prev_iter past --Iteration (ran nothing, exit status 0)
     (DISTILL + ["--expert_epochs", "3"], "--expert_epochs"),
     (DISTILL + ["--prev_iter", "5", "--Iteration", "2"], "--prev_iter"),
+    # flags that the command would ignore (it ran without them, exit status 0)
+    (BASELINE + ["--dataset", "digits", "--kind", "mean", "--ipc", "5"], "--ipc is for --kind random"),
+    (["evaluate", "--syn", "{syn}", "--dataset", "digits", "--zca", "--num_eval", "1",
+      "--epoch_eval_train", "1", "--device", "cpu", "--quiet"], "--zca"),
 ]
 
 

@@ -371,6 +371,9 @@ def cmd_evaluate(args) -> None:
     syn = SyntheticSet.load(o["syn"])
     texture = spec_of(syn.meta)  # a texture set: canvases, trained on through windows
     o.setdefault("dataset", syn.data.get("dataset"))
+    if o.get("zca") and not syn.data.get("zca"):
+        raise ConfigError(f"--zca: {o['syn']} was distilled without ZCA, and evaluation uses the "
+                          "set's own transform; drop --zca")
     splits = _load_splits({**o, "zca": syn.data.get("zca")})
     want = texture.canvas_shape(splits.image_shape) if texture else splits.image_shape
     if list(want) != list(syn.images.shape[1:]) or splits.classes != syn.data["classes"]:
@@ -399,6 +402,9 @@ def cmd_baseline(args) -> None:
     o = _resolve(args, {"kind": "random", "ipc": 1, "model": "ConvNet", "eval_mode": "S",
                         "num_eval": 5, "epoch_eval_train": None, "lr": 0.01, "dsa": True,
                         "batch_train": 256, "seed": 0, "eval_batched": "auto"})
+    if args.ipc is not None and o["kind"] != "random":
+        raise ConfigError(f"--ipc is for --kind random; --kind {o['kind']} uses "
+                          f"{'one mean image' if o['kind'] == 'mean' else 'every image'} per class")
     splits = _load_splits(o)
     if o["kind"] == "random":
         images, labels = random_real(splits, o["ipc"], o["seed"])
