@@ -194,6 +194,10 @@ CASES = [
      "only one class"),
     (BASELINE + ["--dataset", "{root}/flat", "--labels", "labels.csv"], "c (1) have fewer than 2"),
     (BASELINE + ["--dataset", "{root}/one_class"], "one class folder"),
+    (BASELINE + ["--dataset", "{root}/flat", "--labels", "labels.csv", "--classes", "a,b",
+                 "--class_names", "x,x"], "--class_names"),
+    (BASELINE + ["--dataset", "{root}/flat", "--labels", "labels.csv", "--classes", "a,b",
+                 "--crop", "center"], "--crop center needs --res"),
     # catalogs that are not UTF-8 CSV, or a cut .gz (a codec message without the file, an
     # EOFError traceback), and the builder's own ranges named by flag
     (["gzoo2", "build", "--catalog", "{root}/latin1_catalog.csv", "--images", "{dir}", "--out",

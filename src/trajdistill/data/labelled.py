@@ -203,6 +203,10 @@ def _class_names(class_names, groups) -> list[str]:
     if len(names) != len(groups) or not all(names):
         raise DataError(f"--class_names gives {len(names)} name(s) for {len(groups)} classes "
                         f"({','.join('+'.join(g) for g in groups)})")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataError(f"--class_names {class_names!r}: {', '.join(dup)} named more than once "
+                        "(merge those labels with --classes a+b instead)")
     return names
 
 
@@ -222,8 +226,8 @@ def _decode_options(res, crop, first: Path):
     if crop is not None and crop not in CROPS:
         raise DataError(f"--crop must be one of {', '.join(CROPS)}, got {crop!r}")
     if res is None:
-        if crop == "center-half":
-            raise DataError("--crop center-half needs --res (the side to resize the crop to)")
+        if crop is not None:  # as image folders: a crop without a side would be ignored
+            raise DataError(f"--crop {crop} needs --res (the side to resize the crop to)")
         return image_shape(first), False
     if isinstance(res, bool) or not isinstance(res, int) or res < 1:
         raise DataError(f"--res must be a positive integer (the square side), got {res!r}")
