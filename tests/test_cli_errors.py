@@ -2,7 +2,9 @@
 names the flag or file, exit status 2, never a traceback. Mostly in-process through cli.main;
 three through a real process to prove what the console shows (and Ctrl-C's exit status 130)."""
 import gzip
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,6 +55,14 @@ def env(tmp_path_factory):
         (root / name).mkdir()
         for file, text in files.items():
             (root / name / file).write_text(text)
+    # a finished two-iteration run, and a copy whose config.json was edited by hand
+    assert cli.main(["distill", "--dataset", "digits", "--model", "ConvNetD2", "--device", "cpu",
+                     "--buffer_path", str(root / "buffers"), "--run_dir", str(root / "done_run"),
+                     "--quiet", "--Iteration", "2", "--syn_steps", "2", "--eval_it", "0",
+                     "--val_size", "0", "--select_on", "test"]) == 0
+    shutil.copytree(root / "done_run", root / "edited_run")
+    config = json.loads((root / "edited_run" / "config.json").read_text())
+    (root / "edited_run" / "config.json").write_text(json.dumps({**config, "ipc": "two"}))
     (root / "syn_run").mkdir()
     (root / "syn_run" / "synthetic_best.pt").write_bytes(syn.read_bytes())
     _image_folder(root / "two_classes", ["cat", "dog"], 2)
@@ -210,6 +220,12 @@ CASES = [
     # "max_start_epoch (-1)"), a --prev_iter past --Iteration (ran nothing, exit status 0)
     (DISTILL + ["--expert_epochs", "3"], "--expert_epochs"),
     (DISTILL + ["--prev_iter", "5", "--Iteration", "2"], "--prev_iter"),
+    # --resume: settings of the run's config.json named as such (was "--ipc must be ..." for a
+    # flag never given), and an --Iteration the run has passed (nothing ran, exit status 0,
+    # and config.json was rewritten with the smaller --Iteration)
+    (["distill", "--resume", "{root}/edited_run", "--quiet"], "edited_run/config.json: --ipc"),
+    (["distill", "--resume", "{root}/done_run", "--Iteration", "1", "--quiet"],
+     "--Iteration 1: "),
     # flags that the command would ignore (it ran without them, exit status 0)
     (BASELINE + ["--dataset", "digits", "--kind", "mean", "--ipc", "5"], "--ipc is for --kind random"),
     (["evaluate", "--syn", "{syn}", "--dataset", "digits", "--zca", "--num_eval", "1",

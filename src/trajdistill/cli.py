@@ -223,8 +223,16 @@ def _resume_distill(args) -> None:
                           "the run used ('source': dataset, buffer_dir)")
     splits = _load_splits(src)
     store = open_buffer(src["buffer_dir"], splits)
-    distiller = Distiller.resume(run_dir, splits, store, progress=not args.quiet,
-                                 iterations=args.Iteration)
+    try:
+        distiller = Distiller.resume(run_dir, splits, store, progress=not args.quiet,
+                                     iterations=args.Iteration)
+    except ConfigError as e:  # the run's own settings: name the file they came from
+        if str(run_dir) in str(e):  # (already names its file, e.g. checkpoint.pt)
+            raise
+        raise ConfigError(f"{run_dir}/config.json: {e}") from None
+    if args.Iteration is not None and args.Iteration <= distiller.iteration:
+        raise ConfigError(f"--Iteration {args.Iteration}: {run_dir} is already at iteration "
+                          f"{distiller.iteration}; give more to extend it")
     print(f"resuming {run_dir} at iteration {distiller.iteration}")
     _finish(distiller, splits)
 
