@@ -17,7 +17,7 @@ from trajdistill import cli
 from trajdistill.data import load_dataset
 from trajdistill.distill import DistillConfig, Distiller, open_buffer
 from trajdistill.errors import ConfigError, TrajdistillError
-from trajdistill.evaluate import random_real
+from trajdistill.evaluate import EvalConfig, evaluate_set, random_real
 from trajdistill.experts import BufferError, ExpertConfig, train_experts
 from trajdistill.io import FileFormatError
 from trajdistill.synthetic import SyntheticSet
@@ -293,6 +293,39 @@ def test_python_configs_are_checked_before_torch_optim_sees_them(env, tmp_path, 
     store = open_buffer(f"{env['buf']}/digits/ConvNetD2", splits)
     with pytest.raises(ConfigError, match=flag):
         Distiller(DistillConfig(**{field: value}), splits, store, tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("kw,flag", [({"num_experts": 0}, "--num_experts"),
+                                     ({"train_epochs": 0}, "--train_epochs"),
+                                     ({"lr_teacher": float("nan")}, "--lr_teacher"),
+                                     ({"mom": -1.0}, "--mom"),
+                                     ({"batch_train": 0}, "--batch_train"),
+                                     ({"decay": "yes"}, "--decay"),
+                                     ({"device": "gpu"}, "--device")])
+def test_python_expert_configs_are_checked_before_any_training(tmp_path, kw, flag):
+    """ExpertConfig gets the buffer flags' kinds (were torch.optim ValueErrors, a RuntimeError
+    from torch.device or tensor.split, or an empty buffer / NaN experts accepted)."""
+    cfg = ExpertConfig(**{"model": "ConvNetD2", "train_epochs": 1, "num_experts": 1, **kw})
+    with pytest.raises(ConfigError, match=flag):
+        train_experts(load_dataset("digits"), cfg, tmp_path / "buf", progress=False)
+    assert not (tmp_path / "buf").exists()
+
+
+@pytest.mark.parametrize("kw,lrs,flag", [({"num_eval": 0}, [0.01], "--num_eval"),
+                                         ({"epoch_eval_train": 0}, [0.01], "--epoch_eval_train"),
+                                         ({"batch_train": 0}, [0.01], "--batch_train"),
+                                         ({"device": "gpu"}, [0.01], "--device"),
+                                         ({}, [float("nan")], "--lr"),
+                                         ({}, [-1.0], "--lr"),
+                                         ({}, [], "--lr")])
+def test_python_eval_configs_are_checked_before_any_training(kw, lrs, flag):
+    """EvalConfig and the lrs of evaluate_set get the evaluate flags' kinds (were IndexError,
+    RuntimeError and torch.optim ValueError tracebacks, or an evaluation at lr NaN)."""
+    splits = load_dataset("digits")
+    images, labels = random_real(splits, 1)
+    with pytest.raises(ConfigError, match=flag):
+        evaluate_set(images, labels, splits, lrs, ["ConvNetD2"],
+                     EvalConfig(**{"num_eval": 1, "epoch_eval_train": 1, **kw}), progress=False)
 
 
 def _console(*argv: str, **kw) -> subprocess.Popen:

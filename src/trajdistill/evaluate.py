@@ -15,6 +15,8 @@ two differ only in floating-point summation order (tested in tests/test_evaluate
 """
 from __future__ import annotations
 
+import math
+import numbers
 import statistics
 import warnings
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from . import progress as progress_out
 from .augment import DEFAULT_STRATEGY
 from .data.base import DatasetSplits
 from .errors import ConfigError
+from .flags import check_config
 from .models import FlatModel, build_model
 from .texture import TextureSpec
 from .training import (confusion_result, set_loss, targets_weights, test_network, to_input,
@@ -58,6 +61,11 @@ class EvalConfig:
     # texture sets (texture.py): train on canvas_samples random windows of each canvas per
     # batch, as the reference's texture evaluation; the test set is used as it is
     texture: TextureSpec | None = None
+
+
+# the ranges of the evaluate/baseline flags, for EvalConfig built in Python
+EVAL_RANGES = {"num_eval": (1, True), "epoch_eval_train": (1, True), "batch_train": (1, True),
+               "momentum": (0, True), "weight_decay": (0, True), "seed": (0, True)}
 
 
 def network_seed(seed: int, k: int) -> int:
@@ -210,6 +218,10 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, splits: DatasetSpli
     """Evaluate a set on each model: {model: {mean, std, accuracies, per_class, confusion}}
     (test set), plus val_mean, val_std, val_accuracies when validation images
     `val` = (uint8 images, labels) are given."""
+    check_config(cfg, EVAL_RANGES)
+    if not lrs or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                          and math.isfinite(v) and v > 0 for v in lrs):
+        raise ConfigError(f"--lr: expected one or more positive finite learning rates, got {lrs!r}")
     schedule = lr_schedule(lrs, cfg.epoch_eval_train, syn_steps)
     seeds = [network_seed(cfg.seed, k) for k in range(cfg.num_eval)]
     out = {}

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 import tempfile
+from dataclasses import fields
 from pathlib import Path
 
 
@@ -182,3 +184,36 @@ def dsa_strategy(text: str) -> str:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
+
+
+# ----------------------------------------------------------------------------- Python configs
+
+def check_config(cfg, ranges: dict[str, tuple[float, bool]]) -> None:
+    """The kinds above for a config dataclass built in Python (ExpertConfig, EvalConfig): int,
+    float and bool fields hold such values (finite), `ranges` = {field: (lowest, whether the
+    lowest itself is allowed)}, a seed is below SEED_LIMIT, a device exists. Raises
+    ConfigError naming the flag, before torch.optim or torch.device sees the value."""
+    from .errors import ConfigError
+    for f in fields(cfg):
+        value, flag, kind = getattr(cfg, f.name), f"--{f.name}", str(f.type)
+        if kind == "bool" and not isinstance(value, bool):
+            raise ConfigError(f"{flag} must be True or False, got {value!r}")
+        if kind == "int" and (not isinstance(value, numbers.Integral) or isinstance(value, bool)):
+            raise ConfigError(f"{flag} must be an integer, got {value!r}")
+        if kind == "float" and (not isinstance(value, numbers.Real) or isinstance(value, bool)
+                                or not math.isfinite(value)):
+            raise ConfigError(f"{flag} must be a finite number, got {value!r}")
+        if f.name in ranges:
+            low, inclusive = ranges[f.name]
+            if value < low or (value == low and not inclusive):
+                raise ConfigError(f"{flag} must be {'>=' if inclusive else '>'} {low}, got {value!r}")
+    if getattr(cfg, "seed", 0) >= SEED_LIMIT:
+        raise ConfigError(f"--seed must be below {SEED_LIMIT}, got {cfg.seed}")
+    if hasattr(cfg, "device") and device_problem(cfg.device):
+        raise ConfigError(f"--device: {device_problem(cfg.device)}")
+    if hasattr(cfg, "dsa_strategy"):
+        from .augment import parse_strategy
+        try:
+            parse_strategy(cfg.dsa_strategy)
+        except ValueError as e:
+            raise ConfigError(f"--dsa_strategy: {e}") from None
