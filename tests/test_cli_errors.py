@@ -226,6 +226,13 @@ CASES = [
     (["distill", "--resume", "{root}/edited_run", "--quiet"], "edited_run/config.json: --ipc"),
     (["distill", "--resume", "{root}/done_run", "--Iteration", "1", "--quiet"],
      "--Iteration 1: "),
+    # an initial set of NaN images (was distilled, saved, and refused only when read back)
+    (DISTILL + ["--load_syn_image", "{root}/nan_images.pt", "--Iteration", "2", "--eval_it", "0",
+                "--syn_steps", "2"], "nan_images.pt: the images are not all finite"),
+    # a flat image folder without --labels (was "DIR/train: missing directory"), --labels a
+    # folder (was "no such file")
+    (BASELINE + ["--dataset", "{root}/flat"], "needs --labels CSV"),
+    (BASELINE + ["--dataset", "{root}/flat", "--labels", "{dir}"], "a directory; expected"),
     # flags that the command would ignore (it ran without them, exit status 0)
     (BASELINE + ["--dataset", "digits", "--kind", "mean", "--ipc", "5"], "--ipc is for --kind random"),
     (["evaluate", "--syn", "{syn}", "--dataset", "digits", "--zca", "--num_eval", "1",

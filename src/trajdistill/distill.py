@@ -477,6 +477,8 @@ class Distiller:
             want = (splits.num_classes * cfg.ipc, *self._syn_shape())
             if not isinstance(images, torch.Tensor) or tuple(images.shape) != want:
                 raise ConfigError(f"{cfg.load_syn_image}: expected an image tensor of shape {want}")
+            if not images.is_floating_point() or not torch.isfinite(images).all():
+                raise ConfigError(f"{cfg.load_syn_image}: the images are not all finite numbers")
             if isinstance(blob, dict) and blob.get("soft_labels") is not None:
                 self.loaded_logits = blob["soft_labels"].float()  # continue with its labels
             return images.float().clone()

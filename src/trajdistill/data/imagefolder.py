@@ -187,6 +187,9 @@ def load_image_folder(data_path, size: int | None = None, mode: str = "RGB",
         raise DataError(f"give the side once: size={size} and res={res} differ")
     size = size if size is not None else res
     root = check_root(data_path)
+    if not (root / "train").is_dir():  # say what an image folder is, and the other layout
+        raise DataError(f"{root}: no train/ folder; an image folder has train/<class>/ and "
+                        "test/<class>/ (a flat folder of images named by id needs --labels CSV)")
     classes = class_folders(root / "train")
     test_dir = find_split(root, TEST_SPLIT_NAMES)
     test_classes = class_folders(test_dir)

@@ -131,6 +131,8 @@ def _labels_path(root: Path, labels) -> Path:
     path = Path(labels).expanduser()
     if not path.is_file() and (root / path).is_file():
         path = root / path
+    if path.is_dir():
+        raise DataError(f"--labels {labels}: a directory; expected the labels CSV file")
     if not path.is_file():
         raise DataError(f"--labels {labels}: no such file (looked also in {root})")
     return path
