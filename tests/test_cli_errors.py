@@ -133,6 +133,7 @@ CASES = [
     (DISTILL + ["--gradient", "fast"], "--gradient"),
     (DISTILL + ["--lr_mode", "per-stage"], "--lr_mode"),
     (DISTILL + ["--method", "DATM-ish"], "--method"),
+    (DISTILL + ["--algorithm", "per-stage"], "--algorithm"),  # was a note, then ignored
     (["baseline", "--kind", "median", "--dataset", "digits"], "--kind"),
     (["buffer", "--dataset", "digits", "--dsa_strategy", "blur"], "--dsa_strategy"),
     (["distill", "--dataset", "nosuchset", "--device", "cpu"], "nosuchset"),
