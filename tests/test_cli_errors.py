@@ -65,6 +65,8 @@ def env(tmp_path_factory):
     (root / "edited_run" / "config.json").write_text(json.dumps({**config, "ipc": "two"}))
     (root / "syn_run").mkdir()
     (root / "syn_run" / "synthetic_best.pt").write_bytes(syn.read_bytes())
+    shutil.copytree(root / "syn_run", root / "figures_file_run")
+    (root / "figures_file_run" / "figures").write_text("not a folder")
     _image_folder(root / "two_classes", ["cat", "dog"], 2)
     _image_folder(root / "one_class", ["cat"], 2)
     # a flat folder of images + labels CSV: classes a, b (2 images each) and c (1 image)
@@ -198,6 +200,8 @@ CASES = [
     (["export", "{root}/nan_images.pt", "{root}/nan_export"], "nan_images.pt: the images are not"),
     # a report asked to compare a digits run with other data (was a RuntimeError in torch.cat)
     (["report", "{root}/syn_run", "--dataset", "{root}/two_classes"], "--dataset"),
+    # a run directory the report cannot write in (was a FileExistsError traceback)
+    (["report", "{root}/figures_file_run"], "figures: expected a folder"),
     # labels CSVs and folders that cannot make a classification dataset (a UnicodeDecodeError
     # traceback; one class or a class without a test image trained and "tested" silently)
     (BASELINE + ["--dataset", "{root}/flat", "--labels", "latin1.csv"], "latin1.csv: not UTF-8"),

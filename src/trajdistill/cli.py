@@ -348,7 +348,7 @@ def _add_distill_parser(sub) -> None:
                    "of the training set, at most 5000; 0: none)")
     p.add_argument("--select_on", choices=["val", "test"],
                    help="choose synthetic_best.pt on validation (default) or test accuracy")
-    p.add_argument("--resume", metavar="RUN_DIR", type=kinds.existing_dir,
+    p.add_argument("--resume", metavar="RUN_DIR", type=kinds.writable_dir,
                    help="continue a run from its last checkpoint "
                    "(its own settings; --Iteration may extend it)")
     p.add_argument("--buffer_path", type=kinds.non_empty)
@@ -548,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("report", help="(re)build the report of a run directory")
-    p.add_argument("run_dir", type=kinds.existing_dir)
+    p.add_argument("run_dir", type=kinds.writable_dir)
     p.add_argument("--dataset", type=kinds.non_empty,
                    help="the run's dataset: adds synthetic vs class mean vs real images")
     p.add_argument("--data_path", type=kinds.non_empty)

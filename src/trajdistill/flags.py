@@ -129,6 +129,15 @@ def output_file(text: str) -> str:
     return text
 
 
+def writable_dir(text: str) -> str:
+    """A folder that exists and takes new files (a run directory to continue or report on)."""
+    existing_dir(text)
+    why = _cannot_write(Path(text))
+    if why:
+        raise argparse.ArgumentTypeError(f"cannot write in {text} ({why})")
+    return text
+
+
 def output_dir(text: str) -> str:
     """A folder to write into: one that exists, or one that can be created (its nearest
     existing parent is a folder that takes new files)."""

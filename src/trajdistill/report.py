@@ -384,6 +384,10 @@ def build_report(run_dir: str | Path, classes: list[str] | None = None,
     images with class means and real examples. Returns the HTML path."""
     run = Path(run_dir)
     figs = run / "figures"
+    for path, folder in ((figs, True), (run / "report.html", False), (run / "report.md", False)):
+        if path.exists() and path.is_dir() != folder:  # the report writes there
+            raise FileFormatError(f"{path}: expected a {'folder' if folder else 'file'}, the "
+                                  f"report writes its {'figures' if folder else 'page'} there")
     metrics = _checked_metrics(read_jsonl(run / "metrics.jsonl"), run / "metrics.jsonl")
     evals = _checked_evals(read_jsonl(run / "evals.jsonl"), run / "evals.jsonl")
     results = (_checked_results(load_json(run / "results.json"), run / "results.json")
