@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import numbers
 import random
 import time
 import warnings
@@ -29,7 +28,7 @@ from .flags import SEED_LIMIT, device_problem
 from .lr_auto import auto_lr, spread
 from .io import atomic_save, atomic_write_text, load_json, read_jsonl, safe_load, write_json
 from .matching import GRADIENT_METHODS, MatchProblem, matching_loss, plan_unroll
-from .models import FlatModel, ModelError, build_model
+from .models import FlatModel, build_model
 from .schedule import AlignedStart, StageMachine, UniformStart
 from .synthetic import SyntheticSet
 from .texture import TextureSpec, real_canvases
@@ -150,13 +149,14 @@ _RANGES = [("ipc", "--ipc", 1, True), ("syn_steps", "--syn_steps", 1, True),
            ("num_eval", "--num_eval", 1, True), ("epoch_eval_train", "--epoch_eval_train", 1, True),
            ("checkpoint_every", "--checkpoint_every", 1, True),
            ("max_failures", "--max_failures", 1, True), ("batch_syn", "--batch_syn", 1, True),
-           ("max_experts", "--max_experts", 1, True), ("prev_iter", "--prev_iter", 0, True),
-           ("init_epoch", "--init_epoch", 1, True), ("min_start_epoch", "--min_start_epoch", 0, True),
-           ("current_max_start_epoch", "--current_max_start_epoch", 1, True),
-           ("expansion_end_epoch", "--expansion_end_epoch", 1, True),
-           ("canvas_size", "--canvas_size", 1, True), ("canvas_samples", "--canvas_samples", 1, True),
-           ("loss_warn_it", "--loss_warn_it", 0, True), ("seed", "--seed", 0, True),
-           ("lr_y", "--lr_y", 0, False), ("loss_threshold", "--loss_threshold", 0, False)]
+           ("max_experts", "--max_experts", 1, True), ("prev_iter", "--prev_iter", 0, True)]
+# ... and those of the flags added since (each was a traceback, or garbage, from Python)
+_RANGES += [("init_epoch", "--init_epoch", 1, True), ("min_start_epoch", "--min_start_epoch", 0, True),
+            ("current_max_start_epoch", "--current_max_start_epoch", 1, True),
+            ("expansion_end_epoch", "--expansion_end_epoch", 1, True),
+            ("canvas_size", "--canvas_size", 1, True), ("canvas_samples", "--canvas_samples", 1, True),
+            ("loss_warn_it", "--loss_warn_it", 0, True), ("seed", "--seed", 0, True),
+            ("lr_y", "--lr_y", 0, False), ("loss_threshold", "--loss_threshold", 0, False)]
 
 
 def _check_ranges(cfg: DistillConfig) -> None:
@@ -174,6 +174,9 @@ def _check_kinds(cfg: DistillConfig, splits: DatasetSplits) -> None:
     """What the command line's flag kinds check, for configurations built in Python: a 1.5
     for an int, "no" (truthy) for a bool, an lr of NaN, a device or model that does not exist
     would otherwise fail late (or run on garbage)."""
+    import numbers
+
+    from .models import ModelError
     for f in fields(cfg):  # kinds from the annotations
         value, flag = getattr(cfg, f.name), "--Iteration" if f.name == "iterations" else f"--{f.name}"
         if f.type == "bool" and not isinstance(value, bool):

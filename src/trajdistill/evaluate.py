@@ -80,9 +80,10 @@ def lr_schedule(lrs: list[float], epochs: int, syn_steps: int) -> list[float]:
     A list (independent-lr, one per stage): each lr for k = max(syn_steps, 500 // len)
     epochs in order, then 500 more epochs at the last lr x0.1 (`epochs` is ignored).
     """
+    if not lrs or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                          and math.isfinite(v) and v > 0 for v in lrs):
+        raise ConfigError(f"--lr: expected one or more positive finite learning rates, got {lrs!r}")
     lrs = [float(v) for v in lrs]
-    if not lrs:
-        raise ValueError("lr_schedule needs at least one learning rate")
     if len(lrs) == 1:
         half = epochs // 2
         return [lrs[0]] * half + [lrs[0] * 0.1] * (epochs - half)
@@ -218,11 +219,8 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, splits: DatasetSpli
     """Evaluate a set on each model: {model: {mean, std, accuracies, per_class, confusion}}
     (test set), plus val_mean, val_std, val_accuracies when validation images
     `val` = (uint8 images, labels) are given."""
-    check_config(cfg, EVAL_RANGES)
-    if not lrs or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
-                          and math.isfinite(v) and v > 0 for v in lrs):
-        raise ConfigError(f"--lr: expected one or more positive finite learning rates, got {lrs!r}")
     schedule = lr_schedule(lrs, cfg.epoch_eval_train, syn_steps)
+    check_config(cfg, EVAL_RANGES)
     seeds = [network_seed(cfg.seed, k) for k in range(cfg.num_eval)]
     out = {}
     for model in models:

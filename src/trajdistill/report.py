@@ -23,9 +23,10 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from .data.base import DatasetSplits  # noqa: E402
-from .io import FileFormatError, load_json, read_jsonl  # noqa: E402
+from .io import load_json, read_jsonl  # noqa: E402
 from .synthetic import SyntheticSet  # noqa: E402
 from .texture import spec_of, tiled  # noqa: E402
+from .io import FileFormatError  # noqa: E402
 
 CLIP_STD = 2.5
 MAX_SHOWN_IPC = 10        # the grid shows at most this many images of each class
