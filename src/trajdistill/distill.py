@@ -150,6 +150,7 @@ _RANGES = [("ipc", "--ipc", 1, True), ("syn_steps", "--syn_steps", 1, True),
            ("checkpoint_every", "--checkpoint_every", 1, True),
            ("max_failures", "--max_failures", 1, True), ("batch_syn", "--batch_syn", 1, True),
            ("max_experts", "--max_experts", 1, True), ("prev_iter", "--prev_iter", 0, True)]
+
 # ... and those of the flags added since (each was a traceback, or garbage, from Python)
 _RANGES += [("init_epoch", "--init_epoch", 1, True), ("min_start_epoch", "--min_start_epoch", 0, True),
             ("current_max_start_epoch", "--current_max_start_epoch", 1, True),
