@@ -22,9 +22,8 @@ from . import progress as progress_out
 from .augment import DEFAULT_STRATEGY, parse_strategy
 from .data.base import DatasetSplits
 from .errors import ConfigError, TrajdistillError
-from .evaluate import BATCHED_CHOICES, EvalConfig, class_means, evaluate_set
+from .evaluate import EvalConfig, class_means, evaluate_set
 from .experts import BufferError, TrajectoryStore
-from .flags import SEED_LIMIT, device_problem
 from .lr_auto import auto_lr, spread
 from .io import atomic_save, atomic_write_text, load_json, read_jsonl, safe_load, write_json
 from .matching import GRADIENT_METHODS, MatchProblem, matching_loss, plan_unroll
@@ -177,6 +176,8 @@ def _check_kinds(cfg: DistillConfig, splits: DatasetSplits) -> None:
     would otherwise fail late (or run on garbage)."""
     import numbers
 
+    from .evaluate import BATCHED_CHOICES
+    from .flags import SEED_LIMIT, device_problem
     from .models import ModelError
     for f in fields(cfg):  # kinds from the annotations
         value, flag = getattr(cfg, f.name), "--Iteration" if f.name == "iterations" else f"--{f.name}"
