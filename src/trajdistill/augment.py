@@ -37,6 +37,8 @@ Params = dict  # {"group": str, tensors of per-image draws}
 
 
 def parse_strategy(strategy: str) -> list[str]:
+    if not isinstance(strategy, str):
+        raise ValueError(f"expected a DSA strategy (groups joined by _), got {strategy!r}")
     strategy = NAMED_STRATEGIES.get(strategy, strategy)
     groups = [g for g in strategy.split("_") if g]
     bad = [g for g in groups if g not in GROUPS]

@@ -69,7 +69,7 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zca", action="store_true", default=None, help="ZCA-whiten (CIFAR)")
     p.add_argument("--device", type=kinds.device, default=None,
                    help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--seed", type=kinds.non_negative_int, default=None)
+    p.add_argument("--seed", type=kinds.seed, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -218,13 +218,22 @@ def _resume_distill(args) -> None:
     run_dir = Path(args.resume)
     saved = load_json(run_dir / "config.json")
     src = saved.get("source") or {}
-    if not src.get("dataset"):
-        raise ConfigError(f"{run_dir}/config.json does not say which data the run used")
+    if not isinstance(src, dict) or not src.get("dataset") or not src.get("buffer_dir"):
+        raise ConfigError(f"{run_dir}/config.json does not say which data and expert buffer "
+                          "the run used ('source': dataset, buffer_dir)")
     splits = _load_splits(src)
     comm, device = init_from_env(saved.get("device", "cpu"))
     store = open_buffer(src["buffer_dir"], splits)
-    distiller = Distiller.resume(run_dir, splits, store, progress=not args.quiet,
-                                 iterations=args.Iteration, comm=comm, device=device)
+    try:
+        distiller = Distiller.resume(run_dir, splits, store, progress=not args.quiet,
+                                     iterations=args.Iteration, comm=comm, device=device)
+    except ConfigError as e:  # the run's own settings: name the file they came from
+        if str(run_dir) in str(e):  # (already names its file, e.g. checkpoint.pt)
+            raise
+        raise ConfigError(f"{run_dir}/config.json: {e}") from None
+    if args.Iteration is not None and args.Iteration <= distiller.iteration:
+        raise ConfigError(f"--Iteration {args.Iteration}: {run_dir} is already at iteration "
+                          f"{distiller.iteration}; give more to extend it")
     if comm.is_main:
         print(f"resuming {run_dir} at iteration {distiller.iteration}")
     _finish(distiller, splits)
@@ -347,11 +356,11 @@ def _add_distill_parser(sub) -> None:
                    "of the training set, at most 5000; 0: none)")
     p.add_argument("--select_on", choices=["val", "test"],
                    help="choose synthetic_best.pt on validation (default) or test accuracy")
-    p.add_argument("--resume", metavar="RUN_DIR", type=kinds.existing_dir,
+    p.add_argument("--resume", metavar="RUN_DIR", type=kinds.writable_dir,
                    help="continue a run from its last checkpoint "
                    "(its own settings; --Iteration may extend it)")
     p.add_argument("--buffer_path", type=kinds.non_empty)
-    p.add_argument("--run_dir", type=kinds.non_empty)
+    p.add_argument("--run_dir", type=kinds.output_dir)
     p.add_argument("--prev_iter", type=kinds.non_negative_int)
     p.add_argument("--load_syn_image", type=kinds.existing_file)
     p.add_argument("--wandb_name", type=kinds.non_empty, help="name of the run (directory under runs/)")
@@ -378,6 +387,9 @@ def cmd_evaluate(args) -> None:
     syn = SyntheticSet.load(o["syn"])
     texture = spec_of(syn.meta)  # a texture set: canvases, trained on through windows
     o.setdefault("dataset", syn.data.get("dataset"))
+    if o.get("zca") and not syn.data.get("zca"):
+        raise ConfigError(f"--zca: {o['syn']} was distilled without ZCA, and evaluation uses the "
+                          "set's own transform; drop --zca")
     splits = _load_splits({**o, "zca": syn.data.get("zca")})
     want = texture.canvas_shape(splits.image_shape) if texture else splits.image_shape
     if list(want) != list(syn.images.shape[1:]) or splits.classes != syn.data["classes"]:
@@ -409,6 +421,9 @@ def cmd_baseline(args) -> None:
     o = _resolve(args, {"kind": "random", "ipc": 1, "model": "ConvNet", "eval_mode": "S",
                         "num_eval": 5, "epoch_eval_train": None, "lr": 0.01, "dsa": True,
                         "batch_train": 256, "seed": 0, "eval_batched": "auto"})
+    if args.ipc is not None and o["kind"] != "random":
+        raise ConfigError(f"--ipc is for --kind random; --kind {o['kind']} uses "
+                          f"{'one mean image' if o['kind'] == 'mean' else 'every image'} per class")
     splits = _load_splits(o)
     if o["kind"] == "random":
         images, labels = random_real(splits, o["ipc"], o["seed"])
@@ -477,13 +492,18 @@ def cmd_report(args) -> None:
     if args.dataset:
         from .synthetic import SyntheticSet
         run = Path(args.run_dir)
-        zca = args.zca
-        for name in ("synthetic_best.pt", "synthetic_last.pt"):
-            if zca is None and (run / name).exists():
-                zca = bool(SyntheticSet.load(run / name).data.get("zca"))
+        found = [run / n for n in ("synthetic_best.pt", "synthetic_last.pt") if (run / n).exists()]
+        syn = SyntheticSet.load(found[0]) if found else None
+        zca = args.zca if args.zca is not None or syn is None else bool(syn.data.get("zca"))
         splits = _load_splits({"dataset": args.dataset, "data_path": args.data_path,
                                "subset": args.subset, "zca": zca,
                                **{k: getattr(args, k) for k in DATA_OPTIONS}})
+        if syn is not None and (list(splits.image_shape) != list(syn.data.get("image_shape", []))
+                                or splits.classes != syn.data.get("classes")):
+            raise ConfigError(f"--dataset {args.dataset}: gives {list(splits.image_shape)} images "
+                              f"of {splits.num_classes} classes, but {found[0]} was distilled from "
+                              f"{syn.data.get('dataset')} {syn.data.get('image_shape')} with "
+                              f"{len(syn.data.get('classes') or [])} classes")
     print(build_report(args.run_dir, splits=splits))
 
 
@@ -518,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mom", type=kinds.non_negative_float)
     p.add_argument("--l2", type=kinds.non_negative_float)
     p.add_argument("--decay", action="store_true", default=None)
-    p.add_argument("--buffer_path", type=kinds.non_empty)
+    p.add_argument("--buffer_path", type=kinds.output_dir)
     p.set_defaults(func=cmd_buffer)
 
     _add_distill_parser(sub)
@@ -553,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("report", help="(re)build the report of a run directory")
-    p.add_argument("run_dir", type=kinds.existing_dir)
+    p.add_argument("run_dir", type=kinds.writable_dir)
     p.add_argument("--dataset", type=kinds.non_empty,
                    help="the run's dataset: adds synthetic vs class mean vs real images")
     p.add_argument("--data_path", type=kinds.non_empty)
@@ -566,11 +586,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="a distilled set as PNGs per class + a tensor file + README")
     p.add_argument("syn", type=kinds.existing_file,
                    help="a synthetic set file (RUN_DIR/synthetic_best.pt)")
-    p.add_argument("out_dir", type=kinds.non_empty)
+    p.add_argument("out_dir", type=kinds.output_dir)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded digits, in minutes")
-    p.add_argument("--run_dir", type=kinds.non_empty, default="runs/demo")
+    p.add_argument("--run_dir", type=kinds.output_dir, default="runs/demo")
     p.add_argument("--iterations", type=kinds.positive_int)
     p.add_argument("--device", type=kinds.device, default=None)
     p.add_argument("--quiet", action="store_true")

@@ -154,6 +154,14 @@ _RANGES = [("ipc", "--ipc", 1, True), ("syn_steps", "--syn_steps", 1, True),
            ("max_experts", "--max_experts", 1, True), ("prev_iter", "--prev_iter", 0, True),
            ("num_trajectories", "--num_trajectories", 1, True)]
 
+# ... and those of the flags added since (each was a traceback, or garbage, from Python)
+_RANGES += [("init_epoch", "--init_epoch", 1, True), ("min_start_epoch", "--min_start_epoch", 0, True),
+            ("current_max_start_epoch", "--current_max_start_epoch", 1, True),
+            ("expansion_end_epoch", "--expansion_end_epoch", 1, True),
+            ("canvas_size", "--canvas_size", 1, True), ("canvas_samples", "--canvas_samples", 1, True),
+            ("loss_warn_it", "--loss_warn_it", 0, True), ("seed", "--seed", 0, True),
+            ("lr_y", "--lr_y", 0, False), ("loss_threshold", "--loss_threshold", 0, False)]
+
 
 def _check_ranges(cfg: DistillConfig) -> None:
     for name, flag, low, inclusive in _RANGES:
@@ -164,6 +172,43 @@ def _check_ranges(cfg: DistillConfig) -> None:
                 or value < low or (value == low and not inclusive):
             bound = f">= {low}" if inclusive else f"> {low}"
             raise ConfigError(f"{flag} must be a number {bound}, got {value!r}")
+
+
+def _check_kinds(cfg: DistillConfig, splits: DatasetSplits) -> None:
+    """What the command line's flag kinds check, for configurations built in Python: a 1.5
+    for an int, "no" (truthy) for a bool, an lr of NaN, a device or model that does not exist
+    would otherwise fail late (or run on garbage)."""
+    import numbers
+
+    from .evaluate import BATCHED_CHOICES
+    from .flags import SEED_LIMIT, device_problem
+    from .models import ModelError
+    for f in fields(cfg):  # kinds from the annotations
+        value, flag = getattr(cfg, f.name), "--Iteration" if f.name == "iterations" else f"--{f.name}"
+        if f.type == "bool" and not isinstance(value, bool):
+            raise ConfigError(f"{flag} must be True or False, got {value!r}")
+        if str(f.type).startswith("int") and value is not None and (
+                not isinstance(value, numbers.Integral) or isinstance(value, bool)):
+            raise ConfigError(f"{flag} must be an integer, got {value!r}")
+    if cfg.seed >= SEED_LIMIT:
+        raise ConfigError(f"--seed must be below {SEED_LIMIT}, got {cfg.seed}")
+    if cfg.sample_method not in ("cycle", "random"):
+        raise ConfigError(f"--sample_method must be cycle or random, got {cfg.sample_method!r}")
+    if str(cfg.eval_batched).lower() not in BATCHED_CHOICES:
+        raise ConfigError(f"--eval_batched must be one of {', '.join(BATCHED_CHOICES)}, "
+                          f"got {cfg.eval_batched!r}")
+    if device_problem(cfg.device):
+        raise ConfigError(f"--device: {device_problem(cfg.device)}")
+    c, h, w = splits.image_shape
+    for name in cfg.eval_models:  # checked now, not at the first evaluation
+        try:
+            build_model(name, c, splits.num_classes, (h, w))
+        except ModelError as e:
+            raise ConfigError(f"evaluation model (--eval_mode): {e}") from None
+    if cfg.lr_teacher != "auto" and not (isinstance(cfg.lr_teacher, (list, tuple)) and all(
+            v == "auto" or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                            and math.isfinite(v)) for v in cfg.lr_teacher)):
+        raise ConfigError(f"--lr_teacher must be a list of numbers or 'auto', got {cfg.lr_teacher!r}")
 
 
 METHOD_NAMES = {"STM": "STM", "STAGE-MTT": "STM", "ORIGINAL-MTT": "original-MTT"}
@@ -197,6 +242,7 @@ def default_iterations(cfg: DistillConfig) -> int:
 
 def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) -> DistillConfig:
     """Fill defaults from the buffer and refuse impossible settings with a clear message."""
+    _check_kinds(cfg, splits)
     _check_ranges(cfg)
     if str(cfg.method).upper() not in METHOD_NAMES:
         raise ConfigError(f"--method must be STM (stage-MTT) or original-MTT, got {cfg.method!r}")
@@ -221,6 +267,9 @@ def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) 
     if cfg.loss_threshold is not None and cfg.loss_threshold <= 0:
         raise ConfigError(f"--loss_threshold must be positive, got {cfg.loss_threshold}")
     epochs = store.num_epochs
+    if cfg.expert_epochs >= epochs:
+        raise ConfigError(f"--expert_epochs ({cfg.expert_epochs}) must be below the {epochs} epochs "
+                          f"stored in {store.root}")
     if cfg.max_start_epoch is None:
         cfg.max_start_epoch = epochs - cfg.expert_epochs
     if cfg.max_start_epoch < 1 or cfg.max_start_epoch + cfg.expert_epochs > epochs:
@@ -257,6 +306,9 @@ def _validate_rest(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryS
         cfg.eval_models = [store.model]
     if cfg.iterations is None:
         cfg.iterations = default_iterations(cfg)
+    if cfg.prev_iter and cfg.prev_iter >= cfg.iterations:
+        raise ConfigError(f"--prev_iter ({cfg.prev_iter}) must be below --Iteration "
+                          f"({cfg.iterations}): the run would do nothing")
     return cfg
 
 

@@ -15,6 +15,8 @@ two differ only in floating-point summation order (tested in tests/test_evaluate
 """
 from __future__ import annotations
 
+import math
+import numbers
 import statistics
 import warnings
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from .augment import DEFAULT_STRATEGY
 from .data.base import DatasetSplits
 from .distributed import SINGLE, Comm
 from .errors import ConfigError
+from .flags import check_config
 from .models import FlatModel, build_model
 from .texture import TextureSpec
 from .training import (confusion_result, set_loss, targets_weights, test_network, to_input,
@@ -61,6 +64,11 @@ class EvalConfig:
     texture: TextureSpec | None = None
 
 
+# the ranges of the evaluate/baseline flags, for EvalConfig built in Python
+EVAL_RANGES = {"num_eval": (1, True), "epoch_eval_train": (1, True), "batch_train": (1, True),
+               "momentum": (0, True), "weight_decay": (0, True), "seed": (0, True)}
+
+
 def network_seed(seed: int, k: int) -> int:
     """The seed of evaluation network k (initialisation, batch order and augmentation)."""
     return seed * 7919 + k
@@ -73,9 +81,10 @@ def lr_schedule(lrs: list[float], epochs: int, syn_steps: int) -> list[float]:
     A list (independent-lr, one per stage): each lr for k = max(syn_steps, 500 // len)
     epochs in order, then 500 more epochs at the last lr x0.1 (`epochs` is ignored).
     """
+    if not lrs or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                          and math.isfinite(v) and v > 0 for v in lrs):
+        raise ConfigError(f"--lr: expected one or more positive finite learning rates, got {lrs!r}")
     lrs = [float(v) for v in lrs]
-    if not lrs:
-        raise ValueError("lr_schedule needs at least one learning rate")
     if len(lrs) == 1:
         half = epochs // 2
         return [lrs[0]] * half + [lrs[0] * 0.1] * (epochs - half)
@@ -216,6 +225,7 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, splits: DatasetSpli
     (network k on rank k mod K; its seed is its own, whichever rank trains it) and the
     results gathered in network order, so every rank returns what one process would."""
     schedule = lr_schedule(lrs, cfg.epoch_eval_train, syn_steps)
+    check_config(cfg, EVAL_RANGES)
     seeds = [network_seed(cfg.seed, k) for k in range(cfg.num_eval)]
     mine = comm.my_share(len(seeds))
     progress = progress and comm.is_main

@@ -19,6 +19,7 @@ import torch
 from .augment import DEFAULT_STRATEGY
 from .data.base import DatasetSplits, Preprocess
 from .errors import TrajdistillError
+from .flags import check_config
 from . import progress as progress_out
 from .io import atomic_save, load_json, safe_load, write_json
 from .models import FlatModel, build_model
@@ -50,6 +51,11 @@ class ExpertConfig:
         d.pop("device")
         d.pop("num_experts")
         return d
+
+
+# the ranges of the buffer command's flags, for ExpertConfig built in Python
+EXPERT_RANGES = {"train_epochs": (1, True), "num_experts": (1, True), "lr_teacher": (0, False),
+                 "mom": (0, True), "l2": (0, True), "batch_train": (1, True), "seed": (0, True)}
 
 
 def buffer_identity(splits: DatasetSplits, cfg: ExpertConfig) -> dict:
@@ -101,6 +107,7 @@ def train_experts(splits: DatasetSplits, cfg: ExpertConfig, buffer_dir: str | Pa
 
     Under torchrun each rank trains the experts i with i % world_size == rank.
     """
+    check_config(cfg, EXPERT_RANGES)
     store = TrajectoryStore.create(buffer_dir, buffer_identity(splits, cfg), splits.preprocess)
     todo = [i for i in range(cfg.num_experts) if i % world_size == rank and not store.has(i)]
     for i in progress_out.bar(todo, desc="experts", enabled=progress, report=True, unit="experts"):

@@ -89,6 +89,8 @@ def _loaded(cfg, splits: DatasetSplits) -> tuple[torch.Tensor, torch.Tensor | No
     want = (splits.num_classes * cfg.ipc, *syn_shape(cfg, splits))
     if not isinstance(images, torch.Tensor) or tuple(images.shape) != want:
         raise ConfigError(f"{cfg.load_syn_image}: expected an image tensor of shape {want}")
+    if not images.is_floating_point() or not torch.isfinite(images).all():
+        raise ConfigError(f"{cfg.load_syn_image}: the images are not all finite numbers")
     logits = None
     if isinstance(blob, dict) and blob.get("soft_labels") is not None:
         logits = blob["soft_labels"].float()

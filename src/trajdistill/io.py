@@ -66,24 +66,41 @@ def read_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError as e:
+        raise FileFormatError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     out = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(lines, 1):
         if line.strip():
             try:
-                out.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 break
+            if not isinstance(record, dict):
+                raise FileFormatError(f"{path}, line {number}: expected a JSON object (one record "
+                                      f"per line), got {_json_kind(record)}")
+            out.append(record)
     return out
 
 
 def load_json(path: str | Path) -> dict:
+    """A JSON file holding one object (every JSON file the package writes is one)."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileFormatError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FileFormatError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise FileFormatError(f"{path}: expected a JSON object {{...}}, got {_json_kind(obj)}")
+    return obj
+
+
+def _json_kind(obj) -> str:
+    return {list: "a list", str: "a string", bool: "true/false", type(None): "null",
+            int: "a number", float: "a number"}.get(type(obj), type(obj).__name__)
 
 
 def safe_load(path: str | Path, mmap: bool = False):

@@ -49,7 +49,8 @@ def add_reference_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("flags of the reference STM distill.py")
     g.add_argument("--fix_lr_teacher", action="store_true", default=None,
                    help="never update the synthetic lr (same as --learn_lr False)")
-    g.add_argument("--algorithm", help="global-lr or independent-lr (same as --lr_mode)")
+    g.add_argument("--algorithm", choices=LR_MODES,
+                   help="global-lr or independent-lr (same as --lr_mode)")
     g.add_argument("--no_aug", nargs="?", const=True, type=reference_bool, default=None,
                    help="True: no augmentation in the unrolled student; evaluation keeps DSA "
                    "(as the reference; --dsa False switches both off)")

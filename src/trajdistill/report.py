@@ -27,6 +27,7 @@ from .io import load_json, read_jsonl  # noqa: E402
 from .meta_batch import logged_matches  # noqa: E402
 from .synthetic import SyntheticSet  # noqa: E402
 from .texture import spec_of, tiled  # noqa: E402
+from .io import FileFormatError  # noqa: E402
 
 CLIP_STD = 2.5
 MAX_SHOWN_IPC = 10        # the grid shows at most this many images of each class
@@ -387,9 +388,14 @@ def build_report(run_dir: str | Path, classes: list[str] | None = None,
     images with class means and real examples. Returns the HTML path."""
     run = Path(run_dir)
     figs = run / "figures"
-    metrics = read_jsonl(run / "metrics.jsonl")
-    evals = read_jsonl(run / "evals.jsonl")
-    results = load_json(run / "results.json") if (run / "results.json").exists() else {}
+    for path, folder in ((figs, True), (run / "report.html", False), (run / "report.md", False)):
+        if path.exists() and path.is_dir() != folder:  # the report writes there
+            raise FileFormatError(f"{path}: expected a {'folder' if folder else 'file'}, the "
+                                  f"report writes its {'figures' if folder else 'page'} there")
+    metrics = _checked_metrics(read_jsonl(run / "metrics.jsonl"), run / "metrics.jsonl")
+    evals = _checked_evals(read_jsonl(run / "evals.jsonl"), run / "evals.jsonl")
+    results = (_checked_results(load_json(run / "results.json"), run / "results.json")
+               if (run / "results.json").exists() else {})
     config = load_json(run / "config.json") if (run / "config.json").exists() else {}
     syn_path = run / "synthetic_best.pt" if (run / "synthetic_best.pt").exists() else run / "synthetic_last.pt"
     syn = SyntheticSet.load(syn_path) if syn_path.exists() else None
@@ -461,6 +467,68 @@ def build_report(run_dir: str | Path, classes: list[str] | None = None,
     html_path.write_text(_html(run, table, sections, results, config, syn, note))
     (run / "report.md").write_text(_markdown(run.name, table, sections, note))
     return html_path
+
+
+# ----------------------------------------------------------------------------- reading the logs
+# The report indexes these fields directly: a log of the right syntax but the wrong shape
+# (hand-edited, or from another program) is named with its line, not met as a KeyError.
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_FIELD_KINDS = {"an integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+                "a number": _is_number,
+                "a list of numbers": lambda v: isinstance(v, list) and all(map(_is_number, v)),
+                "a list": lambda v: isinstance(v, list),
+                "an object": lambda v: isinstance(v, dict),
+                "a string": lambda v: isinstance(v, str)}
+
+
+def _require(record: dict, where: str, fields: dict[str, str], optional: bool = False) -> None:
+    for key, kind in fields.items():
+        if optional and key not in record:
+            continue
+        if not _FIELD_KINDS[kind](record.get(key)):
+            raise FileFormatError(f"{where}: {key!r} should be {kind}, got {record.get(key)!r}")
+
+
+def _checked_metrics(metrics: list[dict], path: Path) -> list[dict]:
+    for n, r in enumerate(metrics, 1):
+        _require(r, f"{path}, record {n}", {"it": "an integer", "start_epoch": "an integer",
+                                            "loss": "a number", "lrs": "a list of numbers"})
+        if r.get("r") is not None:  # a stage test: plotted with its thresholds
+            _require(r, f"{path}, record {n}", {"r": "a number", "threshold": "a number",
+                                                "rise_threshold": "a number"})
+    return metrics
+
+
+_EVAL_FIELDS = {"mean": "a number", "std": "a number", "accuracies": "a list of numbers"}
+_EVAL_OPTIONAL = {"val_mean": "a number", "val_std": "a number", "per_class": "a list of numbers",
+                  "confusion": "a list"}
+
+
+def _checked_evals(evals: list[dict], path: Path) -> list[dict]:
+    for n, e in enumerate(evals, 1):
+        _require(e, f"{path}, record {n}", {"it": "an integer"})
+        for model, res in e.items():
+            if isinstance(res, dict):
+                _require(res, f"{path}, record {n}, {model}", _EVAL_FIELDS)
+                _require(res, f"{path}, record {n}, {model}", _EVAL_OPTIONAL, optional=True)
+    return evals
+
+
+def _checked_results(results: dict, path: Path) -> dict:
+    _require(results, str(path), {"table": "a list", "confusion": "a list", "details": "an object"},
+             optional=True)
+    for n, row in enumerate(results.get("table") or [], 1):
+        if not isinstance(row, dict):
+            raise FileFormatError(f"{path}: 'table' row {n} should be an object, got {row!r}")
+        _require(row, f"{path}, 'table' row {n}", {"name": "a string", "mean": "a number",
+                                                  "std": "a number"})
+        _require(row, f"{path}, 'table' row {n}", {"val_mean": "a number", "val_std": "a number"},
+                 optional=True)
+    return results
 
 
 def _per_class_rows(results: dict, best: dict | None, best_model: str | None):

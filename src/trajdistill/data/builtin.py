@@ -6,7 +6,10 @@ from .registry import register
 
 
 @register("digits")
-def _digits(data_path=None, **_):
+def _digits(data_path=None, **options):
+    # embedded and fixed (8x8, its own split): --res, --labels, --subset ... are refused, not
+    # ignored; data_path is ignored (there are no files)
+    _take("digits", options)
     return load_digits_splits()
 
 

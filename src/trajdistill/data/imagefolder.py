@@ -187,11 +187,17 @@ def load_image_folder(data_path, size: int | None = None, mode: str = "RGB",
         raise DataError(f"give the side once: size={size} and res={res} differ")
     size = size if size is not None else res
     root = check_root(data_path)
+    if not (root / "train").is_dir():  # say what an image folder is, and the other layout
+        raise DataError(f"{root}: no train/ folder; an image folder has train/<class>/ and "
+                        "test/<class>/ (a flat folder of images named by id needs --labels CSV)")
     classes = class_folders(root / "train")
     test_dir = find_split(root, TEST_SPLIT_NAMES)
     test_classes = class_folders(test_dir)
     if test_classes != classes:
         raise DataError(f"{test_dir}: class folders {test_classes} differ from train/'s {classes}")
+    if len(classes) < 2:
+        raise DataError(f"{root / 'train'}: one class folder ({classes[0]}); a classifier needs at "
+                        "least 2")
     train_files, train_labels = scan_split(root / "train", classes)
     test_files, test_labels = scan_split(test_dir, classes)
     shape, crop = _target_shape(size, train_files[0], crop)

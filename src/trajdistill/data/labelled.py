@@ -49,33 +49,43 @@ def read_labels(path: Path, id_column: str, label_column: str) -> list[tuple[str
         f = open(path, newline="", encoding="utf-8-sig")
     except OSError as e:
         raise DataError(f"labels file {path}: cannot be read ({e})") from None
-    with f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        if not header:
-            raise DataError(f"{path}: empty file, expected a CSV header with {id_column!r} and "
+    try:
+        with f:
+            return _read_rows(path, csv.reader(f), id_column, label_column)
+    except UnicodeDecodeError as e:
+        raise DataError(f"labels file {path}: not UTF-8 text ({e.reason} at byte {e.start}); "
+                        "expected a CSV") from None
+    except csv.Error as e:
+        raise DataError(f"labels file {path}: not a readable CSV ({e})") from None
+
+
+def _read_rows(path: Path, reader, id_column: str, label_column: str) -> list[tuple[str, str, int]]:
+    """read_labels' work, inside its guard against bytes that are not UTF-8 text."""
+    header = [h.strip() for h in next(reader, [])]
+    if not header:
+        raise DataError(f"{path}: empty file, expected a CSV header with {id_column!r} and "
+                        f"{label_column!r}")
+    missing = [c for c in (id_column, label_column) if c not in header]
+    if missing:
+        raise DataError(f"{path}: no column {' or '.join(map(repr, missing))} (the header has "
+                        f"{', '.join(header)}); pass --id_column / --label_column")
+    i, j = header.index(id_column), header.index(label_column)
+    rows, first_line = [], {}
+    for row in reader:
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise DataError(f"{path}, line {reader.line_num}: {len(row)} fields, the header "
+                            f"has {len(header)}")
+        key, label = row[i].strip(), row[j].strip()
+        if not key or not label:
+            raise DataError(f"{path}, line {reader.line_num}: empty {id_column!r} or "
                             f"{label_column!r}")
-        missing = [c for c in (id_column, label_column) if c not in header]
-        if missing:
-            raise DataError(f"{path}: no column {' or '.join(map(repr, missing))} (the header has "
-                            f"{', '.join(header)}); pass --id_column / --label_column")
-        i, j = header.index(id_column), header.index(label_column)
-        rows, first_line = [], {}
-        for row in reader:
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise DataError(f"{path}, line {reader.line_num}: {len(row)} fields, the header "
-                                f"has {len(header)}")
-            key, label = row[i].strip(), row[j].strip()
-            if not key or not label:
-                raise DataError(f"{path}, line {reader.line_num}: empty {id_column!r} or "
-                                f"{label_column!r}")
-            if key in first_line:
-                raise DataError(f"{path}, line {reader.line_num}: duplicate id {key} (first on "
-                                f"line {first_line[key]})")
-            first_line[key] = reader.line_num
-            rows.append((key, label, reader.line_num))
+        if key in first_line:
+            raise DataError(f"{path}, line {reader.line_num}: duplicate id {key} (first on "
+                            f"line {first_line[key]})")
+        first_line[key] = reader.line_num
+        rows.append((key, label, reader.line_num))
     if not rows:
         raise DataError(f"{path}: no data rows")
     return rows
@@ -121,6 +131,8 @@ def _labels_path(root: Path, labels) -> Path:
     path = Path(labels).expanduser()
     if not path.is_file() and (root / path).is_file():
         path = root / path
+    if path.is_dir():
+        raise DataError(f"--labels {labels}: a directory; expected the labels CSV file")
     if not path.is_file():
         raise DataError(f"--labels {labels}: no such file (looked also in {root})")
     return path
@@ -141,6 +153,9 @@ def load_labelled_folder(data_path, labels, id_column: str = "id", label_column:
     if groups is None:
         groups = [[v] for v in sorted({label for _, label, _ in rows}, key=_sort_key)]
     names = _class_names(class_names, groups)
+    if len(groups) < 2:
+        raise DataError(f"{labels_path}: only one class ({names[0]}) in column {label_column!r}"
+                        f"{' after --classes' if classes else ''}; a classifier needs at least 2")
     label_of = {v: k for k, g in enumerate(groups) for v in g}
     unknown = [g for group in groups for g in group if g not in {lab for _, lab, _ in rows}]
     if unknown:
@@ -163,6 +178,12 @@ def load_labelled_folder(data_path, labels, id_column: str = "id", label_column:
     pixels = decode_images(files, shape=shape, crop=crop_mode, mode="RGB",
                            tag="labelled", workers=workers)
     targets = np.asarray(targets, dtype=np.int64)
+    counts = np.bincount(targets, minlength=len(groups))
+    few = [f"{names[c]} ({counts[c]})" for c in range(len(groups)) if counts[c] < 2]
+    if few:  # the split could give such a class no test (or no training) image
+        raise DataError(f"{labels_path}: class(es) {', '.join(few)} have fewer than 2 images in "
+                        f"{folder}; each class needs one to train and one to test on (merge or "
+                        "leave them out with --classes)")
     train_idx, test_idx = stratified_split(targets, len(groups), float(test_fraction))
     empty = [names[c] for c in range(len(groups)) if not (targets[train_idx] == c).any()]
     if empty:
@@ -184,6 +205,10 @@ def _class_names(class_names, groups) -> list[str]:
     if len(names) != len(groups) or not all(names):
         raise DataError(f"--class_names gives {len(names)} name(s) for {len(groups)} classes "
                         f"({','.join('+'.join(g) for g in groups)})")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataError(f"--class_names {class_names!r}: {', '.join(dup)} named more than once "
+                        "(merge those labels with --classes a+b instead)")
     return names
 
 
@@ -203,8 +228,8 @@ def _decode_options(res, crop, first: Path):
     if crop is not None and crop not in CROPS:
         raise DataError(f"--crop must be one of {', '.join(CROPS)}, got {crop!r}")
     if res is None:
-        if crop == "center-half":
-            raise DataError("--crop center-half needs --res (the side to resize the crop to)")
+        if crop is not None:  # as image folders: a crop without a side would be ignored
+            raise DataError(f"--crop {crop} needs --res (the side to resize the crop to)")
         return image_shape(first), False
     if isinstance(res, bool) or not isinstance(res, int) or res < 1:
         raise DataError(f"--res must be a positive integer (the square side), got {res!r}")

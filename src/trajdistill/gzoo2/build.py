@@ -30,6 +30,7 @@ import numpy as np
 
 from .. import progress as progress_out
 from ..data.base import DataError
+from ..errors import ConfigError
 from ..io import write_json
 from . import classes as tree_mod
 from .catalog import Catalog, read_catalog, read_mapping, sha256_file
@@ -74,18 +75,18 @@ def resolve_options(per_class=None, test_per_class=None, aug=10, votes="fraction
                     size=128, tree=9) -> BuildOptions:
     """Fill the tree-dependent defaults and reject impossible settings."""
     if tree not in tree_mod.TREES:
-        raise ValueError(f"tree must be 9 or 10, got {tree!r}")
+        raise ConfigError(f"tree must be 9 or 10, got {tree!r}")
     if votes not in tree_mod.VOTES:
-        raise ValueError(f"votes must be one of {', '.join(tree_mod.VOTES)}, got {votes!r}")
+        raise ConfigError(f"votes must be one of {', '.join(tree_mod.VOTES)}, got {votes!r}")
     per_class = _DEFAULT_PER_CLASS[tree] if per_class is None else int(per_class)
     if test_per_class is None:
         test_per_class = int(per_class * _DEFAULT_TEST_FRACTION[tree] + 0.5)
     if per_class < 2 or not 1 <= test_per_class < per_class:
-        raise ValueError(f"need per_class >= 2 and 1 <= test_per_class < per_class, got "
-                         f"per_class={per_class}, test_per_class={test_per_class}")
+        raise ConfigError(f"--per-class ({per_class}) must be >= 2 and --test-per-class "
+                          f"({test_per_class}) in [1, --per-class)")
     if aug < 1 or size < 1 or seed < 0:
-        raise ValueError(f"need aug >= 1, size >= 1, seed >= 0, got aug={aug}, size={size}, "
-                         f"seed={seed}")
+        raise ConfigError(f"need --aug >= 1, --size >= 1, --seed >= 0, got aug={aug}, "
+                          f"size={size}, seed={seed}")
     return BuildOptions(per_class, int(test_per_class), int(aug), votes, int(seed), int(size), tree)
 
 

@@ -10,6 +10,8 @@ import csv
 import gzip
 import hashlib
 import io
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +56,20 @@ def _is_fits(path: Path) -> bool:
     opener = gzip.open if _is_gzip(path) else open
     with opener(path, "rb") as f:
         return f.read(9) == b"SIMPLE  ="
+
+
+@contextmanager
+def _text_errors(path: Path):
+    """Bytes that are not a UTF-8 CSV, or a cut .gz, named by file (not a codec traceback)."""
+    try:
+        yield
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); expected a "
+                        "CSV table") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{path}: damaged or truncated gzip file ({e})") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: not a readable CSV ({e})") from None
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -159,8 +175,8 @@ def _read_fits(path: Path, columns: list[str], progress: bool):
     try:
         from astropy.io import fits
     except ImportError as e:
-        raise ImportError(f"{path} is a FITS table: reading it needs astropy "
-                          "(pip install 'trajdistill[fits]' or pip install astropy)") from e
+        raise DataError(f"{path} is a FITS table: reading it needs astropy "
+                        "(pip install 'trajdistill[fits]' or pip install astropy)") from e
     with fits.open(path, memmap=False) as hdul:
         tables = [h for h in hdul if isinstance(h, (fits.BinTableHDU, fits.TableHDU))]
         if not tables:
@@ -197,10 +213,11 @@ def read_catalog(path: str | Path, columns: list[str], progress: bool = True) ->
     path = Path(path)
     if not path.is_file():
         raise DataError(f"catalog {path} does not exist")
-    reader = _read_fits if _is_fits(path) else _read_csv
-    kaggle = reader is _read_csv and is_kaggle(_csv_header(path))
-    wanted = kaggle_columns(path, columns) if kaggle else columns
-    id_col, cols, samples, where = reader(path, wanted, progress)
+    with _text_errors(path):
+        reader = _read_fits if _is_fits(path) else _read_csv
+        kaggle = reader is _read_csv and is_kaggle(_csv_header(path))
+        wanted = kaggle_columns(path, columns) if kaggle else columns
+        id_col, cols, samples, where = reader(path, wanted, progress)
     if not where:
         raise DataError(f"{path}: the catalog has no rows")
     ids = _to_ids(path, id_col, cols[id_col], where)
@@ -225,7 +242,7 @@ def read_mapping(path: str | Path, progress: bool = True) -> dict[int, list[tupl
     path = Path(path)
     if not path.is_file():
         raise DataError(f"mapping table {path} does not exist")
-    with _open_text(path) as f:
+    with _text_errors(path), _open_text(path) as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if not header:

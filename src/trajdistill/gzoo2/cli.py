@@ -10,7 +10,7 @@ import sys
 import warnings
 
 from .. import flags as kinds
-from ..data.base import DataError
+from ..errors import TrajdistillError
 
 
 def add_gzoo2_parser(subparsers) -> argparse.ArgumentParser:
@@ -29,7 +29,7 @@ def add_gzoo2_parser(subparsers) -> argparse.ArgumentParser:
                    help="folder of 424x424 cut-outs <objid>.jpg or <asset_id>.jpg")
     b.add_argument("--mapping", default=None, type=kinds.existing_file,
                    help="gz2_filename_mapping.csv (objid, sample, asset_id) when images are named by asset_id")
-    b.add_argument("--out", required=True, type=kinds.non_empty,
+    b.add_argument("--out", required=True, type=kinds.output_dir,
                    help="output dataset directory (e.g. DATA/GZoo2_aug)")
     b.add_argument("--per-class", type=kinds.positive_int, default=None,
                    help="galaxies kept per class (default 600; 100 with --tree 10)")
@@ -72,8 +72,9 @@ def run_build(args: argparse.Namespace) -> int:
                         votes=args.votes, seed=args.seed, size=args.size, tree=args.tree,
                         workers=args.workers, examples=args.examples,
                         progress=not args.no_progress, verbose=not args.quiet)
-    except (DataError, ImportError, ValueError) as e:
-        # as the main CLI reports errors: one line, exit status 2, no traceback
-        print(f"error: {e}", file=sys.stderr)
+    except TrajdistillError as e:
+        # as the main CLI reports errors: one line, exit status 2, no traceback (anything else
+        # is a bug and keeps its traceback)
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
         raise SystemExit(2) from None
     return 0
