@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from . import augment as dsa

@@ -1,0 +1,330 @@
+"""What a distillation is asked to do (`DistillConfig`) and whether it can be done.
+
+`validate` fills the defaults that depend on the data and the expert buffer (max_start_epoch,
+the validation split's size, the evaluation models, the STM iteration bound) and refuses,
+with one message naming the flag, every setting that cannot work: the same kinds and ranges
+the command line checks where it parses, for configurations built in Python.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from dataclasses import dataclass, field, fields
+
+from .augment import DEFAULT_STRATEGY, parse_strategy
+from .data.base import DatasetSplits
+from .errors import ConfigError
+from .evaluate import BATCHED_CHOICES
+from .experts import TrajectoryStore
+from .flags import SEED_LIMIT, device_problem
+from .initial import LABEL_INITS, PIX_INITS
+from .matching import GRADIENT_METHODS
+from .models import ModelError, build_model
+from .texture import TextureSpec
+from .validation import default_val_size
+
+# galaxies (issue 14): --img_optimizer (initial images: see initial.py)
+IMG_OPTIMIZERS = ("sgd", "adam")
+START_SCHEDULES = ("method", "aligned")
+
+
+@dataclass
+class DistillConfig:
+    method: str = "STM"                 # or "original-MTT"
+    ipc: int = 1
+    syn_steps: int = 20
+    expert_epochs: int = 1
+    max_start_epoch: int | None = None  # default: stored epochs - expert_epochs
+    lr_img: float = 1000.0
+    lr_lr: float = 0.01
+    lr_teacher: list[float] = field(default_factory=lambda: [0.01])
+    learn_lr: bool = True
+    lr_mode: str = "global-lr"          # or "independent-lr"
+    sample_method: str = "cycle"        # or "random"
+    init_epoch: int = 1
+    sigma: float = 5.0
+    min_duration: int = 20
+    max_duration: int = 1000            # T_max
+    pix_init: str = "real"              # or "noise"
+    batch_syn: int | None = None        # default: the whole synthetic set
+    iterations: int | None = None      # default: see `default_iterations`
+    eval_it: int = 200
+    eval_models: list[str] = field(default_factory=list)  # default: the experts' model
+    num_eval: int = 5
+    epoch_eval_train: int = 1000
+    dsa: bool = True
+    dsa_strategy: str = DEFAULT_STRATEGY
+    gradient: str = "lean"              # or "unroll"
+    max_experts: int | None = None
+    checkpoint_every: int = 50
+    max_failures: int = 5               # consecutive non-finite iterations before giving up
+    eval_batched: str = "auto"          # train the evaluation networks together: auto|on|off
+    wandb: bool = False                 # optional Weights & Biases logging (offline works)
+    tensorboard: bool = False           # optional TensorBoard logging
+    wandb_name: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+    # trajectories matched per iteration (the meta-batch); their mean gradient makes one
+    # update. Shared out over torchrun's ranks; the result depends on it, not on the ranks.
+    num_trajectories: int = 1
+    prev_iter: int = 0
+    load_syn_image: str | None = None
+    # learnable soft labels (DATM, issue 10): per-image label logits with their own optimiser
+    soft_labels: bool = False
+    label_init: str = "expert"          # the final epoch of an expert's logits on the images
+    lr_y: float = 2.0                   # SGD momentum 0.9 on the logits (DATM CIFAR-10 ipc10)
+    loss_threshold: float | None = None  # DATM: no update when the matching loss exceeds it
+    # difficulty-aligned start windows (DATM, issue 10); see schedule.py and README
+    start_schedule: str = "method"      # "method": MTT uniform / STM stages; "aligned": DATM
+    min_start_epoch: int = 0            # lower end of every window (STM's cap counts from it)
+    current_max_start_epoch: int | None = None  # aligned: the first upper end (default: middle)
+    expansion_end_epoch: int = 1000     # aligned, MTT: iterations until upper = max_start_epoch
+    # validation split and best-set selection (issue 10): see validation.py
+    val_size: int | None = None         # None: 10 % of the training set (<= 5000); 0: none
+    select_on: str = "val"              # synthetic_best.pt by validation ("val") or "test" accuracy
+    # --- reference compatibility (the reference STM distill.py's --no_aug)
+    no_aug: bool = False                # no augmentation in the unrolled student; eval keeps DSA
+    # --- texture distillation (texture.py): toroidal canvases, random windows
+    texture: bool = False
+    canvas_size: int = 2                # canvas side / image side
+    canvas_samples: int = 1             # windows per canvas per unrolled step
+
+    @property
+    def texture_spec(self) -> TextureSpec | None:
+        return TextureSpec(self.canvas_size, self.canvas_samples) if self.texture else None
+    # --- galaxies (issue 14): warn when nothing is being distilled ---
+    loss_warn_it: int = 300             # warn if the loss has not fallen below 1 by then (0: off)
+    # --- galaxies (issue 14): the image optimiser. sgd: SGD with momentum 0.5 (the reference),
+    # lr_img multiplies the raw gradient; adam: lr_img is about the step per pixel and
+    # iteration in normalised units, whatever the gradient's scale ---
+    img_optimizer: str = "sgd"
+
+    @property
+    def stm(self) -> bool:
+        return self.method.upper() == "STM"
+
+
+# (field, flag, smallest allowed, whether the smallest itself is allowed): the same ranges
+# the command line checks, for configurations built in Python (torch.optim's own ValueError
+# must never be what a user sees).
+_RANGES = [("ipc", "--ipc", 1, True), ("syn_steps", "--syn_steps", 1, True),
+           ("expert_epochs", "--expert_epochs", 1, True), ("lr_img", "--lr_img", 0, True),
+           ("lr_lr", "--lr_lr", 0, True), ("sigma", "--sigma", 0, False),
+           ("min_duration", "--min_duration", 1, True), ("max_duration", "--max_duration", 1, True),
+           ("iterations", "--Iteration", 0, True), ("eval_it", "--eval_it", 0, True),
+           ("num_eval", "--num_eval", 1, True), ("epoch_eval_train", "--epoch_eval_train", 1, True),
+           ("checkpoint_every", "--checkpoint_every", 1, True),
+           ("max_failures", "--max_failures", 1, True), ("batch_syn", "--batch_syn", 1, True),
+           ("max_experts", "--max_experts", 1, True), ("prev_iter", "--prev_iter", 0, True),
+           ("num_trajectories", "--num_trajectories", 1, True)]
+
+# ... and those of the flags added since (each was a traceback, or garbage, from Python)
+_RANGES += [("init_epoch", "--init_epoch", 1, True), ("min_start_epoch", "--min_start_epoch", 0, True),
+            ("current_max_start_epoch", "--current_max_start_epoch", 1, True),
+            ("expansion_end_epoch", "--expansion_end_epoch", 1, True),
+            ("canvas_size", "--canvas_size", 1, True), ("canvas_samples", "--canvas_samples", 1, True),
+            ("loss_warn_it", "--loss_warn_it", 0, True), ("seed", "--seed", 0, True),
+            ("lr_y", "--lr_y", 0, False), ("loss_threshold", "--loss_threshold", 0, False)]
+
+
+def _check_ranges(cfg: DistillConfig) -> None:
+    for name, flag, low, inclusive in _RANGES:
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+                or value < low or (value == low and not inclusive):
+            bound = f">= {low}" if inclusive else f"> {low}"
+            raise ConfigError(f"{flag} must be a number {bound}, got {value!r}")
+
+
+def _check_kinds(cfg: DistillConfig, splits: DatasetSplits) -> None:
+    """What the command line's flag kinds check, for configurations built in Python: a 1.5
+    for an int, "no" (truthy) for a bool, an lr of NaN, a device or model that does not exist
+    would otherwise fail late (or run on garbage)."""
+    for f in fields(cfg):  # kinds from the annotations
+        value, flag = getattr(cfg, f.name), "--Iteration" if f.name == "iterations" else f"--{f.name}"
+        if f.type == "bool" and not isinstance(value, bool):
+            raise ConfigError(f"{flag} must be True or False, got {value!r}")
+        if str(f.type).startswith("int") and value is not None and (
+                not isinstance(value, numbers.Integral) or isinstance(value, bool)):
+            raise ConfigError(f"{flag} must be an integer, got {value!r}")
+    if cfg.seed >= SEED_LIMIT:
+        raise ConfigError(f"--seed must be below {SEED_LIMIT}, got {cfg.seed}")
+    if cfg.sample_method not in ("cycle", "random"):
+        raise ConfigError(f"--sample_method must be cycle or random, got {cfg.sample_method!r}")
+    if str(cfg.eval_batched).lower() not in BATCHED_CHOICES:
+        raise ConfigError(f"--eval_batched must be one of {', '.join(BATCHED_CHOICES)}, "
+                          f"got {cfg.eval_batched!r}")
+    if device_problem(cfg.device):
+        raise ConfigError(f"--device: {device_problem(cfg.device)}")
+    c, h, w = splits.image_shape
+    for name in cfg.eval_models:  # checked now, not at the first evaluation
+        try:
+            build_model(name, c, splits.num_classes, (h, w))
+        except ModelError as e:
+            raise ConfigError(f"evaluation model (--eval_mode): {e}") from None
+    if cfg.lr_teacher != "auto" and not (isinstance(cfg.lr_teacher, (list, tuple)) and all(
+            v == "auto" or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                            and math.isfinite(v)) for v in cfg.lr_teacher)):
+        raise ConfigError(f"--lr_teacher must be a list of numbers or 'auto', got {cfg.lr_teacher!r}")
+
+
+METHOD_NAMES = {"STM": "STM", "STAGE-MTT": "STM", "ORIGINAL-MTT": "original-MTT"}
+MTT_ITERATIONS = 5000        # original-MTT's default --Iteration
+REFERENCE_STM_ITERATIONS = 20001  # the reference lets a stage-MTT run go this far
+
+
+def default_iterations(cfg: DistillConfig) -> int:
+    """--Iteration when none is given.
+
+    original-MTT has no stop of its own: 5000. STM ends by its own stop (fine-tuning's
+    image lr decays below 50); its default must not cut a run before that. A run in which
+    every stage runs to T_max without passing, then fine-tunes to the end, takes
+        stages x (T_max + 10) + 50 x (decays until lr_img < 50)
+    iterations (stages = max_start_epoch - min_start_epoch - init_epoch + 1; the test runs every 10
+    held-out losses); a stage that passes only shortens this. The default is that bound,
+    and never less than the reference's 20,001. (A run whose last stage keeps passing has
+    no natural end: it stops at this bound.)
+    """
+    if not cfg.stm:
+        return MTT_ITERATIONS
+    stages = cfg.max_start_epoch - cfg.min_start_epoch - cfg.init_epoch + 1
+    decays = 0
+    lr = cfg.lr_img
+    while lr >= 50.0:
+        lr *= 0.8
+        decays += 1
+    return max(REFERENCE_STM_ITERATIONS,
+               cfg.prev_iter + stages * (cfg.max_duration + 10) + 50 * decays + 1)
+
+
+def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) -> DistillConfig:
+    """Fill defaults from the buffer and refuse impossible settings with a clear message."""
+    _check_kinds(cfg, splits)
+    _check_ranges(cfg)
+    if str(cfg.method).upper() not in METHOD_NAMES:
+        raise ConfigError(f"--method must be STM (stage-MTT) or original-MTT, got {cfg.method!r}")
+    cfg.method = METHOD_NAMES[cfg.method.upper()]
+    if cfg.gradient not in GRADIENT_METHODS:
+        raise ConfigError(f"--gradient must be one of {sorted(GRADIENT_METHODS)}, got {cfg.gradient!r}")
+    if cfg.lr_mode not in ("global-lr", "independent-lr"):
+        raise ConfigError(f"--lr_mode must be global-lr or independent-lr, got {cfg.lr_mode!r}")
+    if cfg.pix_init not in PIX_INITS:
+        raise ConfigError(f"--pix_init must be one of {', '.join(PIX_INITS)}, got {cfg.pix_init!r}")
+    if cfg.img_optimizer not in IMG_OPTIMIZERS:
+        raise ConfigError(f"--img_optimizer must be sgd or adam, got {cfg.img_optimizer!r}")
+    try:
+        parse_strategy(cfg.dsa_strategy)
+    except ValueError as e:
+        raise ConfigError(f"--dsa_strategy: {e}") from None
+    if cfg.label_init not in LABEL_INITS:
+        raise ConfigError(f"--label_init must be one of {', '.join(LABEL_INITS)}, "
+                          f"got {cfg.label_init!r}")
+    if cfg.lr_y <= 0:
+        raise ConfigError(f"--lr_y must be positive, got {cfg.lr_y}")
+    if cfg.loss_threshold is not None and cfg.loss_threshold <= 0:
+        raise ConfigError(f"--loss_threshold must be positive, got {cfg.loss_threshold}")
+    epochs = store.num_epochs
+    if cfg.expert_epochs >= epochs:
+        raise ConfigError(f"--expert_epochs ({cfg.expert_epochs}) must be below the {epochs} epochs "
+                          f"stored in {store.root}")
+    if cfg.max_start_epoch is None:
+        cfg.max_start_epoch = epochs - cfg.expert_epochs
+    if cfg.max_start_epoch < 1 or cfg.max_start_epoch + cfg.expert_epochs > epochs:
+        raise ConfigError(f"max_start_epoch ({cfg.max_start_epoch}) + expert_epochs "
+                          f"({cfg.expert_epochs}) must be within the {epochs} epochs stored in "
+                          f"{store.root} (and max_start_epoch >= 1)")
+    _validate_windows(cfg)
+    _validate_split(cfg, splits)
+    n_lr = cfg.init_epoch if (cfg.stm and cfg.lr_mode == "independent-lr") else 1
+    if cfg.lr_teacher in ("auto", ["auto"]):
+        if cfg.texture:  # the rule needs whole images through the student, not canvases
+            raise ConfigError("--lr_teacher auto does not work with --texture; give a number")
+        return _validate_rest(cfg, splits, store)  # Distiller resolves it from the buffer
+    if "auto" in cfg.lr_teacher:
+        raise ConfigError(f"--lr_teacher auto stands alone (one value), got {cfg.lr_teacher}")
+    if len(cfg.lr_teacher) == 1 and n_lr > 1:
+        cfg.lr_teacher = cfg.lr_teacher * n_lr
+    if len(cfg.lr_teacher) != n_lr:
+        raise ConfigError(f"--lr_teacher has {len(cfg.lr_teacher)} values; expected {n_lr} "
+                          f"(one per initial stage with independent-lr, else one)")
+    if any(v <= 0 for v in cfg.lr_teacher):
+        raise ConfigError(f"--lr_teacher values must be positive, got {cfg.lr_teacher}")
+    return _validate_rest(cfg, splits, store)
+
+
+def _validate_rest(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) -> DistillConfig:
+    counts = splits.train.class_counts()
+    if cfg.pix_init in ("real", "correct") and min(counts) < cfg.ipc:
+        c = counts.index(min(counts))
+        raise ConfigError(f"--ipc {cfg.ipc} but class {splits.classes[c]!r} has only {counts[c]} "
+                          "training images")
+    _validate_texture(cfg, splits)
+    if not cfg.eval_models:
+        cfg.eval_models = [store.model]
+    if cfg.iterations is None:
+        cfg.iterations = default_iterations(cfg)
+    if cfg.prev_iter and cfg.prev_iter >= cfg.iterations:
+        raise ConfigError(f"--prev_iter ({cfg.prev_iter}) must be below --Iteration "
+                          f"({cfg.iterations}): the run would do nothing")
+    return cfg
+
+
+def _validate_windows(cfg: DistillConfig) -> None:
+    """Start-epoch windows: --min_start_epoch for both methods, --start_schedule aligned."""
+    if cfg.start_schedule not in START_SCHEDULES:
+        raise ConfigError(f"--start_schedule must be one of {', '.join(START_SCHEDULES)}, "
+                          f"got {cfg.start_schedule!r}")
+    if not 0 <= cfg.min_start_epoch < cfg.max_start_epoch:
+        raise ConfigError(f"--min_start_epoch ({cfg.min_start_epoch}) must be in "
+                          f"[0, max_start_epoch={cfg.max_start_epoch})")
+    if cfg.start_schedule == "aligned":
+        if cfg.current_max_start_epoch is None:
+            cfg.current_max_start_epoch = max(cfg.min_start_epoch + 1,
+                                              (cfg.min_start_epoch + cfg.max_start_epoch + 1) // 2)
+        if not cfg.min_start_epoch < cfg.current_max_start_epoch <= cfg.max_start_epoch:
+            raise ConfigError(f"--current_max_start_epoch ({cfg.current_max_start_epoch}) must be "
+                              f"in (min_start_epoch={cfg.min_start_epoch}, "
+                              f"max_start_epoch={cfg.max_start_epoch}]")
+        if cfg.expansion_end_epoch < 1:
+            raise ConfigError(f"--expansion_end_epoch must be >= 1, got {cfg.expansion_end_epoch}")
+        if cfg.stm:  # STM's first stage is DATM's first window; its test then widens it
+            cfg.init_epoch = cfg.current_max_start_epoch - cfg.min_start_epoch
+    span = cfg.max_start_epoch - cfg.min_start_epoch
+    if cfg.stm and not 1 <= cfg.init_epoch <= span:
+        raise ConfigError(f"init_epoch ({cfg.init_epoch}) must be in [1, max_start_epoch - "
+                          f"min_start_epoch = {span}]")
+
+
+def _validate_split(cfg: DistillConfig, splits: DatasetSplits) -> None:
+    """--val_size / --select_on: fill the default size and refuse what cannot work."""
+    if cfg.select_on not in ("val", "test"):
+        raise ConfigError(f"--select_on must be val or test, got {cfg.select_on!r}")
+    n, c = len(splits.train), splits.num_classes
+    if cfg.val_size is None:
+        cfg.val_size = default_val_size(n, c)
+    if cfg.val_size and not c <= cfg.val_size < n:
+        raise ConfigError(f"--val_size ({cfg.val_size}) must be 0 (no validation split) or in "
+                          f"[{c} (one image per class), {n} (the training set))")
+    if cfg.val_size == 0 and cfg.select_on == "val":
+        raise ConfigError("--select_on val needs a validation split; give --val_size > 0 or "
+                          "--select_on test")
+
+
+def _validate_texture(cfg: DistillConfig, splits: DatasetSplits) -> None:
+    """As the reference: texture with ZCA is refused, with real initialisation warned about."""
+    if not cfg.texture:
+        return
+    if cfg.canvas_size < 1 or cfg.canvas_samples < 1:
+        raise ConfigError(f"--canvas_size and --canvas_samples must be >= 1, got "
+                          f"{cfg.canvas_size} and {cfg.canvas_samples}")
+    if splits.preprocess.zca is not None:
+        raise ConfigError("--texture cannot be used with --zca (as in the reference): drop one")
+    if cfg.soft_labels:  # the expert labels whole images, not canvases
+        raise ConfigError("--texture cannot be used with --soft_labels: drop one")
+    if cfg.pix_init in ("real", "correct") and not cfg.load_syn_image:
+        warnings.warn("--texture with --pix_init real: each canvas starts as a grid of real "
+                      "images, and smoothing out the edges between them takes a long time "
+                      "(--pix_init noise avoids it)", stacklevel=3)
