@@ -121,6 +121,20 @@ def test_no_aug_switches_off_the_students_augmentation_only(buffer, tmp_path, mo
     assert seen["dsa"] is True
 
 
+def test_batch_train_reaches_the_evaluation_networks(buffer, tmp_path, monkeypatch):
+    """The reference's --batch_train is the evaluation networks' minibatch (was ignored)."""
+    seen = {}
+
+    def fake_evaluate_set(images, labels, splits, lrs, models, cfg, **kw):
+        seen["batch"] = cfg.batch_train
+        return {m: {"mean": 0.0, "std": 0.0} for m in models}
+    monkeypatch.setattr("trajdistill.distill.evaluate_set", fake_evaluate_set)
+    _distiller(buffer, tmp_path, batch_train=7).evaluate()
+    assert seen["batch"] == 7
+    _distiller(buffer, tmp_path).evaluate()
+    assert seen["batch"] == 256
+
+
 # ----------------------------------------------------------------------------- STM's own stop
 
 def test_default_iterations_rule():

@@ -222,7 +222,9 @@ def _resume_distill(args) -> None:
         raise ConfigError(f"{run_dir}/config.json does not say which data and expert buffer "
                           "the run used ('source': dataset, buffer_dir)")
     splits = _load_splits(src)
-    comm, device = init_from_env(saved.get("device", "cpu"))
+    # --device moves a run (a GPU run onto the CPU, say); the result depends on the device
+    # only through floating point
+    comm, device = init_from_env(args.device or saved.get("device", "cpu"))
     store = open_buffer(src["buffer_dir"], splits)
     try:
         distiller = Distiller.resume(run_dir, splits, store, progress=not args.quiet,

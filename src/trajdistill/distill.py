@@ -491,6 +491,7 @@ class Distiller:
     def evaluate(self) -> dict:
         cfg = self.cfg
         ecfg = EvalConfig(num_eval=cfg.num_eval, epoch_eval_train=cfg.epoch_eval_train,
+                          batch_train=cfg.batch_train,
                           dsa=cfg.dsa, dsa_strategy=cfg.dsa_strategy, device=cfg.device,
                           seed=cfg.seed, batched=cfg.eval_batched, texture=cfg.texture_spec)
         val = ((self.splits.train.images[self.val_idx], self.splits.train.labels[self.val_idx])

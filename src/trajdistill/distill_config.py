@@ -53,6 +53,7 @@ class DistillConfig:
     eval_models: list[str] = field(default_factory=list)  # default: the experts' model
     num_eval: int = 5
     epoch_eval_train: int = 1000
+    batch_train: int = 256              # minibatch of the evaluation networks (as the reference)
     dsa: bool = True
     dsa_strategy: str = DEFAULT_STRATEGY
     gradient: str = "lean"              # or "unroll"
@@ -114,6 +115,7 @@ _RANGES = [("ipc", "--ipc", 1, True), ("syn_steps", "--syn_steps", 1, True),
            ("min_duration", "--min_duration", 1, True), ("max_duration", "--max_duration", 1, True),
            ("iterations", "--Iteration", 0, True), ("eval_it", "--eval_it", 0, True),
            ("num_eval", "--num_eval", 1, True), ("epoch_eval_train", "--epoch_eval_train", 1, True),
+           ("batch_train", "--batch_train", 1, True),
            ("checkpoint_every", "--checkpoint_every", 1, True),
            ("max_failures", "--max_failures", 1, True), ("batch_syn", "--batch_syn", 1, True),
            ("max_experts", "--max_experts", 1, True), ("prev_iter", "--prev_iter", 0, True),
