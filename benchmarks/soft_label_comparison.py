@@ -39,6 +39,11 @@ def cases(ipcs: list[int]):
                                f"{'soft' if soft else 'hard'}"}
 
 
+def batch_syn(case: dict, a: argparse.Namespace) -> int | None:
+    """The --batch_syn value that goes with this case's ipc (None: the whole set)."""
+    return a.batch_syn[a.ipcs.index(case["ipc"])] if a.batch_syn else None
+
+
 def distill_config(case: dict, a: argparse.Namespace) -> DistillConfig:
     windows = ({"start_schedule": "aligned", "min_start_epoch": 0,
                 "current_max_start_epoch": max(1, a.max_start_epoch // 2),
@@ -47,7 +52,7 @@ def distill_config(case: dict, a: argparse.Namespace) -> DistillConfig:
     return DistillConfig(method=case["method"], ipc=case["ipc"], syn_steps=a.syn_steps,
                          expert_epochs=a.expert_epochs, max_start_epoch=a.max_start_epoch,
                          lr_img=a.lr_img, lr_lr=a.lr_lr, lr_teacher=[a.lr_teacher],
-                         pix_init="real", iterations=a.iterations,
+                         pix_init="real", iterations=a.iterations, batch_syn=batch_syn(case, a),
                          eval_it=max(1, a.iterations // a.evals), num_eval=a.num_eval,
                          epoch_eval_train=a.epoch_eval_train, soft_labels=case["soft_labels"],
                          lr_y=a.lr_y, checkpoint_every=max(1, a.iterations // 4), seed=a.seed,
@@ -66,6 +71,9 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=300)
     p.add_argument("--evals", type=int, default=3, help="evaluations per run (best on validation)")
     p.add_argument("--syn_steps", type=int, default=20)
+    p.add_argument("--batch_syn", type=int, nargs="+", default=None,
+                   help="minibatch of the unrolled student, one value per --ipcs entry "
+                   "(default: the whole set)")
     p.add_argument("--expert_epochs", type=int, default=2)
     p.add_argument("--max_start_epoch", type=int, default=6)
     p.add_argument("--lr_img", type=float, default=1000)
@@ -76,6 +84,8 @@ def main() -> None:
     p.add_argument("--epoch_eval_train", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
+    if a.batch_syn and len(a.batch_syn) != len(a.ipcs):
+        p.error("--batch_syn needs one value per --ipcs entry")
 
     work, out = Path(a.work), Path(a.out)
     splits = load_dataset("CIFAR10", a.data_path, zca=True)
@@ -100,7 +110,8 @@ def main() -> None:
             best = Distiller(cfg, splits, store, work / case["name"], progress=False).run()
             f.write(json.dumps({"case": case["name"], "ipc": case["ipc"], "method": case["method"],
                                 "start_schedule": cfg.start_schedule,
-                                "soft_labels": case["soft_labels"],
+                                "soft_labels": case["soft_labels"], "batch_syn": cfg.batch_syn,
+                                "syn_steps": cfg.syn_steps, "iterations": cfg.iterations,
                                 "val_mean": best.get("val_accuracy"), "val_std": best.get("val_std"),
                                 "test_mean": best["accuracy"], "test_std": best["std"],
                                 "best_iteration": best["iteration"], "num_eval": cfg.num_eval,

@@ -245,10 +245,10 @@ def _finish(distiller, splits) -> None:
     from .distributed import shutdown
     from .report import build_report
     best = distiller.run()
+    shutdown(distiller.comm)  # the other ranks are done: the report is rank 0's alone
     if distiller.comm.is_main:
         html = build_report(distiller.run_dir, splits=splits)
         print(f"{best_summary(best)}; run directory {distiller.run_dir}; report {html}")
-    shutdown(distiller.comm)
 
 
 def best_summary(best: dict) -> str:

@@ -14,14 +14,31 @@ raises, torchrun stops the other ranks and the job ends with that rank's message
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, TrajdistillError
 
 DEFAULT_TIMEOUT_S = 1800
+
+
+class PeerFailure(TrajdistillError, RuntimeError):
+    """Another rank of the job stopped (its own error line says why) or a collective timed
+    out: this rank stops with one line instead of the backend's traceback."""
+
+
+@contextmanager
+def _collective(what: str):
+    """A collective that fails here failed because of another rank (or the network)."""
+    try:
+        yield
+    except RuntimeError as e:  # gloo / NCCL report a peer's exit or a timeout this way
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise PeerFailure(f"another process of this torchrun job stopped or timed out during "
+                          f"{what} (its own error is above): {first}") from None
 
 
 def env_world() -> tuple[int, int]:
@@ -48,7 +65,8 @@ class Comm:
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum `tensor` over the ranks, in place (every rank gets the sum)."""
         if self.active:
-            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+            with _collective("the gradient all-reduce"):
+                torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
         return tensor
 
     def broadcast_object(self, obj):
@@ -56,7 +74,8 @@ class Comm:
         if not self.active:
             return obj
         box = [obj if self.is_main else None]
-        torch.distributed.broadcast_object_list(box, src=0)
+        with _collective("a broadcast from rank 0"):
+            torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
     def all_gather_object(self, obj) -> list:
@@ -64,12 +83,14 @@ class Comm:
         if not self.active:
             return [obj]
         out = [None] * self.world
-        torch.distributed.all_gather_object(out, obj)
+        with _collective("gathering results"):
+            torch.distributed.all_gather_object(out, obj)
         return out
 
     def barrier(self) -> None:
         if self.active:
-            torch.distributed.barrier()
+            with _collective("a barrier"):
+                torch.distributed.barrier()
 
     def my_share(self, n: int) -> list[int]:
         """The items 0..n-1 this rank works on: every world-th, from its rank."""
@@ -104,5 +125,5 @@ def init_from_env(device: str) -> tuple[Comm, str]:
 def shutdown(comm: Comm) -> None:
     """Leave the process group cleanly (after a last barrier)."""
     if comm.active and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+        comm.barrier()
         torch.distributed.destroy_process_group()

@@ -495,8 +495,15 @@ def _require(record: dict, where: str, fields: dict[str, str], optional: bool = 
 
 def _checked_metrics(metrics: list[dict], path: Path) -> list[dict]:
     for n, r in enumerate(metrics, 1):
-        _require(r, f"{path}, record {n}", {"it": "an integer", "start_epoch": "an integer",
-                                            "loss": "a number", "lrs": "a list of numbers"})
+        _require(r, f"{path}, record {n}", {"it": "an integer", "loss": "a number",
+                                            "lrs": "a list of numbers"})
+        # one trajectory per iteration: its start epoch; a meta-batch: every slot's
+        slots = r["slots"] if "slots" in r else [r]
+        if not isinstance(slots, list) or not all(isinstance(s, dict) for s in slots):
+            raise FileFormatError(f"{path}, record {n}: 'slots' should be a list of objects, "
+                                  f"got {r.get('slots')!r}")
+        for s in slots:
+            _require(s, f"{path}, record {n}", {"start_epoch": "an integer", "loss": "a number"})
         if r.get("r") is not None:  # a stage test: plotted with its thresholds
             _require(r, f"{path}, record {n}", {"r": "a number", "threshold": "a number",
                                                 "rise_threshold": "a number"})
