@@ -50,6 +50,8 @@ def env(tmp_path_factory):
     # JSON of the right syntax and the wrong shape
     for name, files in {"list_run": {"results.json": "[1, 2]"},
                         "short_metrics_run": {"metrics.jsonl": '{"it": 0}\n'},
+                        "bad_slots_run": {"metrics.jsonl": '{"it": 0, "loss": 1.0, "lrs": [0.01], '
+                                                           '"slots": [{"start_epoch": "x", "loss": 1.0}]}\n'},
                         "list_config_run": {"config.json": "[]"},
                         "string_source_run": {"config.json": '{"source": "digits"}'}}.items():
         (root / name).mkdir()
@@ -189,7 +191,8 @@ CASES = [
     (DISTILL + ["--seed", "99999999999999999999"], "--seed"),
     # run files of the right syntax but the wrong shape (were AttributeError / KeyError)
     (["report", "{root}/list_run"], "results.json: expected a JSON object"),
-    (["report", "{root}/short_metrics_run"], "metrics.jsonl, record 1: 'start_epoch'"),
+    (["report", "{root}/short_metrics_run"], "metrics.jsonl, record 1: 'loss'"),
+    (["report", "{root}/bad_slots_run"], "metrics.jsonl, record 1: 'start_epoch'"),
     (DISTILL + ["--resume", "{root}/list_config_run"], "config.json: expected a JSON object"),
     (DISTILL + ["--resume", "{root}/string_source_run"], "config.json does not say"),
     # synthetic-set files with a field missing or non-finite (were a KeyError, or a silent
