@@ -189,6 +189,8 @@ CASES = [
      "--out"),
     # a seed beyond 64 bits (was an OverflowError traceback from torch.Generator)
     (DISTILL + ["--seed", "99999999999999999999"], "--seed"),
+    # more memory than the machine has: the allocator's refusal, in one line (was a traceback)
+    (DISTILL + ["--texture", "--canvas_size", "1000000", "--pix_init", "noise"], "out of memory"),
     # run files of the right syntax but the wrong shape (were AttributeError / KeyError)
     (["report", "{root}/list_run"], "results.json: expected a JSON object"),
     (["report", "{root}/short_metrics_run"], "metrics.jsonl, record 1: 'loss'"),

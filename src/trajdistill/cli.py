@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import fields
@@ -607,6 +608,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """Python's MemoryError, CUDA's OutOfMemoryError, or the CPU allocator's refusal (a plain
+    RuntimeError whose message says so): a limit of the machine, not a bug."""
+    return (isinstance(e, (MemoryError, torch.OutOfMemoryError))
+            or "can't allocate memory" in str(e) or "out of memory" in str(e).lower())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command. Errors the user can fix (the package's own types) print one line and
     return 2; Ctrl-C prints one line and returns 130; anything else is a bug and keeps its
@@ -617,6 +625,15 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except TrajdistillError as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise  # a bug: keep its traceback
+        asked = re.search(r"allocate (\d+) bytes", str(e))
+        what = f" ({int(asked.group(1)) / 2**30:.3g} GiB asked for)" if asked else ""
+        print(f"error: out of memory{what}: the settings ask for more memory than this device "
+              "has; lower --ipc, --batch_syn, --res, --canvas_size or --num_eval, or use a "
+              "larger device", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
