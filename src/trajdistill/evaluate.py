@@ -230,7 +230,8 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, splits: DatasetSpli
     progress = progress and comm.is_main
     out = {}
     for model in models:
-        with progress_out.bar(desc=f"evaluate {model}", total=len(mine), enabled=progress,
+        here = f" ({len(mine)} of {len(seeds)} networks on this rank)" if comm.active else ""
+        with progress_out.bar(desc=f"evaluate {model}{here}", total=len(mine), enabled=progress,
                               report=True, unit="networks") as bar:
             if use_batched(model, splits, cfg) and len(mine) > 1:
                 results = train_and_test_batched(model, images, labels, splits, schedule, cfg,
