@@ -8,16 +8,15 @@ the command line checks where it parses, for configurations built in Python.
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
-from .augment import DEFAULT_STRATEGY, parse_strategy
+from .augment import DEFAULT_STRATEGY
 from .data.base import DatasetSplits
 from .errors import ConfigError
 from .evaluate import BATCHED_CHOICES
 from .experts import TrajectoryStore
-from .flags import SEED_LIMIT, device_problem
+from .flags import check_config
 from .initial import LABEL_INITS, PIX_INITS
 from .matching import GRADIENT_METHODS
 from .models import ModelError, build_model
@@ -106,61 +105,32 @@ class DistillConfig:
         return self.method.upper() == "STM"
 
 
-# (field, flag, smallest allowed, whether the smallest itself is allowed): the same ranges
-# the command line checks, for configurations built in Python (torch.optim's own ValueError
-# must never be what a user sees).
-_RANGES = [("ipc", "--ipc", 1, True), ("syn_steps", "--syn_steps", 1, True),
-           ("expert_epochs", "--expert_epochs", 1, True), ("lr_img", "--lr_img", 0, True),
-           ("lr_lr", "--lr_lr", 0, True), ("sigma", "--sigma", 0, False),
-           ("min_duration", "--min_duration", 1, True), ("max_duration", "--max_duration", 1, True),
-           ("iterations", "--Iteration", 0, True), ("eval_it", "--eval_it", 0, True),
-           ("num_eval", "--num_eval", 1, True), ("epoch_eval_train", "--epoch_eval_train", 1, True),
-           ("batch_train", "--batch_train", 1, True),
-           ("checkpoint_every", "--checkpoint_every", 1, True),
-           ("max_failures", "--max_failures", 1, True), ("batch_syn", "--batch_syn", 1, True),
-           ("max_experts", "--max_experts", 1, True), ("prev_iter", "--prev_iter", 0, True),
-           ("num_trajectories", "--num_trajectories", 1, True)]
-
-# ... and those of the flags added since (each was a traceback, or garbage, from Python)
-_RANGES += [("init_epoch", "--init_epoch", 1, True), ("min_start_epoch", "--min_start_epoch", 0, True),
-            ("current_max_start_epoch", "--current_max_start_epoch", 1, True),
-            ("expansion_end_epoch", "--expansion_end_epoch", 1, True),
-            ("canvas_size", "--canvas_size", 1, True), ("canvas_samples", "--canvas_samples", 1, True),
-            ("loss_warn_it", "--loss_warn_it", 0, True), ("seed", "--seed", 0, True),
-            ("lr_y", "--lr_y", 0, False), ("loss_threshold", "--loss_threshold", 0, False)]
-
-
-def _check_ranges(cfg: DistillConfig) -> None:
-    for name, flag, low, inclusive in _RANGES:
-        value = getattr(cfg, name)
-        if value is None:
-            continue
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
-                or value < low or (value == low and not inclusive):
-            bound = f">= {low}" if inclusive else f"> {low}"
-            raise ConfigError(f"{flag} must be a number {bound}, got {value!r}")
+# {field: (smallest allowed, whether the smallest itself is allowed)}: the ranges the command
+# line checks, for configurations built in Python (torch.optim's own ValueError must never be
+# what a user sees); flags.check_config also checks every int / float / bool field's kind.
+_RANGES = {"ipc": (1, True), "syn_steps": (1, True), "expert_epochs": (1, True),
+           "lr_img": (0, True), "lr_lr": (0, True), "sigma": (0, False), "min_duration": (1, True),
+           "max_duration": (1, True), "iterations": (0, True), "eval_it": (0, True),
+           "num_eval": (1, True), "epoch_eval_train": (1, True), "batch_train": (1, True),
+           "checkpoint_every": (1, True), "max_failures": (1, True), "batch_syn": (1, True),
+           "max_experts": (1, True), "prev_iter": (0, True), "num_trajectories": (1, True),
+           "init_epoch": (1, True), "min_start_epoch": (0, True),
+           "current_max_start_epoch": (1, True), "expansion_end_epoch": (1, True),
+           "canvas_size": (1, True), "canvas_samples": (1, True), "loss_warn_it": (0, True),
+           "seed": (0, True), "lr_y": (0, False), "loss_threshold": (0, False)}
+_FLAG_NAMES = {"iterations": "--Iteration"}
 
 
 def _check_kinds(cfg: DistillConfig, splits: DatasetSplits) -> None:
     """What the command line's flag kinds check, for configurations built in Python: a 1.5
     for an int, "no" (truthy) for a bool, an lr of NaN, a device or model that does not exist
     would otherwise fail late (or run on garbage)."""
-    for f in fields(cfg):  # kinds from the annotations
-        value, flag = getattr(cfg, f.name), "--Iteration" if f.name == "iterations" else f"--{f.name}"
-        if f.type == "bool" and not isinstance(value, bool):
-            raise ConfigError(f"{flag} must be True or False, got {value!r}")
-        if str(f.type).startswith("int") and value is not None and (
-                not isinstance(value, numbers.Integral) or isinstance(value, bool)):
-            raise ConfigError(f"{flag} must be an integer, got {value!r}")
-    if cfg.seed >= SEED_LIMIT:
-        raise ConfigError(f"--seed must be below {SEED_LIMIT}, got {cfg.seed}")
+    check_config(cfg, _RANGES, _FLAG_NAMES)
     if cfg.sample_method not in ("cycle", "random"):
         raise ConfigError(f"--sample_method must be cycle or random, got {cfg.sample_method!r}")
     if str(cfg.eval_batched).lower() not in BATCHED_CHOICES:
         raise ConfigError(f"--eval_batched must be one of {', '.join(BATCHED_CHOICES)}, "
                           f"got {cfg.eval_batched!r}")
-    if device_problem(cfg.device):
-        raise ConfigError(f"--device: {device_problem(cfg.device)}")
     c, h, w = splits.image_shape
     for name in cfg.eval_models:  # checked now, not at the first evaluation
         try:
@@ -205,7 +175,6 @@ def default_iterations(cfg: DistillConfig) -> int:
 def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) -> DistillConfig:
     """Fill defaults from the buffer and refuse impossible settings with a clear message."""
     _check_kinds(cfg, splits)
-    _check_ranges(cfg)
     if str(cfg.method).upper() not in METHOD_NAMES:
         raise ConfigError(f"--method must be STM (stage-MTT) or original-MTT, got {cfg.method!r}")
     cfg.method = METHOD_NAMES[cfg.method.upper()]
@@ -217,10 +186,6 @@ def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) 
         raise ConfigError(f"--pix_init must be one of {', '.join(PIX_INITS)}, got {cfg.pix_init!r}")
     if cfg.img_optimizer not in IMG_OPTIMIZERS:
         raise ConfigError(f"--img_optimizer must be sgd or adam, got {cfg.img_optimizer!r}")
-    try:
-        parse_strategy(cfg.dsa_strategy)
-    except ValueError as e:
-        raise ConfigError(f"--dsa_strategy: {e}") from None
     if cfg.label_init not in LABEL_INITS:
         raise ConfigError(f"--label_init must be one of {', '.join(LABEL_INITS)}, "
                           f"got {cfg.label_init!r}")

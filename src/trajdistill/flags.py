@@ -197,14 +197,22 @@ def dsa_strategy(text: str) -> str:
 
 # ----------------------------------------------------------------------------- Python configs
 
-def check_config(cfg, ranges: dict[str, tuple[float, bool]]) -> None:
-    """The kinds above for a config dataclass built in Python (ExpertConfig, EvalConfig): int,
-    float and bool fields hold such values (finite), `ranges` = {field: (lowest, whether the
-    lowest itself is allowed)}, a seed is below SEED_LIMIT, a device exists. Raises
-    ConfigError naming the flag, before torch.optim or torch.device sees the value."""
+def check_config(cfg, ranges: dict[str, tuple[float, bool]],
+                 flag_names: dict[str, str] | None = None) -> None:
+    """The kinds above for a config dataclass built in Python (DistillConfig, ExpertConfig,
+    EvalConfig): int, float and bool fields hold such values (finite; an `X | None` field may
+    also be None), `ranges` = {field: (lowest, whether the lowest itself is allowed)}, a seed
+    is below SEED_LIMIT, a device exists, a DSA strategy parses. Raises ConfigError naming the
+    flag (`flag_names` where it is not --<field>), before torch.optim or torch.device sees
+    the value."""
     from .errors import ConfigError
     for f in fields(cfg):
-        value, flag, kind = getattr(cfg, f.name), f"--{f.name}", str(f.type)
+        value, kind = getattr(cfg, f.name), str(f.type)
+        flag = (flag_names or {}).get(f.name, f"--{f.name}")
+        if kind.endswith(" | None"):
+            if value is None:
+                continue
+            kind = kind[:-len(" | None")]
         if kind == "bool" and not isinstance(value, bool):
             raise ConfigError(f"{flag} must be True or False, got {value!r}")
         if kind == "int" and (not isinstance(value, numbers.Integral) or isinstance(value, bool)):
