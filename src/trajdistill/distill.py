@@ -335,11 +335,11 @@ class Distiller:
             held = matching_loss(self._problem(trajectory, self.schedule.heldout_epoch,
                                                slot.generator),
                                  self.images, self.log_lrs[-1].detach().exp())
+        heldout_seconds = time.perf_counter() - t0
         k = self._lr_index(slot.start_epoch)
         result = self.grad_fn(self._problem(trajectory, slot.start_epoch, slot.generator),
                               self.images, self.log_lrs[k])
-        return SlotResult(slot.index, result, held, k,
-                          heldout_seconds=(time.perf_counter() - t0) if heldout else 0.0)
+        return SlotResult(slot.index, result, held, k, heldout_seconds)
 
     def step(self) -> dict:
         cfg, sched = self.cfg, self.schedule
