@@ -21,6 +21,10 @@ same problem and can be checked against the others:
 Both give the same loss and gradients up to floating-point summation order
 (tests/test_matching.py: 1e-8 relative in float64, 1e-4 in float32).
 
+With `MatchProblem.compile` the lean walk's per-chunk gradient and Hessian-vector products
+(and the held-out loss's gradients) run through torch.compile (`CompiledSteps`): the same
+gradient (float64: 1e-15), 1.2-1.3x faster on CPU, about a minute of compilation per process.
+
 Soft labels (DATM): when `MatchProblem.labels` is a float (N, classes) tensor of logits Y,
 each step's loss is the soft cross-entropy -sum(softmax(Y_b) * log_softmax(f(x_b))) / batch,
 and both methods also return dL/dY (`MatchResult.grad_labels`), carried back through the
@@ -108,7 +112,9 @@ class CompiledSteps:
     with loss = summed_cross_entropy(f(x; theta), y) / n. The augmentation and the softmax of
     soft labels stay outside (eager): the walk back pulls d(g.v)/dx and d(g.v)/dy through
     them with autograd, as the eager walk does. Shapes are static (dynamic=False): each chunk
-    size compiles once (a run has at most a few: the chunk and the remainders). Chunks are
+    size compiles once (a run has at most a few: the chunk and the remainders); past
+    torch._dynamo.config.recompile_limit (8) shapes x networks in one process, dynamo warns and
+    runs the function eagerly (the same gradient, uncompiled). Chunks are
     passed contiguous: DSA's crop leaves channels-last strides, which would recompile (strides
     are guarded) and which dynamo's fake group_norm cannot view ("Cannot view a tensor with
     shape [2, 16, 16, 16] and strides (4096, 1, 256, 16) as a tensor with shape (1, 32, 256)").
