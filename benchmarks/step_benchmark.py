@@ -3,6 +3,7 @@
     python benchmarks/step_benchmark.py                      # everything (about 15-30 min on 2 cores)
     python benchmarks/step_benchmark.py --configs A,C --modes lean --repeats 5
     python benchmarks/step_benchmark.py --device cuda        # peak = torch.cuda.max_memory_allocated
+    python benchmarks/step_benchmark.py --configs A,C --modes unroll,stm,stm_compiled
 
 Prints one JSON line per (configuration, mode); --out FILE also appends them to FILE.
 
@@ -14,6 +15,14 @@ Modes:
     lean    the lean walk back (trajdistill.matching.lean_unroll, the default)
     stm     a whole STM iteration: held-out next-epoch loss (matching_loss, no graph) + the
             lean gradient + the image / lr SGD updates; `heldout_share` = held-out / total
+    lean_compiled, stm_compiled   the same through torch.compile'd step functions
+            (MatchProblem.compile, matching.CompiledSteps); `compile_seconds` = the warm-up
+            iteration (compilation of every graph + two steps), `fxgraph_cache` = inductor's
+            FX graph cache hits / misses in that process (TORCHINDUCTOR_CACHE_DIR, default
+            /tmp/torchinductor_$USER: a second process with a warm cache compiles faster)
+
+After each configuration a summary line gives, from the same run, each other mode's seconds
+per iteration over the plain unroll's (issue 13's in-run target: stm at most 0.5).
 
 Each (configuration, mode) runs in a fresh subprocess (`--one CONFIG MODE`), so its peak
 resident memory (VmHWM, or ru_maxrss) is its own. The modes' order is rotated from one
@@ -50,7 +59,8 @@ CONFIGS = {  # name: (ipc, syn_steps, batch_syn)
     "C": (1, 50, 10),
 }
 DEFAULT_CONFIGS = ["A", "B10", "C", "B40", "B80"]  # B20 is A: the sweep is B10, A, B40, B80
-MODES = ["unroll", "lean", "stm"]
+MODES = ["unroll", "lean", "stm"]  # the default; the compiled modes are asked for by name
+ALL_MODES = MODES + ["lean_compiled", "stm_compiled"]
 NUM_CLASSES, IMAGE = 10, (3, 32, 32)
 
 
@@ -114,9 +124,12 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
     opt_lr = torch.optim.SGD([log_lr], lr=0.01, momentum=0.5)
     gen = torch.Generator().manual_seed(seed)
 
+    compiled = mode.endswith("_compiled")
+    base = mode.removesuffix("_compiled")
+
     def problem(steps: int, begin: torch.Tensor) -> MatchProblem:
         plan = plan_unroll(n, steps, batch_syn, IMAGE[1:], DEFAULT_STRATEGY, gen)
-        return MatchProblem(student, begin, target, labels, plan, chunk=chunk)
+        return MatchProblem(student, begin, target, labels, plan, chunk=chunk, compile=compiled)
 
     grad_fn = GRADIENT_METHODS["unroll" if mode == "unroll" else "lean"]
 
@@ -128,7 +141,7 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
         sync()
         t0 = time.perf_counter()
         heldout = 0.0
-        if mode == "stm":
+        if base == "stm":
             matching_loss(problem(steps, heldout_start), images, log_lr.detach().exp())
             sync()
             heldout = time.perf_counter() - t0
@@ -142,7 +155,9 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
         sync()
         return time.perf_counter() - t0, heldout
 
-    iteration(min(syn_steps, 2))  # warm-up
+    w0 = time.perf_counter()
+    iteration(min(syn_steps, 2))  # warm-up (with compiled modes: the compilation)
+    warmup = time.perf_counter() - w0
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     walls, cpus, heldouts = [], [], []
@@ -159,7 +174,13 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
            .chunk_size(batch_syn, images.shape), "repeats": repeats, "seconds": round(statistics.median(walls), 3),
            "seconds_all": [round(w, 3) for w in walls],
            "cpu_seconds": round(statistics.median(cpus), 3)}
-    if mode == "stm":
+    out["warmup_seconds"] = round(warmup, 3)
+    if compiled:
+        from torch._dynamo.utils import counters
+        out["compile_seconds"] = round(warmup, 1)
+        out["fxgraph_cache"] = {"hit": counters["inductor"]["fxgraph_cache_hit"],
+                                "miss": counters["inductor"]["fxgraph_cache_miss"]}
+    if base == "stm":
         out["heldout_seconds"] = round(statistics.median(heldouts), 3)
         out["heldout_share"] = round(sum(heldouts) / sum(walls), 3)
     if cuda:
@@ -173,11 +194,19 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
 
 # ----------------------------------------------------------------------------- driver
 
+def emit(line: dict, out) -> None:
+    print(json.dumps(line), flush=True)
+    if out:
+        out.write(json.dumps(line) + "\n")
+        out.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                     help=f"comma-separated, from {','.join(CONFIGS)}")
-    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated: unroll,lean,stm")
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help=f"comma-separated, from {','.join(ALL_MODES)}")
     ap.add_argument("--repeats", type=int, default=5, help="timed iterations (median reported)")
     ap.add_argument("--unroll-repeats", type=int, default=None,
                     help="timed iterations for the unroll mode of configs with syn_steps >= 40 "
@@ -210,14 +239,15 @@ def main(argv: list[str] | None = None) -> int:
         if c not in CONFIGS:
             ap.error(f"unknown config {c!r}; known: {', '.join(CONFIGS)}")
     for m in modes:
-        if m not in MODES:
-            ap.error(f"unknown mode {m!r}; known: {', '.join(MODES)}")
+        if m not in ALL_MODES:
+            ap.error(f"unknown mode {m!r}; known: {', '.join(ALL_MODES)}")
     limit = args.max_unroll_gb if args.max_unroll_gb is not None else 0.8 * available_gb()
     out = open(args.out, "a") if args.out else None
     failed = 0
     for k, config in enumerate(configs):
         ipc, steps, batch = CONFIGS[config]
         order = modes[k % len(modes):] + modes[:k % len(modes)]  # rotate the order
+        seconds = {}
         for mode in order:
             repeats = args.repeats
             if mode == "unroll" and steps >= 40 and args.unroll_repeats:
@@ -246,10 +276,13 @@ def main(argv: list[str] | None = None) -> int:
                     failed += 1
                     line = {"config": config, "mode": mode, "failed": True,
                             "returncode": proc.returncode, "stderr": proc.stderr[-2000:]}
-            print(json.dumps(line), flush=True)
-            if out:
-                out.write(json.dumps(line) + "\n")
-                out.flush()
+            if "seconds" in line:
+                seconds[mode] = line["seconds"]
+            emit(line, out)
+        if "unroll" in seconds and len(seconds) > 1:
+            emit({"config": config, "summary": True, **{
+                f"{m}_over_unroll": round(seconds[m] / seconds["unroll"], 3)
+                for m in ("lean", "stm", "lean_compiled", "stm_compiled") if m in seconds}}, out)
     if out:
         out.close()
     return 1 if failed else 0

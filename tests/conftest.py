@@ -15,3 +15,9 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real test data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "compile: compiles with torch.compile (about a minute with a cold inductor "
+        "cache; deselect with -m 'not compile')")

@@ -51,3 +51,17 @@ def test_learn_lr_false_keeps_the_lr_fixed(setup):
     for _ in range(3):
         d.step()
     assert d.lrs() == pytest.approx([0.01])
+
+
+def test_compile_flag_reaches_the_matching_problems(setup):
+    """--compile: parsed, kept in DistillConfig, passed to every MatchProblem of the loop
+    (what it computes is tests/test_matching.py's; nothing is compiled here)."""
+    import torch
+    from trajdistill.cli import build_parser
+    splits, store, root = setup
+    assert build_parser().parse_args(["distill", "--compile"]).compile is True
+    assert build_parser().parse_args(["distill"]).compile is None  # the config's default: off
+    for flag in (False, True):
+        d = Distiller(DistillConfig(ipc=1, syn_steps=3, iterations=1, eval_it=0, compile=flag),
+                      splits, store, root / f"compile{flag}", progress=False)
+        assert d._problem(store.load(0), 1, torch.Generator()).compile is flag

@@ -325,6 +325,10 @@ def _add_distill_parser(sub) -> None:
     p.add_argument("--eval_it", type=kinds.non_negative_int)
     p.add_argument("--gradient", choices=["lean", "unroll"],
                    help="lean (default, memory of one step) or unroll (reference)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="run the lean gradient's and the held-out loss's steps through "
+                   "torch.compile: same gradient (float64 1e-15), 1.2-1.3x faster on CPU, about a "
+                   "minute of compilation per process (seconds with a warm inductor cache)")
     p.add_argument("--max_experts", type=kinds.positive_int)
     p.add_argument("--checkpoint_every", type=kinds.positive_int)
     p.add_argument("--max_failures", type=kinds.positive_int,

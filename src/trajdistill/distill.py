@@ -318,7 +318,7 @@ class Distiller:
         plan = plan_unroll(n, cfg.syn_steps, cfg.batch_syn or n, self.splits.image_shape[1:],
                            cfg.dsa_strategy if cfg.dsa and not cfg.no_aug else None, generator,
                            texture_spec=cfg.texture_spec)
-        return MatchProblem(self.student, start, target, self.targets(), plan)
+        return MatchProblem(self.student, start, target, self.targets(), plan, compile=cfg.compile)
 
     def _lr_index(self, start_epoch: int) -> int:
         """independent-lr: the lr of the start epoch's stage; global-lr: the one lr."""

@@ -56,6 +56,7 @@ class DistillConfig:
     dsa: bool = True
     dsa_strategy: str = DEFAULT_STRATEGY
     gradient: str = "lean"              # or "unroll"
+    compile: bool = False               # lean walk + held-out loss via torch.compile (README, speed)
     max_experts: int | None = None
     checkpoint_every: int = 50
     max_failures: int = 5               # consecutive non-finite iterations before giving up
