@@ -141,3 +141,15 @@ def test_torchrun_baseline_shares_the_evaluation_networks(tmp_path):
     assert len(two["accuracies"]) == 3
     assert two["accuracies"] == pytest.approx(one["accuracies"], abs=1e-9)
     assert two["confusion"] == one["confusion"]
+
+
+def test_a_bad_collective_timeout_is_one_error_line(tmp_path):
+    """TRAJDISTILL_DIST_TIMEOUT is read when torchrun starts the group: named, exit 2."""
+    out = subprocess.run(TORCHRUN + ["baseline", "--kind", "mean", *DATA, "--num_eval", "2",
+                                     "--epoch_eval_train", "2"],
+                         env={**ENV, "TRAJDISTILL_DIST_TIMEOUT": "soon"}, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode != 0
+    assert "error: TRAJDISTILL_DIST_TIMEOUT must be a positive number of seconds, got 'soon'" \
+        in out.stderr
+    assert "[rank0]: Traceback" not in out.stderr and "[rank1]: Traceback" not in out.stderr

@@ -30,6 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from . import flags as kinds
+from .distributed import init_from_env, shutdown
 from .errors import ConfigError
 from .presets import BUFFER_PRESETS, PRESETS, preset
 from .reference_flags import add_reference_flags
@@ -153,7 +154,6 @@ BUFFER_DEFAULTS = {"model": "ConvNet", "train_epochs": 50, "num_experts": 10, "l
 
 
 def cmd_buffer(args) -> None:
-    from .distributed import init_from_env, shutdown
     from .experts import ExpertConfig, train_experts
     o = _resolve(args, BUFFER_DEFAULTS, BUFFER_PRESETS)
     if len(o["lr_teacher"]) != 1:
@@ -180,7 +180,6 @@ def cmd_buffer(args) -> None:
 
 def cmd_distill(args) -> None:
     from .distill import DistillConfig, Distiller, open_buffer
-    from .distributed import init_from_env
     from .evaluate import eval_pool
     if args.resume:
         return _resume_distill(args)
@@ -214,7 +213,6 @@ def cmd_distill(args) -> None:
 
 def _resume_distill(args) -> None:
     from .distill import Distiller, open_buffer
-    from .distributed import init_from_env
     from .io import load_json
     run_dir = Path(args.resume)
     saved = load_json(run_dir / "config.json")
@@ -243,7 +241,6 @@ def _resume_distill(args) -> None:
 
 
 def _finish(distiller, splits) -> None:
-    from .distributed import shutdown
     from .report import build_report
     best = distiller.run()
     shutdown(distiller.comm)  # the other ranks are done: the report is rank 0's alone
@@ -405,7 +402,7 @@ def cmd_evaluate(args) -> None:
                          f"{o['dataset']} gives {list(splits.image_shape)} with {splits.classes}")
     # the test set goes through the synthetic set's own transform (its ZCA included)
     splits = replace(splits, preprocess=syn.preprocess)
-    comm, device = _ranks(o)
+    comm, device = init_from_env(o["device"])  # torchrun: networks shared out
     cfg = EvalConfig(num_eval=o["num_eval"], epoch_eval_train=o["epoch_eval_train"],
                      batch_train=o["batch_train"], dsa=o["dsa"], device=device, seed=o["seed"],
                      batched=o["eval_batched"], texture=texture,
@@ -420,7 +417,7 @@ def cmd_evaluate(args) -> None:
         _print_results(result)
         if o.get("out"):
             Path(o["out"]).write_text(json.dumps({"lrs": list(lrs), **result}, indent=2))
-    _leave(comm)
+    shutdown(comm)
 
 
 def cmd_baseline(args) -> None:
@@ -441,7 +438,7 @@ def cmd_baseline(args) -> None:
     else:
         raise ConfigError(f"--kind must be random, mean or full, got {o['kind']!r}")
     epochs = o["epoch_eval_train"] or (50 if o["kind"] == "full" else 1000)
-    comm, device = _ranks(o)
+    comm, device = init_from_env(o["device"])  # torchrun: networks shared out
     cfg = EvalConfig(num_eval=o["num_eval"], epoch_eval_train=epochs, batch_train=o["batch_train"],
                      dsa=o["dsa"], device=device, seed=o["seed"], batched=o["eval_batched"],
                      **_strategy(o))
@@ -452,17 +449,6 @@ def cmd_baseline(args) -> None:
         if o.get("out"):
             Path(o["out"]).write_text(json.dumps({"kind": o["kind"], "ipc": o["ipc"], "lr": o["lr"],
                                                   "epochs": epochs, **result}, indent=2))
-    _leave(comm)
-
-
-def _ranks(o: dict):
-    """torchrun's process group (evaluation networks shared out over the ranks), or none."""
-    from .distributed import init_from_env
-    return init_from_env(o["device"])
-
-
-def _leave(comm) -> None:
-    from .distributed import shutdown
     shutdown(comm)
 
 

@@ -141,7 +141,6 @@ class Distiller:
         self.splits, self.store, self.progress = splits, store, progress and comm.is_main
         self.run_dir = Path(run_dir)
         self.device = torch.device(cfg.device)
-        self.gen = torch.Generator().manual_seed(cfg.seed)  # the initial images' draws
         c, h, w = splits.image_shape
         self.student = FlatModel.wrap(build_model(store.model, c, splits.num_classes, (h, w))
                                       .to(self.device))
@@ -150,7 +149,8 @@ class Distiller:
         self.val_idx = validation_indices(splits.train.labels, splits.num_classes, cfg.val_size)
         self.labels = torch.arange(splits.num_classes).repeat_interleave(cfg.ipc).to(self.device)
         self.labeller: Labeller | None = None
-        images, loaded_logits = initial_images(cfg, splits, self.val_idx, self.gen,
+        images, loaded_logits = initial_images(cfg, splits, self.val_idx,
+                                               torch.Generator().manual_seed(cfg.seed),
                                                self._labeller, self._note)
         self.images = images.to(self.device).requires_grad_(True)
         if cfg.lr_teacher in ("auto", ["auto"]):

@@ -190,10 +190,6 @@ def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) 
     if cfg.label_init not in LABEL_INITS:
         raise ConfigError(f"--label_init must be one of {', '.join(LABEL_INITS)}, "
                           f"got {cfg.label_init!r}")
-    if cfg.lr_y <= 0:
-        raise ConfigError(f"--lr_y must be positive, got {cfg.lr_y}")
-    if cfg.loss_threshold is not None and cfg.loss_threshold <= 0:
-        raise ConfigError(f"--loss_threshold must be positive, got {cfg.loss_threshold}")
     epochs = store.num_epochs
     if cfg.expert_epochs >= epochs:
         raise ConfigError(f"--expert_epochs ({cfg.expert_epochs}) must be below the {epochs} epochs "
@@ -256,8 +252,6 @@ def _validate_windows(cfg: DistillConfig) -> None:
             raise ConfigError(f"--current_max_start_epoch ({cfg.current_max_start_epoch}) must be "
                               f"in (min_start_epoch={cfg.min_start_epoch}, "
                               f"max_start_epoch={cfg.max_start_epoch}]")
-        if cfg.expansion_end_epoch < 1:
-            raise ConfigError(f"--expansion_end_epoch must be >= 1, got {cfg.expansion_end_epoch}")
         if cfg.stm:  # STM's first stage is DATM's first window; its test then widens it
             cfg.init_epoch = cfg.current_max_start_epoch - cfg.min_start_epoch
     span = cfg.max_start_epoch - cfg.min_start_epoch
@@ -285,9 +279,6 @@ def _validate_texture(cfg: DistillConfig, splits: DatasetSplits) -> None:
     """As the reference: texture with ZCA is refused, with real initialisation warned about."""
     if not cfg.texture:
         return
-    if cfg.canvas_size < 1 or cfg.canvas_samples < 1:
-        raise ConfigError(f"--canvas_size and --canvas_samples must be >= 1, got "
-                          f"{cfg.canvas_size} and {cfg.canvas_samples}")
     if splits.preprocess.zca is not None:
         raise ConfigError("--texture cannot be used with --zca (as in the reference): drop one")
     if cfg.soft_labels:  # the expert labels whole images, not canvases

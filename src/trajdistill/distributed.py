@@ -100,6 +100,19 @@ class Comm:
 SINGLE = Comm()
 
 
+def _timeout() -> timedelta:
+    """TRAJDISTILL_DIST_TIMEOUT seconds (a positive number), DEFAULT_TIMEOUT_S without it."""
+    text = os.environ.get("TRAJDISTILL_DIST_TIMEOUT", str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"TRAJDISTILL_DIST_TIMEOUT must be a positive number of seconds, "
+                          f"got {text!r}")
+    return timedelta(seconds=seconds)
+
+
 def init_from_env(device: str) -> tuple[Comm, str]:
     """Start the process group torchrun asked for (if any); returns it and this rank's
     device (cuda -> cuda:LOCAL_RANK). Without torchrun: (SINGLE, device)."""
@@ -116,9 +129,7 @@ def init_from_env(device: str) -> tuple[Comm, str]:
         device = f"cuda:{local}"
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
-        timeout = timedelta(seconds=float(os.environ.get("TRAJDISTILL_DIST_TIMEOUT",
-                                                         DEFAULT_TIMEOUT_S)))
-        torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
+        torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=_timeout())
     return Comm(torch.distributed.get_rank(), torch.distributed.get_world_size()), device
 
 

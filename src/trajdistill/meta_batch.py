@@ -112,13 +112,9 @@ def combine(parts: list[SlotResult], slots: int, num_lrs: int, images: torch.Ten
     every rank but the one that computed it, so the sum puts each in place.
     """
     n_img, n_lab = images.numel(), (labels.numel() if labels is not None else 0)
-    dev = images.device
-    packed = torch.zeros(n_img + n_lab + 2 * num_lrs + 2 * slots, dtype=torch.float64, device=dev)
-    gi, gy = packed[:n_img], packed[n_img:n_img + n_lab]
-    glr = packed[n_img + n_lab:n_img + n_lab + num_lrs]
-    used = packed[n_img + n_lab + num_lrs:n_img + n_lab + 2 * num_lrs]
-    losses = packed[n_img + n_lab + 2 * num_lrs:n_img + n_lab + 2 * num_lrs + slots]
-    heldouts = packed[n_img + n_lab + 2 * num_lrs + slots:]
+    sizes = [n_img, n_lab, num_lrs, num_lrs, slots, slots]
+    packed = torch.zeros(sum(sizes), dtype=torch.float64, device=images.device)
+    gi, gy, glr, used, losses, heldouts = packed.split(sizes)  # views into packed
     for p in parts:
         gi.add_(p.result.grad_images.reshape(-1).to(torch.float64))
         if n_lab:
