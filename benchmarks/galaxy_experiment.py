@@ -10,6 +10,12 @@ experts' model, --eval_epochs epochs, the galaxy DSA strategy, mean +- std of te
 A distillation row runs --iterations iterations and is evaluated on its last images with
 its learned lr; baselines use --baseline_lr (`mean_autolr`: the class mean at the auto lr);
 `saved:ROW@LR` evaluates the saved last images of an earlier row ROW at the fixed lr LR.
+
+--eval_lrs L1 L2 ...: every row is evaluated at each of these lrs (a distilled row also at its
+learned lr), the networks tested on the validation split too (trajdistill.validation: 10 % of
+the training images, never copied into a distilled set); the row reports the test accuracy
+at the lr with the best validation accuracy (`lr`, `acc`, `std`) and every lr's figures
+(`sweep`). So each row gets its own tuned lr, chosen without the test set.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from trajdistill.data import load_dataset
 from trajdistill.distill import DistillConfig, Distiller, open_buffer
 from trajdistill.evaluate import EvalConfig, class_means, evaluate_set, random_real
 from trajdistill.synthetic import SyntheticSet
+from trajdistill.validation import default_val_size, validation_indices
 
 GZ1 = dict(labels="gz1_labels.csv", id_column="OBJID", label_column="CLASS", classes="0,1+2,3",
            class_names="elliptical,spiral,edge-on", crop="center-half")
@@ -43,15 +50,32 @@ ROWS = {
     "mean_auto_adam_mtt": dict(pix_init="mean", lr_teacher=["auto"], img_optimizer="adam",
                                lr_img=0.01, method="original-MTT"),
     "real_auto_adam": dict(lr_teacher=["auto"], img_optimizer="adam", lr_img=0.01),
+    "mean_auto_adam_soft": dict(pix_init="mean", lr_teacher=["auto"], img_optimizer="adam",
+                                lr_img=0.01, soft_labels=True),
 }
 
 
 def evaluate(images, labels, splits, lrs, model, args, syn_steps=0):
+    """Test accuracy at lrs; with --eval_lrs, at the best of them on the validation split."""
     cfg = EvalConfig(num_eval=args.num_eval, epoch_eval_train=args.eval_epochs,
                      dsa_strategy="galaxy", seed=args.seed)
-    r = evaluate_set(images, labels, splits, lrs, [model], cfg, syn_steps, progress=False)[model]
-    return {"acc": r["mean"], "std": r["std"], "accuracies": r["accuracies"],
-            "per_class": r["per_class"]}
+    if not args.eval_lrs:
+        r = evaluate_set(images, labels, splits, lrs, [model], cfg, syn_steps,
+                         progress=False)[model]
+        return {"acc": r["mean"], "std": r["std"], "accuracies": r["accuracies"],
+                "per_class": r["per_class"]}
+    sweep = []
+    candidates = sorted({*args.eval_lrs, *([lrs[0]] if len(lrs) == 1 else [])}, reverse=True)
+    for lr in candidates:
+        r = evaluate_set(images, labels, splits, [lr], [model], cfg, syn_steps, progress=False,
+                         val=args.val)[model]
+        sweep.append({"lr": lr, "val": r["val_mean"], "acc": r["mean"], "std": r["std"],
+                      "accuracies": r["accuracies"], "per_class": r["per_class"]})
+        print(f"  lr {lr:.3g}: val {100 * r['val_mean']:.2f}  test {100 * r['mean']:.2f} "
+              f"± {100 * r['std']:.2f}", flush=True)
+    best = max(sweep, key=lambda e: e["val"])
+    return {"lr_eval": best["lr"], "acc": best["acc"], "std": best["std"], "val": best["val"],
+            "accuracies": best["accuracies"], "per_class": best["per_class"], "sweep": sweep}
 
 
 def run_row(name, splits, store, args, out_dir):
@@ -114,12 +138,17 @@ def main(argv=None):
     p.add_argument("--full_epochs", type=int, default=20)
     p.add_argument("--baseline_lr", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval_lrs", type=float, nargs="*", default=[],
+                   help="evaluate each row at these lrs, pick by validation accuracy")
     p.add_argument("--out", required=True)
     p.add_argument("--work", default="/tmp/galaxy-experiment")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
     splits = load_dataset(args.data, res=args.res, **GZ1)
     store = open_buffer(args.buffer, splits)
+    val_idx = validation_indices(splits.train.labels, splits.num_classes,
+                                 default_val_size(len(splits.train.labels), splits.num_classes))
+    args.val = splits.train.images[val_idx], splits.train.labels[val_idx]
     experts = [store.summary(i)["test_accuracy"] for i in store.indices()]
     for name in args.rows:
         if name not in ROWS and name not in ("mean", "random", "full", "mean_autolr") \
@@ -132,6 +161,7 @@ def main(argv=None):
         with open(args.out, "a") as f:
             f.write(json.dumps(r) + "\n")
         print(f"{name}: {100 * r['acc']:.2f} ± {100 * r['std']:.2f} %  "
+              + (f"(eval lr {r['lr_eval']:.3g} by validation) " if "lr_eval" in r else "")
               + (f"loss {r['loss_first20']:.3f} -> {r['loss_last50']:.3f} drift {r['drift']:.2f} "
                  f"lr {r['lr_start'][0]:.3g} -> {r['lr_end'][0]:.3g}" if "drift" in r else "")
               + f" ({r['seconds']:.0f} s)", flush=True)

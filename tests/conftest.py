@@ -1,12 +1,25 @@
 """Shared test fixtures."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+from trajdistill.precision import set_tf32
 
 # The real data lives beside the project (../shared/data), read-only; never copied in.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# The device of the device-aware tests (gradient identities, resume, end to end, soft labels,
+# evaluation) import it: `TRAJDISTILL_TEST_DEVICE=cuda pytest` runs them on a GPU, the rest
+# stay on CPU.
+DEVICE = os.environ.get("TRAJDISTILL_TEST_DEVICE", "cpu")
+if DEVICE != "cpu" and not (DEVICE.startswith("cuda") and torch.cuda.is_available()):
+    raise pytest.UsageError(f"TRAJDISTILL_TEST_DEVICE={DEVICE}: expected cpu, or cuda[:N] on "
+                            "a machine with CUDA")
+set_tf32(False)  # the tool's own default (trajdistill.precision); test_cuda.py turns it on
 
 
 @pytest.fixture(scope="session")

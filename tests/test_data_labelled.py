@@ -20,6 +20,8 @@ from trajdistill.data.imagefolder import resize_center_crop
 from trajdistill.data.labelled import parse_classes, stratified_split
 from trajdistill.gzoo2.images import decode, to_array
 
+from conftest import DEVICE  # TRAJDISTILL_TEST_DEVICE
+
 
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path, monkeypatch) -> Path:
@@ -144,19 +146,19 @@ def test_cli_baseline_on_a_labelled_folder(small_gz1, capsys):
     args = ["baseline", "--kind", "mean", "--dataset", str(root), "--labels", "labels.csv",
             "--id_column", "OBJID", "--label_column", "CLASS", "--classes", "0,1+2,3",
             "--res", "16", "--crop", "center-half", "--model", "ConvNetD2", "--num_eval", "1",
-            "--epoch_eval_train", "3", "--dsa_strategy", "galaxy", "--device", "cpu", "--quiet"]
+            "--epoch_eval_train", "3", "--dsa_strategy", "galaxy", "--device", DEVICE, "--quiet"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main(args) == 0
     assert "ConvNetD2:" in capsys.readouterr().out
     with pytest.raises(SystemExit) as stop:  # refused while parsing, with the flag named
-        main(args[:-5] + ["--dsa_strategy", "spin", "--device", "cpu"])
+        main(args[:-5] + ["--dsa_strategy", "spin", "--device", DEVICE])
     assert stop.value.code == 2 and "--dsa_strategy" in capsys.readouterr().err
 
 
 def test_gz1_presets_run_buffer_distill_and_resume_on_a_labelled_folder(small_gz1, tmp_path, capsys):
     root, _ = small_gz1
-    common = ["--dataset", str(root), "--labels", "labels.csv", "--res", "16", "--device", "cpu",
+    common = ["--dataset", str(root), "--labels", "labels.csv", "--res", "16", "--device", DEVICE,
               "--buffer_path", str(tmp_path / "buffers"), "--quiet"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

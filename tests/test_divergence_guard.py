@@ -15,6 +15,8 @@ from trajdistill.distill import DistillConfig, Distiller, DivergenceError, open_
 from trajdistill.experts import ExpertConfig, train_experts
 from trajdistill.io import read_jsonl
 
+from conftest import DEVICE  # TRAJDISTILL_TEST_DEVICE
+
 
 @pytest.fixture(scope="module")
 def short_buffer(tmp_path_factory):
@@ -65,7 +67,7 @@ def test_an_lr_that_jumps_by_orders_of_magnitude_is_refused_naming_lr_lr(short_b
 
 def test_the_cli_says_it_in_one_error_line(short_buffer, tmp_path, capsys):
     _, _, root = short_buffer
-    code = main(["distill", "--dataset", "digits", "--buffer_path", str(root), "--device", "cpu",
+    code = main(["distill", "--dataset", "digits", "--buffer_path", str(root), "--device", DEVICE,
                  "--run_dir", str(tmp_path / "cli"), "--Iteration", "10", "--eval_it", "0",
                  "--max_failures", "1", "--quiet"])
     err = capsys.readouterr().err

@@ -12,6 +12,8 @@ from trajdistill.experts import ExpertConfig, train_experts
 from trajdistill.report import build_report
 from trajdistill.synthetic import SyntheticSet
 
+from conftest import DEVICE  # TRAJDISTILL_TEST_DEVICE
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
@@ -70,20 +72,20 @@ def test_report_is_written(run):
 def test_cli_evaluate_and_baseline(run, capsys):
     splits, run_dir, best, d = run
     assert main(["evaluate", "--syn", str(run_dir / "synthetic_best.pt"), "--dataset", "digits",
-                 "--num_eval", "1", "--epoch_eval_train", "20", "--device", "cpu", "--quiet"]) == 0
+                 "--num_eval", "1", "--epoch_eval_train", "20", "--device", DEVICE, "--quiet"]) == 0
     assert "ConvNetD2:" in capsys.readouterr().out
     assert main(["baseline", "--kind", "mean", "--dataset", "digits", "--model", "ConvNetD2",
-                 "--num_eval", "1", "--epoch_eval_train", "20", "--device", "cpu", "--quiet"]) == 0
+                 "--num_eval", "1", "--epoch_eval_train", "20", "--device", DEVICE, "--quiet"]) == 0
     assert "ConvNetD2:" in capsys.readouterr().out
 
 
 def test_cli_reports_bad_input_without_traceback(capsys, tmp_path):
-    assert main(["distill", "--dataset", "nosuchset", "--device", "cpu"]) == 2
+    assert main(["distill", "--dataset", "nosuchset", "--device", DEVICE]) == 2
     assert "unknown dataset 'nosuchset'" in capsys.readouterr().err
     assert main(["distill", "--dataset", "digits", "--buffer_path", str(tmp_path),
-                 "--device", "cpu"]) == 2
+                 "--device", DEVICE]) == 2
     assert "no expert buffer" in capsys.readouterr().err
-    assert main(["distill", "--preset", "CIFAR10-ipc7", "--device", "cpu"]) == 2
+    assert main(["distill", "--preset", "CIFAR10-ipc7", "--device", DEVICE]) == 2
     assert "unknown preset" in capsys.readouterr().err
 
 

@@ -15,6 +15,8 @@ from trajdistill.cli import main
 from trajdistill.data import load_dataset
 from trajdistill.evaluate import EvalConfig, class_means, evaluate_set, random_real
 
+from conftest import DEVICE  # TRAJDISTILL_TEST_DEVICE
+
 
 @pytest.fixture(scope="module")
 def cifar(shared_data):
@@ -56,7 +58,7 @@ def test_full_training_set_through_the_cli(cifar, shared_data, tmp_path, capsys)
     out = tmp_path / "full.json"
     assert main(["baseline", "--kind", "full", "--dataset", "CIFAR10", "--data_path",
                  str(shared_data / "cifar10-subset"), "--model", "ConvNetW16", "--num_eval", "1",
-                 "--epoch_eval_train", "2", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+                 "--epoch_eval_train", "2", "--device", DEVICE, "--quiet", "--out", str(out)]) == 0
     assert "ConvNetW16:" in capsys.readouterr().out
     r = json.loads(out.read_text())
     assert r["kind"] == "full" and r["epochs"] == 2

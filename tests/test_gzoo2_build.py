@@ -24,6 +24,8 @@ from trajdistill.data import DataError, load_dataset
 from trajdistill.gzoo2 import GZoo2Warning, add_gzoo2_parser, build_gzoo2, label_catalog, ranked
 from trajdistill.gzoo2.images import decode, to_array
 
+from conftest import DEVICE  # TRAJDISTILL_TEST_DEVICE
+
 PER_CLASS, TEST, AUG, SIZE = 4, 1, 3, 32
 OPTS = dict(per_class=PER_CLASS, test_per_class=TEST, aug=AUG, size=SIZE, progress=False)
 
@@ -322,7 +324,7 @@ def test_built_set_runs_the_whole_pipeline_by_name(built, tmp_path, capsys):
     from trajdistill.cli import main
     root, out, _ = built
     common = ["--dataset", "GZoo2_aug", "--data_path", str(root / "data"), "--model", "ConvNetD2",
-              "--device", "cpu", "--quiet"]
+              "--device", DEVICE, "--quiet"]
     assert main(["buffer", *common, "--train_epochs", "2", "--num_experts", "1",
                  "--lr_teacher", "0.001", "--buffer_path", str(tmp_path / "buf")]) == 0
     run_dir = tmp_path / "run"

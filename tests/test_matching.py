@@ -15,6 +15,8 @@ from trajdistill.matching import (GRADIENT_METHODS, MatchProblem, lean_unroll, m
 from trajdistill.models import FlatModel, build_model
 from trajdistill.texture import TextureSpec
 
+from conftest import DEVICE  # TRAJDISTILL_TEST_DEVICE: every problem here lives there
+
 
 def make_problem(name="ConvNetW8", shape=(3, 8, 8), classes=4, ipc=3, steps=4, batch=5,
                  dtype=torch.float64, strategy=DEFAULT_STRATEGY, chunk=None, seed=0, texture=None):
@@ -28,7 +30,11 @@ def make_problem(name="ConvNetW8", shape=(3, 8, 8), classes=4, ipc=3, steps=4, b
     labels = torch.arange(classes).repeat_interleave(ipc)
     plan = plan_unroll(n, steps, batch, shape[1:], strategy, torch.Generator().manual_seed(seed),
                        texture_spec=texture)
-    return MatchProblem(student, start, target, labels, plan, chunk=chunk), images
+    # drawn on the CPU (the same numbers on every device), then moved
+    student.module.to(DEVICE)  # batch-norm buffers; the parameters are start/target
+    start, target = start.to(DEVICE), target.to(DEVICE)
+    return (MatchProblem(student, start, target, labels.to(DEVICE), plan, chunk=chunk),
+            images.to(DEVICE))
 
 
 def rel(a, b):
@@ -47,7 +53,7 @@ def test_gradient_matches_central_finite_differences():
     """(1) The unrolled gradient against central differences, float64, tiny network."""
     problem, images = make_problem(name="ConvNetW4", shape=(1, 8, 8), classes=3, ipc=2,
                                    steps=3, batch=4)
-    log_lr = torch.tensor(math.log(0.1), dtype=torch.float64)
+    log_lr = torch.tensor(math.log(0.1), dtype=torch.float64, device=DEVICE)
     res = lean_unroll(problem, images, log_lr)
     loss = lambda x, ll: plain_unroll(problem, x, ll).loss  # noqa: E731
     h = 1e-5
@@ -67,7 +73,7 @@ def test_lean_equals_plain_float64(chunk):
     """(2) Same loss and gradients, float64, DSA on, batch_syn < set size, any chunking."""
     problem, images = make_problem(name="ConvNetW16", shape=(3, 16, 16), steps=5, batch=5,
                                    chunk=chunk)
-    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64)
+    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64, device=DEVICE)
     a = plain_unroll(problem, images, log_lr)
     b = lean_unroll(problem, images, log_lr)
     assert b.loss == pytest.approx(a.loss, rel=1e-12)
@@ -80,7 +86,7 @@ def test_lean_equals_plain_with_batch_norm_float64():
     """Batch statistics couple the images: no chunks there, still the same gradient."""
     problem, images = make_problem(name="ConvNetBN", shape=(3, 8, 8), steps=3, batch=5)
     assert problem.chunk_size(5, images.shape) == 5
-    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64)
+    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64, device=DEVICE)
     a, b = plain_unroll(problem, images, log_lr), lean_unroll(problem, images, log_lr)
     assert rel(b.grad_images, a.grad_images) < 1e-8
     assert rel(b.grad_log_lr, a.grad_log_lr) < 1e-8
@@ -90,7 +96,7 @@ def test_lean_equals_plain_float32_default_convnet():
     """(3) The default ConvNet (width 128, depth 3, instance norm) on 3x32x32, float32."""
     problem, images = make_problem(name="ConvNet", shape=(3, 32, 32), classes=10, ipc=1,
                                    steps=3, batch=6, dtype=torch.float32, chunk=4)
-    log_lr = torch.tensor(math.log(0.01))
+    log_lr = torch.tensor(math.log(0.01), device=DEVICE)
     a = plain_unroll(problem, images, log_lr)
     b = lean_unroll(problem, images, log_lr)
     assert b.loss == pytest.approx(a.loss, rel=1e-5)
@@ -101,7 +107,7 @@ def test_lean_equals_plain_float32_default_convnet():
 def test_matching_loss_equals_plain_loss_and_builds_no_graph(monkeypatch):
     """(4) The held-out loss: same value, a float, first-order gradients only."""
     problem, images = make_problem(steps=4, batch=5)
-    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64)
+    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64, device=DEVICE)
     expected = plain_unroll(problem, images, log_lr).loss
     calls = []
     real_grad = torch.autograd.grad
@@ -122,7 +128,8 @@ def test_matching_loss_equals_plain_loss_and_builds_no_graph(monkeypatch):
 def test_per_stage_lr_gets_the_same_gradient_in_both_methods():
     """(5) independent-lr: the stage's own lr tensor, chosen from a list, same gradient."""
     problem, images = make_problem(steps=4, batch=5)
-    log_lrs = [torch.tensor(math.log(v), dtype=torch.float64) for v in (0.01, 0.03, 0.08)]
+    log_lrs = [torch.tensor(math.log(v), dtype=torch.float64, device=DEVICE)
+               for v in (0.01, 0.03, 0.08)]
     grads = []
     for k in range(len(log_lrs)):
         a = GRADIENT_METHODS["unroll"](problem, images, log_lrs[k])
@@ -137,10 +144,13 @@ def test_per_stage_lr_gets_the_same_gradient_in_both_methods():
 def test_chunk_size_rules():
     problem, images = make_problem(name="ConvNet", shape=(3, 32, 32), classes=2, ipc=1,
                                    steps=1, batch=2, dtype=torch.float32)
-    assert problem.chunk_size(100, torch.Size([100, 3, 32, 32])) == \
-        matching.CHUNK_PIXELS // (32 * 32)
+    budget = matching.CUDA_CHUNK_PIXELS if DEVICE.startswith("cuda") else matching.CHUNK_PIXELS
+    assert problem.chunk_size(1000, torch.Size([1000, 3, 32, 32])) == budget // (32 * 32)
     assert problem.chunk_size(10, torch.Size([10, 3, 32, 32])) == 10
     assert problem.chunk_size(10, torch.Size([10, 3, 128, 128])) >= 1
+    # on a GPU the whole minibatch of config A (100 images of 32x32) is one call; 25 on a CPU
+    assert problem.chunk_size(100, torch.Size([100, 3, 32, 32])) == \
+        (100 if DEVICE.startswith("cuda") else 25)
     problem.chunk = 0
     assert problem.chunk_size(100, torch.Size([100, 3, 32, 32])) == 100
     problem.chunk = 7
@@ -166,8 +176,8 @@ def soft_problem(dtype=torch.float64, **kw):
     problem, images = make_problem(dtype=dtype, **kw)
     classes = int(problem.labels.max()) + 1
     g = torch.Generator().manual_seed(1)
-    problem.labels = (3 * F.one_hot(problem.labels, classes) +
-                      torch.randn(len(problem.labels), classes, generator=g)).to(dtype)
+    problem.labels = (3 * F.one_hot(problem.labels.cpu(), classes) +
+                      torch.randn(len(problem.labels), classes, generator=g)).to(DEVICE, dtype)
     return problem, images
 
 
@@ -193,7 +203,7 @@ def test_soft_label_gradient_lean_equals_plain_float64(chunk):
     minibatches smaller than the set."""
     problem, images = soft_problem(name="ConvNetW16", shape=(3, 16, 16), steps=5, batch=5,
                                    chunk=chunk)
-    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64)
+    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64, device=DEVICE)
     a = plain_unroll(problem, images, log_lr)
     b = lean_unroll(problem, images, log_lr)
     assert a.grad_labels is not None and a.grad_labels.shape == problem.labels.shape
@@ -207,7 +217,7 @@ def test_soft_label_gradient_lean_equals_plain_float64(chunk):
 def test_soft_label_gradient_lean_equals_plain_float32_default_convnet():
     problem, images = soft_problem(name="ConvNet", shape=(3, 32, 32), classes=10, ipc=1,
                                    steps=3, batch=6, dtype=torch.float32, chunk=4)
-    log_lr = torch.tensor(math.log(0.01))
+    log_lr = torch.tensor(math.log(0.01), device=DEVICE)
     a, b = plain_unroll(problem, images, log_lr), lean_unroll(problem, images, log_lr)
     assert rel(b.grad_labels, a.grad_labels) < 1e-4
     assert rel(b.grad_images, a.grad_images) < 1e-4
@@ -217,7 +227,7 @@ def test_soft_label_gradient_matches_finite_differences():
     """The label gradient against central differences of the plain loss (independent check)."""
     problem, images = soft_problem(name="ConvNetW4", shape=(1, 8, 8), classes=3, ipc=2,
                                    steps=3, batch=4)
-    log_lr = torch.tensor(math.log(0.1), dtype=torch.float64)
+    log_lr = torch.tensor(math.log(0.1), dtype=torch.float64, device=DEVICE)
     res = lean_unroll(problem, images, log_lr)
     logits = problem.labels
     h = 1e-5
@@ -234,7 +244,7 @@ def test_soft_label_gradient_matches_finite_differences():
 
 def test_hard_labels_have_no_label_gradient():
     problem, images = make_problem(steps=2, batch=5)
-    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64)
+    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64, device=DEVICE)
     assert plain_unroll(problem, images, log_lr).grad_labels is None
     assert lean_unroll(problem, images, log_lr).grad_labels is None
 
@@ -251,7 +261,7 @@ def test_lean_equals_plain_texture_float64(chunk):
     assert canvases.shape[-2:] == (16, 16)
     x, y = problem.step_input(canvases, 0)
     assert x.shape == (10, 3, 8, 8) and torch.equal(y[:5], y[5:])
-    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64)
+    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64, device=DEVICE)
     a = plain_unroll(problem, canvases, log_lr)
     b = lean_unroll(problem, canvases, log_lr)
     assert b.loss == pytest.approx(a.loss, rel=1e-12)
@@ -264,7 +274,7 @@ def test_lean_equals_plain_texture_float32():
     spec = TextureSpec(canvas_size=2, canvas_samples=1)
     problem, canvases = make_problem(name="ConvNet", shape=(3, 16, 16), classes=5, ipc=1, steps=3,
                                      batch=5, dtype=torch.float32, chunk=3, texture=spec)
-    log_lr = torch.tensor(math.log(0.01))
+    log_lr = torch.tensor(math.log(0.01), device=DEVICE)
     a, b = plain_unroll(problem, canvases, log_lr), lean_unroll(problem, canvases, log_lr)
     assert b.loss == pytest.approx(a.loss, rel=1e-5)
     assert rel(b.grad_images, a.grad_images) < 1e-4
@@ -285,8 +295,9 @@ def test_texture_gradient_matches_finite_differences_and_only_touches_seen_pixel
             cols = [(c - dx) % 16 for c in range(8)]
             for r in rows:
                 seen[canvas, :, r, cols] = True
-    log_lr = torch.tensor(math.log(0.1), dtype=torch.float64)
+    log_lr = torch.tensor(math.log(0.1), dtype=torch.float64, device=DEVICE)
     res = lean_unroll(problem, canvases, log_lr)
+    seen = seen.to(DEVICE)
     assert (res.grad_images[~seen] == 0).all() and (~seen).any()
     idx = tuple(seen.nonzero()[0].tolist())
     h = 1e-5
@@ -313,7 +324,7 @@ def test_compiled_lean_equals_plain_float64():
     a minute on 2 busy cores with a cold inductor cache, seconds with a warm one."""
     problem, images = soft_problem(name="ConvNetW4", shape=(3, 8, 8), classes=3, ipc=4,
                                    steps=3, batch=4, chunk=2)
-    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64)
+    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64, device=DEVICE)
     a = plain_unroll(problem, images, log_lr)
     problem.compile = True
     graphs = _inductor_graphs()
@@ -341,7 +352,7 @@ def test_compiled_lean_equals_plain_float32_smooth_convnet():
     float32 gradient agrees with that float64 one to 1e-6). Float64 leaves no such ties."""
     problem, images = make_problem(name="ConvNetAS", shape=(3, 32, 32), classes=10, ipc=1,
                                    steps=3, batch=5, dtype=torch.float32, chunk=5)
-    log_lr = torch.tensor(math.log(0.01))
+    log_lr = torch.tensor(math.log(0.01), device=DEVICE)
     a = plain_unroll(problem, images, log_lr)
     problem.compile = True
     graphs = _inductor_graphs()

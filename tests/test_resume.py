@@ -17,10 +17,12 @@ from trajdistill.experts import ExpertConfig, TrajectoryStore, train_experts
 from trajdistill.io import FileFormatError, safe_load
 from trajdistill.matching import MatchResult
 
+from conftest import DEVICE  # TRAJDISTILL_TEST_DEVICE
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 DISTILL = ["distill", "--dataset", "digits", "--model", "ConvNetD2", "--ipc", "1", "--syn_steps", "5",
            "--Iteration", "30", "--eval_it", "0", "--checkpoint_every", "3", "--min_duration", "10",
-           "--lr_img", "30", "--device", "cpu", "--quiet"]
+           "--lr_img", "30", "--device", DEVICE, "--quiet"]
 
 
 def cli(*args):
@@ -79,7 +81,7 @@ def test_killed_distillation_resumes_to_the_uninterrupted_result(buffers, tmp_pa
 
 def test_killed_expert_training_resumes_and_leaves_no_half_file(tmp_path):
     args = ["buffer", "--dataset", "digits", "--model", "ConvNetD2", "--train_epochs", "3",
-            "--num_experts", "3", "--device", "cpu", "--quiet"]
+            "--num_experts", "3", "--device", DEVICE, "--quiet"]
     subprocess.run(cli(*args, "--buffer_path", tmp_path / "whole"), env=ENV, check=True)
     root = tmp_path / "killed" / "digits" / "ConvNetD2"
     proc = subprocess.Popen(cli(*args, "--buffer_path", tmp_path / "killed"), env=ENV)
@@ -200,7 +202,8 @@ def test_seed_flags_prev_iter_and_load_syn_image_continue_a_run(buffers, tmp_pat
 def test_original_mtt_resumes_to_the_uninterrupted_result(buffers, tmp_path):
     splits = load_dataset("digits")
     store = open_buffer(buffers / "digits" / "ConvNetD2", splits)
-    cfg = dict(method="original-MTT", ipc=1, syn_steps=3, eval_it=0, checkpoint_every=2)
+    cfg = dict(method="original-MTT", ipc=1, syn_steps=3, eval_it=0, checkpoint_every=2,
+               device=DEVICE)
     whole = Distiller(DistillConfig(iterations=6, **cfg), splits, store, tmp_path / "whole",
                       progress=False)
     whole.run()
@@ -221,7 +224,7 @@ def test_soft_label_logits_resume_to_the_uninterrupted_result(buffers, tmp_path)
     splits = load_dataset("digits")
     store = open_buffer(buffers / "digits" / "ConvNetD2", splits)
     cfg = dict(checkpoint_every=2, ipc=1, syn_steps=3, eval_it=0, soft_labels=True, lr_y=5.0,
-               lr_img=30)
+               lr_img=30, device=DEVICE)
     whole = Distiller(DistillConfig(iterations=6, **cfg), splits, store, tmp_path / "whole",
                       progress=False)
     start = whole.label_logits.detach().clone()

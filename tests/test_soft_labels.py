@@ -17,6 +17,8 @@ from trajdistill.report import build_report, soft_label_rows
 from trajdistill.synthetic import SyntheticSet
 from trajdistill.training import set_loss
 
+from conftest import DEVICE  # TRAJDISTILL_TEST_DEVICE
+
 SOFT = dict(ipc=1, syn_steps=3, eval_it=0, soft_labels=True, lr_y=5.0, lr_img=30)
 
 
@@ -109,7 +111,7 @@ def test_soft_set_downstream_evaluate_export_report(setup, tmp_path, capsys):
     syn = SyntheticSet.load(path)
     assert syn.soft_labels is not None and torch.equal(syn.targets(), syn.soft_labels)
     assert main(["evaluate", "--syn", str(path), "--dataset", "digits", "--num_eval", "1",
-                 "--epoch_eval_train", "3", "--device", "cpu", "--quiet"]) == 0
+                 "--epoch_eval_train", "3", "--device", DEVICE, "--quiet"]) == 0
     assert "%" in capsys.readouterr().out
     out = export_synthetic(path, tmp_path / "export")
     blob = load_export(out / "synthetic.pt")

@@ -13,6 +13,8 @@ from trajdistill.experts import ExpertConfig, train_experts
 from trajdistill.texture import TextureSpec, real_canvases, tiled, windows
 from trajdistill.training import train_epoch
 
+from conftest import DEVICE  # TRAJDISTILL_TEST_DEVICE
+
 
 def test_windows_are_the_references_rolled_crops():
     """Window (dy, dx) of a canvas == torch.roll(canvas, (dy, dx))[:, :h, :w], sample-major."""
@@ -107,12 +109,13 @@ def test_texture_through_the_cli_evaluate_report_export(setup, tmp_path, monkeyp
     assert main(["distill", "--dataset=digits", "--model=ConvNetD2", "--ipc=1", "--syn_steps=2",
                  f"--buffer_path={root / 'buffers'}", "--Iteration=2", "--eval_it=2",
                  "--num_eval=1", "--epoch_eval_train=2", "--pix_init=noise", "--texture",
-                 "--canvas_size", "2", "--canvas_samples", "1", "--wandb_name=tex", "--device=cpu",
+                 "--canvas_size", "2", "--canvas_samples", "1", "--wandb_name=tex",
+                 f"--device={DEVICE}",
                  "--quiet"]) == 0
     run = tmp_path / "runs" / "tex"
     assert (run / "report.html").exists()
     assert main(["evaluate", "--syn", str(run / "synthetic_last.pt"), "--dataset", "digits",
-                 "--num_eval", "1", "--epoch_eval_train", "2", "--device", "cpu", "--quiet"]) == 0
+                 "--num_eval", "1", "--epoch_eval_train", "2", "--device", DEVICE, "--quiet"]) == 0
     assert main(["export", str(run / "synthetic_last.pt"), str(tmp_path / "out")]) == 0
     meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
     png = Image.open(tmp_path / "out" / meta["files"][0]["file"])

@@ -10,6 +10,8 @@ from trajdistill.cli import main
 from trajdistill.data import load_dataset
 from trajdistill.synthetic import SyntheticSet
 
+from conftest import DEVICE  # TRAJDISTILL_TEST_DEVICE
+
 
 def test_evaluate_uses_the_synthetic_sets_zca_even_without_the_flag(shared_data, tmp_path, monkeypatch):
     path = shared_data / "cifar10-subset" / "cifar-10-python.tar.gz"
@@ -28,7 +30,7 @@ def test_evaluate_uses_the_synthetic_sets_zca_even_without_the_flag(shared_data,
 
     monkeypatch.setattr(evaluate_module, "evaluate_set", capture)
     assert main(["evaluate", "--syn", str(tmp_path / "syn.pt"), "--dataset", "CIFAR10",
-                 "--data_path", str(path), "--device", "cpu", "--quiet"]) == 0  # no --zca given
+                 "--data_path", str(path), "--device", DEVICE, "--quiet"]) == 0  # no --zca given
     used = seen["splits"].preprocess
     assert used.zca is not None
     assert torch.equal(used.zca.transform, splits.preprocess.zca.transform)

@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from . import flags as kinds
 from .distributed import init_from_env, shutdown
 from .errors import ConfigError
+from .precision import set_tf32, tf32_requested
 from .presets import BUFFER_PRESETS, PRESETS, preset
 from .reference_flags import add_reference_flags
 from .reference_flags import translate as translate_reference_flags
@@ -612,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import TrajdistillError
     args = build_parser().parse_args(argv)
     try:
+        set_tf32(tf32_requested())
         args.func(args)
     except TrajdistillError as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)

@@ -51,6 +51,10 @@ from .models import FlatModel
 # tensors below glibc's mmap threshold are reused without page faults) and keep the peak
 # resident memory of config A at ~0.7 GB; chunks of 10 are slower again (per-op overhead).
 CHUNK_PIXELS = 25 * 32 * 32
+# On a GPU small chunks only multiply kernel launches: the lean walk takes the whole
+# minibatch per call up to this many pixels (256 images of 32x32, 16 of 128x128), which bounds
+# a call's activations of the width-128 ConvNet at about 1 GB.
+CUDA_CHUNK_PIXELS = 256 * 32 * 32
 
 
 @dataclass
@@ -196,13 +200,15 @@ class MatchProblem:
 
     def chunk_size(self, batch: int, image_shape: torch.Size) -> int:
         """Images per network call: the whole minibatch when the network mixes images
-        (batch norm), else about `CHUNK_PIXELS` pixels per call (25 images of 32x32)."""
+        (batch norm), else about `CHUNK_PIXELS` pixels per call on a CPU (25 images of
+        32x32) and `CUDA_CHUNK_PIXELS` on a GPU (the whole minibatch of 100 at 32x32)."""
         if not self.student.batch_independent or self.chunk == 0:
             return batch
         if self.chunk is not None:
             return max(1, min(self.chunk, batch))
         pixels = int(image_shape[-1]) * int(image_shape[-2])
-        return max(1, min(batch, CHUNK_PIXELS // max(1, pixels)))
+        budget = CUDA_CHUNK_PIXELS if self.start.device.type == "cuda" else CHUNK_PIXELS
+        return max(1, min(batch, budget // max(1, pixels)))
 
     @property
     def compiled(self) -> bool:

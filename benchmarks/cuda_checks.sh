@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The GPU checks (issue 13) on a machine with CUDA, in two stages that each fit in a few
+# minutes:
+#   bash benchmarks/cuda_checks.sh tests   # test_cuda.py (prints TF32's drift), then the whole
+#                                          # suite with TRAJDISTILL_TEST_DEVICE=cuda
+#   bash benchmarks/cuda_checks.sh bench   # step_benchmark.py --device cuda (A, C, B40, B80;
+#                                          # unroll, lean, stm; stm_compiled at A and C; the
+#                                          # CPU's chunk of 25 at A), eval_benchmark.py
+# Logs and JSON lines go to $OUT (default ./cuda-out). The tests read ../shared/data; where it
+# is missing, DATA=DIR links DIR there. Runs the checkout's own code (PYTHONPATH=src) with
+# whatever torch the machine has; pytest-xdist spreads the suite over WORKERS processes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-cuda-out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
+if [ -n "${DATA:-}" ] && [ ! -e ../shared/data ]; then
+    mkdir -p ../shared && ln -s "$(realpath "$DATA")" ../shared/data
+fi
+
+case "${1:-}" in
+tests)
+    { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+      python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+    } | tee "$OUT/gpu.txt"
+    TRAJDISTILL_TEST_DEVICE=cuda timeout 120 python3 -m pytest -q -s -p no:cacheprovider \
+        tests/test_cuda.py 2>&1 | tee "$OUT/test_cuda.log" | tail -6
+    TRAJDISTILL_TEST_DEVICE=cuda timeout "${SUITE_S:-300}" python3 -m pytest -q -p no:cacheprovider \
+        -n "${WORKERS:-14}" -rfE tests 2>&1 | tee "$OUT/tests_cuda.log" | tail -30
+    ;;
+bench)
+    step() { timeout "$1" python3 benchmarks/step_benchmark.py --device cuda --threads 4 \
+                 --out "$OUT/step_cuda.jsonl" "${@:2}" | tail -3; }
+    step 240 --configs A,C,B40,B80 --modes unroll,lean,stm --repeats 5
+    step 90 --configs A --modes lean --chunk 25 --repeats 5
+    step 200 --configs A,C --modes stm_compiled --repeats 5
+    timeout 90 python3 benchmarks/eval_benchmark.py --device cuda --repeats 2 \
+        > "$OUT/eval_cuda.jsonl"; cat "$OUT/eval_cuda.jsonl"
+    ;;
+*)
+    echo "usage: bash benchmarks/cuda_checks.sh tests|bench" >&2
+    exit 2
+    ;;
+esac
