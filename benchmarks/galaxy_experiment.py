@@ -29,9 +29,10 @@ import torch
 
 from trajdistill.data import load_dataset
 from trajdistill.distill import DistillConfig, Distiller, open_buffer
-from trajdistill.evaluate import EvalConfig, class_means, evaluate_set, random_real
+from trajdistill.evaluate import (EvalConfig, class_means, evaluate_set, evaluate_sweep,
+                                  random_real)
 from trajdistill.synthetic import SyntheticSet
-from trajdistill.validation import default_val_size, validation_indices
+from trajdistill.validation import default_validation
 
 GZ1 = dict(labels="gz1_labels.csv", id_column="OBJID", label_column="CLASS", classes="0,1+2,3",
            class_names="elliptical,spiral,edge-on", crop="center-half")
@@ -64,18 +65,14 @@ def evaluate(images, labels, splits, lrs, model, args, syn_steps=0):
                          progress=False)[model]
         return {"acc": r["mean"], "std": r["std"], "accuracies": r["accuracies"],
                 "per_class": r["per_class"]}
-    sweep = []
     candidates = sorted({*args.eval_lrs, *([lrs[0]] if len(lrs) == 1 else [])}, reverse=True)
-    for lr in candidates:
-        r = evaluate_set(images, labels, splits, [lr], [model], cfg, syn_steps, progress=False,
-                         val=args.val)[model]
-        sweep.append({"lr": lr, "val": r["val_mean"], "acc": r["mean"], "std": r["std"],
-                      "accuracies": r["accuracies"], "per_class": r["per_class"]})
-        print(f"  lr {lr:.3g}: val {100 * r['val_mean']:.2f}  test {100 * r['mean']:.2f} "
-              f"± {100 * r['std']:.2f}", flush=True)
-    best = max(sweep, key=lambda e: e["val"])
-    return {"lr_eval": best["lr"], "acc": best["acc"], "std": best["std"], "val": best["val"],
-            "accuracies": best["accuracies"], "per_class": best["per_class"], "sweep": sweep}
+    r = evaluate_sweep(images, labels, splits, candidates, [model], cfg, args.val, syn_steps,
+                       progress=False)[model]
+    for e in r["sweep"]:
+        print(f"  lr {e['lr']:.3g}: val {100 * e['val_mean']:.2f}  test {100 * e['mean']:.2f} "
+              f"± {100 * e['std']:.2f}", flush=True)
+    return {"lr_eval": r["lr"], "acc": r["mean"], "std": r["std"], "val": r["val_mean"],
+            "accuracies": r["accuracies"], "per_class": r["per_class"], "sweep": r["sweep"]}
 
 
 def run_row(name, splits, store, args, out_dir):
@@ -146,9 +143,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     splits = load_dataset(args.data, res=args.res, **GZ1)
     store = open_buffer(args.buffer, splits)
-    val_idx = validation_indices(splits.train.labels, splits.num_classes,
-                                 default_val_size(len(splits.train.labels), splits.num_classes))
-    args.val = splits.train.images[val_idx], splits.train.labels[val_idx]
+    args.val = default_validation(splits.train.labels, splits.train.images, splits.num_classes)
     experts = [store.summary(i)["test_accuracy"] for i in store.indices()]
     for name in args.rows:
         if name not in ROWS and name not in ("mean", "random", "full", "mean_autolr") \

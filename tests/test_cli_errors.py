@@ -187,6 +187,9 @@ CASES = [
     (["evaluate", "--syn", "{syn}", "--dataset", "digits", "--num_eval", "1",
       "--epoch_eval_train", "1", "--device", "cpu", "--quiet", "--out", "/proc/trajdistill.json"],
      "--out"),
+    (["evaluate", "--syn", "{syn}", "--dataset", "digits", "--lr", "0.01", "--lr_sweep", "0.1"],
+     "--lr_sweep"),
+    (["evaluate", "--syn", "{syn}", "--dataset", "digits", "--lr_sweep", "0"], "--lr_sweep"),
     # a seed beyond 64 bits (was an OverflowError traceback from torch.Generator)
     (DISTILL + ["--seed", "99999999999999999999"], "--seed"),
     # more memory than the machine has: the allocator's refusal, in one line (was a traceback)
@@ -373,3 +376,21 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted"
+
+
+def test_evaluate_lr_sweep_includes_the_learned_lr(env, tmp_path, capsys):
+    """evaluate --lr_sweep: the set's learned lr (0.01 here) is one of the candidates."""
+    out = tmp_path / "sweep.json"
+    assert cli.main(["evaluate", "--syn", env["syn"], "--dataset", "digits", "--num_eval", "1",
+                 "--epoch_eval_train", "2", "--lr_sweep", "0.1", "--device", "cpu", "--quiet",
+                 "--out", str(out)]) == 0
+    r = json.loads(out.read_text())["ConvNetD2"]
+    assert [e["lr"] for e in r["sweep"]] == [0.1, 0.01]
+    assert "chosen on validation" in capsys.readouterr().out
+
+
+def test_a_bad_tf32_setting_is_one_error_line(monkeypatch, capsys):
+    monkeypatch.setenv("TRAJDISTILL_TF32", "yes")
+    assert cli.main(["baseline", "--dataset", "digits", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "TRAJDISTILL_TF32" in err[0]

@@ -64,3 +64,28 @@ def test_full_training_set_through_the_cli(cifar, shared_data, tmp_path, capsys)
     assert r["kind"] == "full" and r["epochs"] == 2
     _check(r["ConvNetW16"], cifar, 1)
     assert r["ConvNetW16"]["mean"] > 0.17, r["ConvNetW16"]["accuracies"]
+
+
+def test_lr_sweep_chooses_on_validation_and_equals_a_plain_run_at_that_lr(tmp_path, capsys):
+    """baseline --lr_sweep: the chosen lr is the one with the best validation accuracy, and its
+    test figures are those of a plain `--lr` run at that lr (same seeds, same networks)."""
+    common = ["baseline", "--kind", "mean", "--dataset", "digits", "--model", "ConvNetD2",
+              "--num_eval", "2", "--epoch_eval_train", "30", "--device", DEVICE, "--quiet"]
+    swept, plain = tmp_path / "sweep.json", tmp_path / "plain.json"
+    assert main(common + ["--lr_sweep", "0.001", "0.1", "0.01", "--out", str(swept)]) == 0
+    printed = capsys.readouterr().out
+    r = json.loads(swept.read_text())["ConvNetD2"]
+    assert [e["lr"] for e in r["sweep"]] == [0.1, 0.01, 0.001]
+    best = max(r["sweep"], key=lambda e: e["val_mean"])
+    assert r["lr"] == best["lr"] and r["mean"] == best["mean"] and "val_mean" in r
+    assert len({e["mean"] for e in r["sweep"]}) > 1  # the lrs really trained differently
+    assert printed.count("<- chosen") == 1 and "(chosen on validation)" in printed
+    assert main(common + ["--lr", str(r["lr"]), "--out", str(plain)]) == 0
+    assert json.loads(plain.read_text())["ConvNetD2"]["accuracies"] == r["accuracies"]
+
+
+def test_lr_sweep_and_lr_together_are_refused(capsys):
+    assert main(["baseline", "--kind", "mean", "--dataset", "digits", "--lr", "0.01",
+                 "--lr_sweep", "0.1", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--lr_sweep" in err[0]

@@ -410,11 +410,20 @@ def cmd_evaluate(args) -> None:
                      **_strategy(o))
     # --lr: a hand-set lr (or per-stage list) instead of the learned one(s)
     lrs = o.get("lr") or syn.lrs
-    result = evaluate_set(syn.images, syn.targets(), splits, lrs, eval_pool(o["eval_mode"], syn.model),
-                          cfg, syn.syn_steps, progress=not o.get("quiet"), comm=comm)
+    models = eval_pool(o["eval_mode"], syn.model)
+    if o.get("lr_sweep"):
+        if o.get("lr"):
+            raise ConfigError("--lr and --lr_sweep: give one (--lr_sweep picks the lr itself)")
+        learned = list(syn.lrs) if len(syn.lrs) == 1 else []  # competes with the swept lrs
+        result = _sweep(syn.images, syn.targets(), splits, o["lr_sweep"] + learned,
+                        models, cfg, syn.syn_steps, o, comm)
+    else:
+        result = evaluate_set(syn.images, syn.targets(), splits, lrs, models, cfg,
+                              syn.syn_steps, progress=not o.get("quiet"), comm=comm)
     if comm.is_main:
-        print(f"trained with lr {', '.join(f'{v:g}' for v in lrs)} "
-              f"({'set by --lr' if o.get('lr') else 'learned'})")
+        if not o.get("lr_sweep"):
+            print(f"trained with lr {', '.join(f'{v:g}' for v in lrs)} "
+                  f"({'set by --lr' if o.get('lr') else 'learned'})")
         _print_results(result)
         if o.get("out"):
             Path(o["out"]).write_text(json.dumps({"lrs": list(lrs), **result}, indent=2))
@@ -443,14 +452,45 @@ def cmd_baseline(args) -> None:
     cfg = EvalConfig(num_eval=o["num_eval"], epoch_eval_train=epochs, batch_train=o["batch_train"],
                      dsa=o["dsa"], device=device, seed=o["seed"], batched=o["eval_batched"],
                      **_strategy(o))
-    result = evaluate_set(images, labels, splits, [o["lr"]], eval_pool(o["eval_mode"], o["model"]),
-                          cfg, progress=not o.get("quiet"), comm=comm)
+    models = eval_pool(o["eval_mode"], o["model"])
+    if o.get("lr_sweep"):
+        if args.lr is not None:
+            raise ConfigError("--lr and --lr_sweep: give one (--lr_sweep picks the lr itself)")
+        result = _sweep(images, labels, splits, o["lr_sweep"], models, cfg, 0, o, comm)
+    else:
+        result = evaluate_set(images, labels, splits, [o["lr"]], models, cfg,
+                              progress=not o.get("quiet"), comm=comm)
     if comm.is_main:
         _print_results(result)
         if o.get("out"):
-            Path(o["out"]).write_text(json.dumps({"kind": o["kind"], "ipc": o["ipc"], "lr": o["lr"],
+            Path(o["out"]).write_text(json.dumps({"kind": o["kind"], "ipc": o["ipc"],
+                                                  "lr": None if o.get("lr_sweep") else o["lr"],
                                                   "epochs": epochs, **result}, indent=2))
     shutdown(comm)
+
+
+def _add_sweep_flag(p) -> None:
+    p.add_argument("--lr_sweep", type=kinds.positive_float, nargs="+", metavar="LR",
+                   help="train at each of these lrs and report the one whose networks do best "
+                   "on the validation split (the images a distill run sets aside), not on the "
+                   "test set")
+
+
+def _sweep(images, labels, splits, candidates, models, cfg, syn_steps, o, comm) -> dict:
+    """--lr_sweep: every candidate lr on the default validation split; prints one line per lr."""
+    from .evaluate import evaluate_sweep
+    from .validation import default_validation
+    val = default_validation(splits.train.labels, splits.train.images, splits.num_classes)
+    candidates = sorted(set(candidates), reverse=True)
+    result = evaluate_sweep(images, labels, splits, candidates, models, cfg, val, syn_steps,
+                            progress=not o.get("quiet"), comm=comm)
+    if comm.is_main:
+        for model, r in result.items():
+            for e in r["sweep"]:
+                print(f"{model} lr {e['lr']:g}: validation {100 * e['val_mean']:.2f} %, test "
+                      f"{100 * e['mean']:.2f} ± {100 * e['std']:.2f} %"
+                      + ("  <- chosen" if e["lr"] == r["lr"] else ""))
+    return result
 
 
 def _strategy(o: dict) -> dict:
@@ -468,8 +508,9 @@ def _strategy(o: dict) -> dict:
 
 def _print_results(result: dict) -> None:
     for model, r in result.items():
+        chosen = f" at lr {r['lr']:g} (chosen on validation)" if "sweep" in r else ""
         print(f"{model}: {100 * r['mean']:.2f} ± {100 * r['std']:.2f} % over {len(r['accuracies'])} "
-              f"networks; per class: " + ", ".join(f"{100 * a:.1f}" for a in r["per_class"]))
+              f"networks{chosen}; per class: " + ", ".join(f"{100 * a:.1f}" for a in r["per_class"]))
 
 
 # ----------------------------------------------------------------------------- report / demo
@@ -552,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=kinds.positive_float, nargs="+",
                    help="train with this lr instead of the set's learned one(s); several values "
                    "are a per-stage list, scheduled as an independent-lr set's")
+    _add_sweep_flag(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("baseline", help="random real images, class means, or the full set")
@@ -564,6 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval_batched", choices=["auto", "on", "off"],
                    help="train the num_eval networks together (vmap); auto: on GPUs only")
     p.add_argument("--out", type=kinds.output_file, help="write the results as JSON here")
+    _add_sweep_flag(p)
     p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("report", help="(re)build the report of a run directory")

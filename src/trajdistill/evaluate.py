@@ -251,6 +251,27 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, splits: DatasetSpli
     return out
 
 
+def evaluate_sweep(images: torch.Tensor, labels: torch.Tensor, splits: DatasetSplits,
+                   candidates: list[float], models: list[str], cfg: EvalConfig, val,
+                   syn_steps: int = 0, progress: bool = True, comm: Comm = SINGLE) -> dict:
+    """`--lr_sweep`: evaluate a set at each candidate lr (one lr, the default schedule) and
+    keep, per model, the lr whose networks score best on the validation images `val`; the
+    test set only reports. {model: {the chosen lr's evaluate_set result, lr, sweep: [{lr,
+    val_mean, mean, std} per candidate]}}."""
+    if val is None or len(val[1]) == 0:
+        raise ConfigError("--lr_sweep chooses the lr on the validation split, and this dataset "
+                          "leaves none")
+    runs = {lr: evaluate_set(images, labels, splits, [lr], models, cfg, syn_steps,
+                             progress=progress, val=val, comm=comm) for lr in candidates}
+    out = {}
+    for model in models:
+        best = max(candidates, key=lambda lr: runs[lr][model]["val_mean"])
+        out[model] = {**runs[best][model], "lr": best, "sweep": [
+            {"lr": lr, "val_mean": runs[lr][model]["val_mean"], "mean": runs[lr][model]["mean"],
+             "std": runs[lr][model]["std"]} for lr in candidates]}
+    return out
+
+
 def summarise(results) -> dict:
     accs = [r.accuracy for r in results]
     confusion = torch.tensor([r.confusion for r in results]).sum(0)

@@ -42,3 +42,12 @@ def validation_indices(labels: torch.Tensor, num_classes: int, size: int,
     extra = size - int(chosen.sum())
     chosen[rest[torch.randperm(len(rest), generator=gen)[:extra]]] = True
     return torch.nonzero(chosen).flatten()
+
+
+def default_validation(labels: torch.Tensor, images: torch.Tensor, num_classes: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images and labels of the default validation split: the same images a
+    `distill` run with the default --val_size sets aside (so its synthetic set never copied
+    them)."""
+    idx = validation_indices(labels, num_classes, default_val_size(len(labels), num_classes))
+    return images[idx], labels[idx]
