@@ -53,6 +53,8 @@ ROWS = {
     "real_auto_adam": dict(lr_teacher=["auto"], img_optimizer="adam", lr_img=0.01),
     "mean_auto_adam_soft": dict(pix_init="mean", lr_teacher=["auto"], img_optimizer="adam",
                                 lr_img=0.01, soft_labels=True),
+    "real_auto_adam_soft": dict(lr_teacher=["auto"], img_optimizer="adam", lr_img=0.01,
+                                soft_labels=True),
 }
 
 

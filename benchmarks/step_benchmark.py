@@ -15,6 +15,8 @@ Modes:
     lean    the lean walk back (trajdistill.matching.lean_unroll, the default)
     stm     a whole STM iteration: held-out next-epoch loss (matching_loss, no graph) + the
             lean gradient + the image / lr SGD updates; `heldout_share` = held-out / total
+    lean_hybrid, stm_hybrid       the same with --gradient_memory (--gradient-memory GB, default
+            8): the last steps that fit keep their graphs (MatchProblem.keep_steps)
     lean_compiled, stm_compiled   the same through torch.compile'd step functions
             (MatchProblem.compile, matching.CompiledSteps); `compile_seconds` = the warm-up
             iteration (compilation of every graph + two steps), `fxgraph_cache` = inductor's
@@ -60,7 +62,7 @@ CONFIGS = {  # name: (ipc, syn_steps, batch_syn)
 }
 DEFAULT_CONFIGS = ["A", "B10", "C", "B40", "B80"]  # B20 is A: the sweep is B10, A, B40, B80
 MODES = ["unroll", "lean", "stm"]  # the default; the compiled modes are asked for by name
-ALL_MODES = MODES + ["lean_compiled", "stm_compiled"]
+ALL_MODES = MODES + ["lean_compiled", "stm_compiled", "lean_hybrid", "stm_hybrid"]
 NUM_CLASSES, IMAGE = 10, (3, 32, 32)
 
 
@@ -98,12 +100,13 @@ def cpu_seconds() -> float:
 # ----------------------------------------------------------------------------- one child
 
 def run_one(config: str, mode: str, repeats: int, device: str, threads: int, seed: int,
-            chunk: int | None = None, steps_override: int | None = None) -> dict:
+            chunk: int | None = None, steps_override: int | None = None,
+            gradient_memory: float = 8.0) -> dict:
     import torch
 
     from trajdistill.augment import DEFAULT_STRATEGY
     from trajdistill.matching import (GRADIENT_METHODS, MatchProblem, matching_loss,
-                                      plan_unroll)
+                                      plan_unroll, step_graph_bytes)
     from trajdistill.models import FlatModel, build_model
 
     torch.set_num_threads(threads)
@@ -125,11 +128,19 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
     gen = torch.Generator().manual_seed(seed)
 
     compiled = mode.endswith("_compiled")
-    base = mode.removesuffix("_compiled")
+    hybrid = mode.endswith("_hybrid")
+    base = mode.removesuffix("_compiled").removesuffix("_hybrid")
+    kept = [0]  # --gradient-memory's kept steps (hybrid modes), measured on the first problem
 
     def problem(steps: int, begin: torch.Tensor) -> MatchProblem:
         plan = plan_unroll(n, steps, batch_syn, IMAGE[1:], DEFAULT_STRATEGY, gen)
-        return MatchProblem(student, begin, target, labels, plan, chunk=chunk, compile=compiled)
+        p = MatchProblem(student, begin, target, labels, plan, chunk=chunk, compile=compiled)
+        if hybrid:
+            if not kept[0]:
+                kept.append(step_graph_bytes(p, images, log_lr.detach().exp()))
+                kept[0] = int(min(syn_steps, gradient_memory * 2**30 // kept[-1]))
+            p.keep_steps = kept[0]
+        return p
 
     grad_fn = GRADIENT_METHODS["unroll" if mode == "unroll" else "lean"]
 
@@ -180,6 +191,9 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
         out["compile_seconds"] = round(warmup, 1)
         out["fxgraph_cache"] = {"hit": counters["inductor"]["fxgraph_cache_hit"],
                                 "miss": counters["inductor"]["fxgraph_cache_miss"]}
+    if hybrid:
+        out.update(gradient_memory_gb=gradient_memory, keep_steps=kept[0],
+                   step_graph_mb=round(kept[-1] / 2**20, 1))
     if base == "stm":
         out["heldout_seconds"] = round(statistics.median(heldouts), 3)
         out["heldout_share"] = round(sum(heldouts) / sum(walls), 3)
@@ -220,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk", type=int, default=None,
                     help="images per network call in the lean walk (default: automatic, 0: none)")
     ap.add_argument("--steps", type=int, default=None, help="override every config's syn_steps")
+    ap.add_argument("--gradient-memory", type=float, default=8.0,
+                    help="GB of kept step graphs for the *_hybrid modes (--gradient_memory)")
     ap.add_argument("--omp-wait-policy", default="PASSIVE",
                     help="OMP_WAIT_POLICY of the children unless already set (PASSIVE: waiting "
                          "OpenMP threads sleep instead of spinning; on a shared machine spinning "
@@ -230,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.one:
         print(json.dumps(run_one(*args.one, args.repeats, args.device, args.threads, args.seed,
-                                 args.chunk, args.steps)), flush=True)
+                                 args.chunk, args.steps, args.gradient_memory)), flush=True)
         return 0
 
     configs = [c for c in args.configs.split(",") if c]
@@ -266,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                     cmd += ["--chunk", str(args.chunk)]
                 if args.steps:
                     cmd += ["--steps", str(args.steps)]
+                cmd += ["--gradient-memory", str(args.gradient_memory)]
                 env = dict(os.environ)
                 env.setdefault("OMP_WAIT_POLICY", args.omp_wait_policy)
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -282,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         if "unroll" in seconds and len(seconds) > 1:
             emit({"config": config, "summary": True, **{
                 f"{m}_over_unroll": round(seconds[m] / seconds["unroll"], 3)
-                for m in ("lean", "stm", "lean_compiled", "stm_compiled") if m in seconds}}, out)
+                for m in ALL_MODES[1:] if m in seconds}}, out)
     if out:
         out.close()
     return 1 if failed else 0

@@ -2,8 +2,10 @@
 import pytest
 
 from trajdistill.data import load_dataset
-from trajdistill.distill import DistillConfig, Distiller, open_buffer
+from trajdistill.distill import ConfigError, DistillConfig, Distiller, open_buffer
 from trajdistill.experts import ExpertConfig, train_experts
+
+from conftest import DEVICE  # TRAJDISTILL_TEST_DEVICE
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +67,35 @@ def test_compile_flag_reaches_the_matching_problems(setup):
         d = Distiller(DistillConfig(ipc=1, syn_steps=3, iterations=1, eval_it=0, compile=flag),
                       splits, store, root / f"compile{flag}", progress=False)
         assert d._problem(store.load(0), 1, torch.Generator()).compile is flag
+
+
+def test_gradient_memory_keeps_steps_and_changes_nothing_else(setup, capsys):
+    """--gradient_memory: the kept steps follow the budget (one step's measured graph), a
+    whole run gives the images and lr of the plain lean walk, and with --gradient unroll
+    it is refused."""
+    import torch
+    from trajdistill.matching import step_graph_bytes
+    splits, store, root = setup
+    base = dict(ipc=2, syn_steps=6, iterations=3, eval_it=0, seed=3, device=DEVICE)
+    lean = Distiller(DistillConfig(**base), splits, store, root / "lean", progress=False)
+    per_step = step_graph_bytes(lean._problem(store.load(0), 1, torch.Generator()),
+                                lean.images, lean.log_lrs[0].exp())
+    budget = 2.5 * per_step / 2**30                  # room for 2 steps' graphs
+    hybrid = Distiller(DistillConfig(**base, gradient_memory=budget), splits, store,
+                       root / "hybrid", progress=True)
+    assert hybrid._problem(store.load(0), 1, torch.Generator()).keep_steps == 2
+    assert "the last 2 of 6 unrolled steps keep their graphs" in capsys.readouterr().err
+    big = Distiller(DistillConfig(**base, gradient_memory=1000.0), splits, store,
+                    root / "big", progress=False)
+    assert big._problem(store.load(0), 1, torch.Generator()).keep_steps == 6
+    x0 = lean.images.detach().clone()
+    lean.run()
+    hybrid.run()
+    # float32 and ReLU ties (README, --compile): the image updates agree to about 1e-3, the
+    # exact identity is test_matching's float64 one
+    moved, moved_lean = hybrid.images.detach() - x0, lean.images.detach() - x0
+    assert float((moved - moved_lean).norm() / moved_lean.norm()) < 1e-2
+    assert hybrid.lrs() == pytest.approx(lean.lrs(), rel=1e-3)
+    with pytest.raises(ConfigError, match="--gradient_memory"):
+        Distiller(DistillConfig(**base, gradient="unroll", gradient_memory=1.0), splits, store,
+                  root / "x", progress=False)

@@ -362,3 +362,48 @@ def test_compiled_lean_equals_plain_float32_smooth_convnet():
     assert b.loss == pytest.approx(a.loss, rel=1e-5)
     assert rel(b.grad_images, a.grad_images) < 1e-4
     assert rel(b.grad_log_lr, a.grad_log_lr) < 1e-4
+
+
+# ----------------------------------------------------------------------------- the hybrid
+
+@pytest.mark.parametrize("keep", [1, 3, 5, 9])
+def test_hybrid_equals_plain_float64(keep):
+    """keep_steps (--gradient_memory): the last `keep` steps unrolled with their graphs, the
+    rest walked lean; soft labels and DSA on, 5 steps, chunks of 2. 5 and 9: all kept."""
+    problem, images = soft_problem(name="ConvNetW16", shape=(3, 16, 16), steps=5, batch=5,
+                                   chunk=2)
+    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64, device=DEVICE)
+    a = plain_unroll(problem, images, log_lr)
+    problem.keep_steps = keep
+    b = lean_unroll(problem, images, log_lr)
+    assert b.loss == pytest.approx(a.loss, rel=1e-12)
+    assert rel(b.grad_images, a.grad_images) < 1e-8
+    assert rel(b.grad_log_lr, a.grad_log_lr) < 1e-8
+    assert rel(b.grad_labels, a.grad_labels) < 1e-8
+
+
+def test_hybrid_equals_plain_with_batch_norm_and_hard_labels_float64():
+    problem, images = make_problem(name="ConvNetBN", shape=(3, 8, 8), steps=4, batch=5)
+    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64, device=DEVICE)
+    a = plain_unroll(problem, images, log_lr)
+    problem.keep_steps = 2
+    b = lean_unroll(problem, images, log_lr)
+    assert b.grad_labels is None
+    assert rel(b.grad_images, a.grad_images) < 1e-8
+    assert rel(b.grad_log_lr, a.grad_log_lr) < 1e-8
+
+
+def test_step_graph_bytes_counts_what_one_kept_step_holds():
+    """The saved tensors of one step with its graph: at least the step's input and first
+    conv layer's output (both saved for backward), growing with the minibatch, and the
+    same count when measured twice."""
+    small, x = make_problem(name="ConvNetW16", shape=(3, 16, 16), classes=4, ipc=4, steps=1,
+                            batch=4, dtype=torch.float32)
+    large, _ = make_problem(name="ConvNetW16", shape=(3, 16, 16), classes=4, ipc=4, steps=1,
+                            batch=16, dtype=torch.float32)
+    lr = torch.tensor(0.01, device=DEVICE)
+    b4, b16 = matching.step_graph_bytes(small, x, lr), matching.step_graph_bytes(large, x, lr)
+    first_layer = 4 * 16 * 16 * 16 * 4  # batch x width x H x W x float32
+    assert b4 >= first_layer + 4 * 3 * 16 * 16 * 4
+    assert b16 > 3 * b4 - 2 * small.start.numel() * 4 * 4  # activations scale with batch
+    assert matching.step_graph_bytes(small, x, lr) == b4

@@ -327,6 +327,10 @@ def _add_distill_parser(sub) -> None:
                    help="run the lean gradient's and the held-out loss's steps through "
                    "torch.compile: same gradient (float64 1e-15), 1.2-1.3x faster on CPU, about a "
                    "minute of compilation per process (seconds with a warm inductor cache)")
+    p.add_argument("--gradient_memory", type=kinds.non_negative_float, metavar="GB",
+                   help="let the lean walk keep the graphs of its last unrolled steps in up to "
+                   "this many GB (the unroll's speed where memory allows; 0, the default: "
+                   "recompute every step). Same gradient either way")
     p.add_argument("--max_experts", type=kinds.positive_int)
     p.add_argument("--checkpoint_every", type=kinds.positive_int)
     p.add_argument("--max_failures", type=kinds.positive_int,

@@ -28,7 +28,8 @@ from .experts import BufferError, TrajectoryStore
 from .distill_config import DistillConfig, default_iterations, validate  # noqa: F401 (API)
 from .initial import Labeller, auto_teacher_lr, initial_images
 from .io import atomic_save, atomic_write_text, load_json, read_jsonl, safe_load, write_json
-from .matching import GRADIENT_METHODS, MatchProblem, matching_loss, plan_unroll
+from .matching import (GRADIENT_METHODS, MatchProblem, matching_loss, plan_unroll,
+                       step_graph_bytes)
 from .meta_batch import Combined, Slot, SlotResult, combine, draw_slots
 from .models import FlatModel, build_model
 from .schedule import AlignedStart, StageMachine, UniformStart
@@ -177,6 +178,7 @@ class Distiller:
         self.last_failure = ""
         self.first_loss: float | None = None  # of this process: > 1 means a likely divergence
         self.grad_fn = GRADIENT_METHODS[cfg.gradient]
+        self._kept: int | None = None  # --gradient_memory's kept steps, once measured
         if comm.active:  # every rank starts from rank 0's state (identical by construction)
             self.load_state_dict(comm.broadcast_object(self.state_dict()), "rank 0's state")
             if cfg.num_trajectories < comm.world:
@@ -318,7 +320,24 @@ class Distiller:
         plan = plan_unroll(n, cfg.syn_steps, cfg.batch_syn or n, self.splits.image_shape[1:],
                            cfg.dsa_strategy if cfg.dsa and not cfg.no_aug else None, generator,
                            texture_spec=cfg.texture_spec)
-        return MatchProblem(self.student, start, target, self.targets(), plan, compile=cfg.compile)
+        problem = MatchProblem(self.student, start, target, self.targets(), plan,
+                               compile=cfg.compile)
+        problem.keep_steps = self._keep_steps(problem)
+        return problem
+
+    def _keep_steps(self, problem: MatchProblem) -> int:
+        """--gradient_memory: how many final steps keep their graphs, measured once (one
+        step's saved tensors; every problem of a run has the same minibatch shapes)."""
+        if not self.cfg.gradient_memory:
+            return 0
+        if self._kept is None:
+            per_step = step_graph_bytes(problem, self.images, self.log_lrs[0].exp())
+            self._kept = int(min(self.cfg.syn_steps,
+                                 self.cfg.gradient_memory * 2**30 // max(1, per_step)))
+            self._note(f"--gradient_memory {self.cfg.gradient_memory:g} GB: the last "
+                       f"{self._kept} of {self.cfg.syn_steps} unrolled steps keep their graphs "
+                       f"({per_step / 2**20:.0f} MB each); the lean walk recomputes the rest")
+        return self._kept
 
     def _lr_index(self, start_epoch: int) -> int:
         """independent-lr: the lr of the start epoch's stage; global-lr: the one lr."""

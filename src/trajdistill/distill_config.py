@@ -57,6 +57,7 @@ class DistillConfig:
     dsa_strategy: str = DEFAULT_STRATEGY
     gradient: str = "lean"              # or "unroll"
     compile: bool = False               # lean walk + held-out loss via torch.compile (README, speed)
+    gradient_memory: float = 0.0        # GB of step graphs the lean walk may keep (the hybrid)
     max_experts: int | None = None
     checkpoint_every: int = 50
     max_failures: int = 5               # consecutive non-finite iterations before giving up
@@ -118,7 +119,8 @@ _RANGES = {"ipc": (1, True), "syn_steps": (1, True), "expert_epochs": (1, True),
            "init_epoch": (1, True), "min_start_epoch": (0, True),
            "current_max_start_epoch": (1, True), "expansion_end_epoch": (1, True),
            "canvas_size": (1, True), "canvas_samples": (1, True), "loss_warn_it": (0, True),
-           "seed": (0, True), "lr_y": (0, False), "loss_threshold": (0, False)}
+           "seed": (0, True), "lr_y": (0, False), "loss_threshold": (0, False),
+           "gradient_memory": (0, True)}
 _FLAG_NAMES = {"iterations": "--Iteration"}
 
 
@@ -181,6 +183,9 @@ def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) 
     cfg.method = METHOD_NAMES[cfg.method.upper()]
     if cfg.gradient not in GRADIENT_METHODS:
         raise ConfigError(f"--gradient must be one of {sorted(GRADIENT_METHODS)}, got {cfg.gradient!r}")
+    if cfg.gradient_memory and cfg.gradient != "lean":
+        raise ConfigError("--gradient_memory sets how much of the lean walk keeps its graphs; "
+                          f"--gradient {cfg.gradient} keeps them all: drop one of the two")
     if cfg.lr_mode not in ("global-lr", "independent-lr"):
         raise ConfigError(f"--lr_mode must be global-lr or independent-lr, got {cfg.lr_mode!r}")
     if cfg.pix_init not in PIX_INITS:

@@ -177,6 +177,9 @@ class MatchProblem:
     # lean walk and held-out loss through torch.compile'd step functions (`CompiledSteps`);
     # ignored (eager, one warning) for networks with batch statistics
     compile: bool = False
+    # the hybrid (--gradient_memory): the last keep_steps unrolled steps keep their autograd
+    # graphs, as the plain unroll does, and the lean walk recomputes only the steps before
+    keep_steps: int = 0
 
     def step_input(self, images: torch.Tensor, i: int, labels: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -318,6 +321,29 @@ def plain_unroll(problem: MatchProblem, images: torch.Tensor, log_lr: torch.Tens
     return MatchResult(loss.item(), gx, glr, gy[0] if soft else None)
 
 
+def step_graph_bytes(problem: MatchProblem, images: torch.Tensor, lr: torch.Tensor) -> int:
+    """Bytes that autograd keeps for one unrolled step with its graph (step 0 of the plan,
+    the whole minibatch at once, as `plain_unroll` and the hybrid's kept steps hold it): the
+    distinct storages saved for backward while the step and its create_graph gradient are
+    built, counted through saved-tensor hooks, so the same on every device."""
+    seen: dict[tuple, int] = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        seen[(storage.data_ptr(), t.device)] = storage.nbytes()
+        return t
+
+    x_leaf = images.detach().requires_grad_(True)
+    soft = soft_labels(problem.labels)
+    y_leaf = problem.labels.detach().requires_grad_(soft)
+    theta = problem.start.detach().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        g, = torch.autograd.grad(problem.step_loss(theta, x_leaf, 0, y_leaf), theta,
+                                 create_graph=True)
+        theta - lr.detach() * g
+    return sum(seen.values())
+
+
 def lean_unroll(problem: MatchProblem, images: torch.Tensor, log_lr: torch.Tensor) -> MatchResult:
     """Same gradient as `plain_unroll`, with the memory of one step (of one chunk of it).
 
@@ -328,22 +354,30 @@ def lean_unroll(problem: MatchProblem, images: torch.Tensor, log_lr: torch.Tenso
         dL/dalpha  += -(g_i . a_{i+1})
         a_i         = a_{i+1} - alpha * H_i a_{i+1}
     where all the vector products come from one double-backward of the recomputed step.
+    With `problem.keep_steps` = k > 0 (the hybrid) the last k steps are unrolled with their
+    graphs and differentiated by autograd, which hands the walk its adjoint at theta_{N-k}.
     """
     images = images.detach()
     lr = log_lr.detach().exp()
     steps = len(problem.plan.batches)
+    walked = steps - min(max(problem.keep_steps, 0), steps)  # steps the lean walk recomputes
     thetas = [problem.start.detach()]
-    for i in range(steps):
+    for i in range(walked):
         thetas.append(thetas[-1] - lr * problem.step_grad(thetas[-1], images, i))
 
-    denom = problem.normaliser()
-    diff = thetas[-1] - problem.target
-    loss = diff.pow(2).sum() / denom
-    adjoint = 2 * diff / denom
-    grad_images = torch.zeros_like(images)
-    grad_labels = torch.zeros_like(problem.labels) if soft_labels(problem.labels) else None
+    if walked < steps:
+        loss, adjoint, grad_images, grad_labels, grad_log_lr = _kept_tail(
+            problem, images, log_lr, thetas[-1], walked)
+    else:
+        denom = problem.normaliser()
+        diff = thetas[-1] - problem.target
+        loss = (diff.pow(2).sum() / denom).item()
+        adjoint = 2 * diff / denom
+        grad_images = torch.zeros_like(images)
+        grad_labels = torch.zeros_like(problem.labels) if soft_labels(problem.labels) else None
+        grad_log_lr = torch.zeros((), dtype=images.dtype, device=images.device)
     grad_lr = torch.zeros((), dtype=images.dtype, device=images.device)
-    for i in reversed(range(steps)):
+    for i in reversed(range(walked)):
         thetas[i + 1] = None  # free as we go
         g, hvp_theta, hvp_x, hvp_y = problem.step_hvp(thetas[i], images, i, adjoint)
         grad_images.sub_(hvp_x, alpha=float(lr))
@@ -351,7 +385,30 @@ def lean_unroll(problem: MatchProblem, images: torch.Tensor, log_lr: torch.Tenso
             grad_labels.sub_(hvp_y, alpha=float(lr))
         grad_lr -= torch.dot(g, adjoint)
         adjoint = adjoint - lr * hvp_theta
-    return MatchResult(loss.item(), grad_images, (grad_lr * lr).reshape(log_lr.shape), grad_labels)
+    return MatchResult(loss, grad_images, (grad_log_lr + grad_lr * lr).reshape(log_lr.shape),
+                       grad_labels)
+
+
+def _kept_tail(problem: MatchProblem, images: torch.Tensor, log_lr: torch.Tensor,
+               theta: torch.Tensor, first: int):
+    """The hybrid's last steps (first .. N-1), unrolled with their graphs as `plain_unroll`
+    does: the loss, dL/dtheta_first (the walk's adjoint), and this part's dL/dX, dL/dY and
+    dL/dlog lr."""
+    x_leaf = images.detach().requires_grad_(True)
+    log_lr = log_lr.detach().requires_grad_(True)
+    soft = soft_labels(problem.labels)
+    y_leaf = problem.labels.detach().requires_grad_(soft)
+    lr = log_lr.exp()
+    start = theta.detach().requires_grad_(True)
+    theta = start
+    for i in range(first, len(problem.plan.batches)):
+        g, = torch.autograd.grad(problem.step_loss(theta, x_leaf, i, y_leaf), theta,
+                                 create_graph=True)
+        theta = theta - lr * g
+    loss = (theta - problem.target).pow(2).sum() / problem.normaliser()
+    adjoint, gx, glr, *gy = torch.autograd.grad(
+        loss, (start, x_leaf, log_lr, *([y_leaf] if soft else [])))
+    return loss.item(), adjoint, gx, gy[0] if soft else None, glr
 
 
 GRADIENT_METHODS: dict[str, GradientMethod] = {"unroll": plain_unroll, "lean": lean_unroll}
