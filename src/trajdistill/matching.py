@@ -327,10 +327,13 @@ def step_graph_bytes(problem: MatchProblem, images: torch.Tensor, lr: torch.Tens
     distinct storages saved for backward while the step and its create_graph gradient are
     built, counted through saved-tensor hooks, so the same on every device."""
     seen: dict[tuple, int] = {}
+    alive = []  # every packed tensor lives to the end: no freed address is counted twice or
+    # shadowed by a later storage at the same address
 
     def pack(t: torch.Tensor):
         storage = t.untyped_storage()
         seen[(storage.data_ptr(), t.device)] = storage.nbytes()
+        alive.append(t)
         return t
 
     x_leaf = images.detach().requires_grad_(True)
