@@ -4,8 +4,9 @@
 #   bash benchmarks/cuda_checks.sh tests   # test_cuda.py (prints TF32's drift), then the whole
 #                                          # suite with TRAJDISTILL_TEST_DEVICE=cuda
 #   bash benchmarks/cuda_checks.sh bench   # step_benchmark.py --device cuda (A, C, B40, B80;
-#                                          # unroll, lean, stm; stm_compiled at A and C; the
-#                                          # CPU's chunk of 25 at A), eval_benchmark.py
+#                                          # unroll, lean, stm; the hybrid with 40 GB at A, C,
+#                                          # B80; stm_compiled at A and C; the CPU's chunk of 25
+#                                          # at A), eval_benchmark.py
 # Logs and JSON lines go to $OUT (default ./cuda-out). The tests read ../shared/data; where it
 # is missing, DATA=DIR links DIR there. Runs the checkout's own code (PYTHONPATH=src) with
 # whatever torch the machine has; pytest-xdist spreads the suite over WORKERS processes.
@@ -25,7 +26,7 @@ tests)
     } | tee "$OUT/gpu.txt"
     TRAJDISTILL_TEST_DEVICE=cuda timeout 120 python3 -m pytest -q -s -p no:cacheprovider \
         tests/test_cuda.py 2>&1 | tee "$OUT/test_cuda.log" | tail -6
-    TRAJDISTILL_TEST_DEVICE=cuda timeout "${SUITE_S:-300}" python3 -m pytest -q -p no:cacheprovider \
+    TRAJDISTILL_TEST_DEVICE=cuda timeout "${SUITE_S:-540}" python3 -m pytest -q -p no:cacheprovider \
         -n "${WORKERS:-14}" -rfE tests 2>&1 | tee "$OUT/tests_cuda.log" | tail -30
     ;;
 bench)
@@ -33,6 +34,7 @@ bench)
                  --out "$OUT/step_cuda.jsonl" "${@:2}" | tail -3; }
     step 240 --configs A,C,B40,B80 --modes unroll,lean,stm --repeats 5
     step 90 --configs A --modes lean --chunk 25 --repeats 5
+    step 150 --configs A,C,B80 --modes lean_hybrid,stm_hybrid --repeats 5 --gradient-memory 40
     step 200 --configs A,C --modes stm_compiled --repeats 5
     timeout 90 python3 benchmarks/eval_benchmark.py --device cuda --repeats 2 \
         > "$OUT/eval_cuda.jsonl"; cat "$OUT/eval_cuda.jsonl"
