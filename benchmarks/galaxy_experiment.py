@@ -67,9 +67,9 @@ def evaluate(images, labels, splits, lrs, model, args, syn_steps=0):
                          progress=False)[model]
         return {"acc": r["mean"], "std": r["std"], "accuracies": r["accuracies"],
                 "per_class": r["per_class"]}
-    candidates = sorted({*args.eval_lrs, *([lrs[0]] if len(lrs) == 1 else [])}, reverse=True)
-    r = evaluate_sweep(images, labels, splits, candidates, [model], cfg, args.val, syn_steps,
-                       progress=False)[model]
+    learned = list(lrs) if len(lrs) == 1 else []  # a set's own lr competes too
+    r = evaluate_sweep(images, labels, splits, args.eval_lrs + learned, [model], cfg, args.val,
+                       syn_steps, progress=False)[model]
     for e in r["sweep"]:
         print(f"  lr {e['lr']:.3g}: val {100 * e['val_mean']:.2f}  test {100 * e['mean']:.2f} "
               f"± {100 * e['std']:.2f}", flush=True)

@@ -106,7 +106,7 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
 
     from trajdistill.augment import DEFAULT_STRATEGY
     from trajdistill.matching import (GRADIENT_METHODS, MatchProblem, matching_loss,
-                                      plan_unroll, step_graph_bytes)
+                                      kept_steps, plan_unroll)
     from trajdistill.models import FlatModel, build_model
 
     torch.set_num_threads(threads)
@@ -130,16 +130,16 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
     compiled = mode.endswith("_compiled")
     hybrid = mode.endswith("_hybrid")
     base = mode.removesuffix("_compiled").removesuffix("_hybrid")
-    kept = [0]  # --gradient-memory's kept steps (hybrid modes), measured on the first problem
+    kept: dict = {}  # hybrid modes: kept steps and one step's bytes, measured once
 
     def problem(steps: int, begin: torch.Tensor) -> MatchProblem:
         plan = plan_unroll(n, steps, batch_syn, IMAGE[1:], DEFAULT_STRATEGY, gen)
         p = MatchProblem(student, begin, target, labels, plan, chunk=chunk, compile=compiled)
         if hybrid:
-            if not kept[0]:
-                kept.append(step_graph_bytes(p, images, log_lr.detach().exp()))
-                kept[0] = int(min(syn_steps, gradient_memory * 2**30 // kept[-1]))
-            p.keep_steps = kept[0]
+            if not kept:
+                kept["steps"], kept["bytes"] = kept_steps(gradient_memory, syn_steps, p,
+                                                          images, log_lr.detach().exp())
+            p.keep_steps = kept["steps"]
         return p
 
     grad_fn = GRADIENT_METHODS["unroll" if mode == "unroll" else "lean"]
@@ -192,8 +192,8 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
         out["fxgraph_cache"] = {"hit": counters["inductor"]["fxgraph_cache_hit"],
                                 "miss": counters["inductor"]["fxgraph_cache_miss"]}
     if hybrid:
-        out.update(gradient_memory_gb=gradient_memory, keep_steps=kept[0],
-                   step_graph_mb=round(kept[-1] / 2**20, 1))
+        out.update(gradient_memory_gb=gradient_memory, keep_steps=kept["steps"],
+                   step_graph_mb=round(kept["bytes"] / 2**20, 1))
     if base == "stm":
         out["heldout_seconds"] = round(statistics.median(heldouts), 3)
         out["heldout_share"] = round(sum(heldouts) / sum(walls), 3)

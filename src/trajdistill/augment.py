@@ -84,10 +84,16 @@ def sample(strategy: str, n: int, height: int, width: int,
 def apply(x: torch.Tensor, params: Params) -> torch.Tensor:
     """Apply a sampled augmentation to a batch (N, C, H, W); differentiable in x."""
     fn = _APPLY[params["group"]]
-    # float draws are cast to the images' dtype first: a float32 rotation matrix would round
-    # its sin/cos differently on CPU and GPU (1e-7, measured in float64 runs on an H200)
-    return fn(x, {k: (v.to(x.device, x.dtype) if v.is_floating_point() else v.to(x.device))
-                  if torch.is_tensor(v) else v for k, v in params.items()})
+    return fn(x, {k: _like(v, x) for k, v in params.items()})
+
+
+def _like(v, x: torch.Tensor):
+    """A draw on the images' device; float draws also in their dtype (a float32 rotation
+    matrix would round its sin/cos differently on CPU and GPU: 1e-7, measured in float64 runs
+    on an H200)."""
+    if not torch.is_tensor(v):
+        return v
+    return v.to(x.device, x.dtype) if v.is_floating_point() else v.to(x.device)
 
 
 def augment(x: torch.Tensor, strategy: str = DEFAULT_STRATEGY,

@@ -416,11 +416,9 @@ def cmd_evaluate(args) -> None:
     lrs = o.get("lr") or syn.lrs
     models = eval_pool(o["eval_mode"], syn.model)
     if o.get("lr_sweep"):
-        if o.get("lr"):
-            raise ConfigError("--lr and --lr_sweep: give one (--lr_sweep picks the lr itself)")
         learned = list(syn.lrs) if len(syn.lrs) == 1 else []  # competes with the swept lrs
         result = _sweep(syn.images, syn.targets(), splits, o["lr_sweep"] + learned,
-                        models, cfg, syn.syn_steps, o, comm)
+                        models, cfg, syn.syn_steps, o, comm, lr_given=bool(o.get("lr")))
     else:
         result = evaluate_set(syn.images, syn.targets(), splits, lrs, models, cfg,
                               syn.syn_steps, progress=not o.get("quiet"), comm=comm)
@@ -457,10 +455,9 @@ def cmd_baseline(args) -> None:
                      dsa=o["dsa"], device=device, seed=o["seed"], batched=o["eval_batched"],
                      **_strategy(o))
     models = eval_pool(o["eval_mode"], o["model"])
-    if o.get("lr_sweep"):
-        if args.lr is not None:
-            raise ConfigError("--lr and --lr_sweep: give one (--lr_sweep picks the lr itself)")
-        result = _sweep(images, labels, splits, o["lr_sweep"], models, cfg, 0, o, comm)
+    if o.get("lr_sweep"):  # o["lr"] is the default 0.01 unless --lr was given
+        result = _sweep(images, labels, splits, o["lr_sweep"], models, cfg, 0, o, comm,
+                        lr_given=args.lr is not None)
     else:
         result = evaluate_set(images, labels, splits, [o["lr"]], models, cfg,
                               progress=not o.get("quiet"), comm=comm)
@@ -480,12 +477,14 @@ def _add_sweep_flag(p) -> None:
                    "test set")
 
 
-def _sweep(images, labels, splits, candidates, models, cfg, syn_steps, o, comm) -> dict:
+def _sweep(images, labels, splits, candidates, models, cfg, syn_steps, o, comm,
+           lr_given: bool) -> dict:
     """--lr_sweep: every candidate lr on the default validation split; prints one line per lr."""
     from .evaluate import evaluate_sweep
+    if lr_given:
+        raise ConfigError("--lr and --lr_sweep: give one (--lr_sweep picks the lr itself)")
     from .validation import default_validation
     val = default_validation(splits.train.labels, splits.train.images, splits.num_classes)
-    candidates = sorted(set(candidates), reverse=True)
     result = evaluate_sweep(images, labels, splits, candidates, models, cfg, val, syn_steps,
                             progress=not o.get("quiet"), comm=comm)
     if comm.is_main:

@@ -28,8 +28,7 @@ from .experts import BufferError, TrajectoryStore
 from .distill_config import DistillConfig, default_iterations, validate  # noqa: F401 (API)
 from .initial import Labeller, auto_teacher_lr, initial_images
 from .io import atomic_save, atomic_write_text, load_json, read_jsonl, safe_load, write_json
-from .matching import (GRADIENT_METHODS, MatchProblem, matching_loss, plan_unroll,
-                       step_graph_bytes)
+from .matching import GRADIENT_METHODS, MatchProblem, kept_steps, matching_loss, plan_unroll
 from .meta_batch import Combined, Slot, SlotResult, combine, draw_slots
 from .models import FlatModel, build_model
 from .schedule import AlignedStart, StageMachine, UniformStart
@@ -331,9 +330,8 @@ class Distiller:
         if not self.cfg.gradient_memory:
             return 0
         if self._kept is None:
-            per_step = step_graph_bytes(problem, self.images, self.log_lrs[0].exp())
-            self._kept = int(min(self.cfg.syn_steps,
-                                 self.cfg.gradient_memory * 2**30 // max(1, per_step)))
+            self._kept, per_step = kept_steps(self.cfg.gradient_memory, self.cfg.syn_steps,
+                                              problem, self.images, self.log_lrs[0].exp())
             self._note(f"--gradient_memory {self.cfg.gradient_memory:g} GB: the last "
                        f"{self._kept} of {self.cfg.syn_steps} unrolled steps keep their graphs "
                        f"({per_step / 2**20:.0f} MB each); the lean walk recomputes the rest")

@@ -257,10 +257,11 @@ def evaluate_sweep(images: torch.Tensor, labels: torch.Tensor, splits: DatasetSp
     """`--lr_sweep`: evaluate a set at each candidate lr (one lr, the default schedule) and
     keep, per model, the lr whose networks score best on the validation images `val`; the
     test set only reports. {model: {the chosen lr's evaluate_set result, lr, sweep: [{lr,
-    val_mean, mean, std} per candidate]}}."""
+    val_mean, mean, std} per distinct candidate, largest lr first]}}."""
     if val is None or len(val[1]) == 0:
         raise ConfigError("--lr_sweep chooses the lr on the validation split, and this dataset "
                           "leaves none")
+    candidates = sorted(set(candidates), reverse=True)
     runs = {lr: evaluate_set(images, labels, splits, [lr], models, cfg, syn_steps,
                              progress=progress, val=val, comm=comm) for lr in candidates}
     out = {}

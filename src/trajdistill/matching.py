@@ -343,8 +343,17 @@ def step_graph_bytes(problem: MatchProblem, images: torch.Tensor, lr: torch.Tens
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         g, = torch.autograd.grad(problem.step_loss(theta, x_leaf, 0, y_leaf), theta,
                                  create_graph=True)
-        theta - lr.detach() * g
+        theta - lr.detach() * g  # the step's update: it saves lr and g too
     return sum(seen.values())
+
+
+def kept_steps(budget_gb: float, syn_steps: int, problem: MatchProblem, images: torch.Tensor,
+               lr: torch.Tensor) -> tuple[int, int]:
+    """--gradient_memory: how many of the last of `syn_steps` unrolled steps keep their graphs
+    within `budget_gb`, and the bytes of one such step (`step_graph_bytes`, measured on
+    `problem`, which needs the run's minibatch shapes, not its length)."""
+    per_step = step_graph_bytes(problem, images, lr)
+    return int(min(syn_steps, budget_gb * 2**30 // max(1, per_step))), per_step
 
 
 def lean_unroll(problem: MatchProblem, images: torch.Tensor, log_lr: torch.Tensor) -> MatchResult:
@@ -396,7 +405,8 @@ def _kept_tail(problem: MatchProblem, images: torch.Tensor, log_lr: torch.Tensor
                theta: torch.Tensor, first: int):
     """The hybrid's last steps (first .. N-1), unrolled with their graphs as `plain_unroll`
     does: the loss, dL/dtheta_first (the walk's adjoint), and this part's dL/dX, dL/dY and
-    dL/dlog lr."""
+    dL/dlog lr. Written apart from `plain_unroll` on purpose: that one is the reference the
+    tests hold the hybrid to."""
     x_leaf = images.detach().requires_grad_(True)
     log_lr = log_lr.detach().requires_grad_(True)
     soft = soft_labels(problem.labels)
