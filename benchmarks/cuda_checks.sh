@@ -3,6 +3,7 @@
 # minutes:
 #   bash benchmarks/cuda_checks.sh tests   # test_cuda.py (prints TF32's drift), then the whole
 #                                          # suite with TRAJDISTILL_TEST_DEVICE=cuda
+#   bash benchmarks/cuda_checks.sh graphs  # test_cuda.py, then the CUDA-graph walk's speed (A, C)
 #   bash benchmarks/cuda_checks.sh bench   # step_benchmark.py --device cuda (A, C, B40, B80;
 #                                          # unroll, lean, stm; the hybrid with 40 GB at A, C,
 #                                          # B80; stm_compiled at A and C; the CPU's chunk of 25
@@ -26,8 +27,20 @@ tests)
     } | tee "$OUT/gpu.txt"
     TRAJDISTILL_TEST_DEVICE=cuda timeout 120 python3 -m pytest -q -s -p no:cacheprovider \
         tests/test_cuda.py 2>&1 | tee "$OUT/test_cuda.log" | tail -6
-    TRAJDISTILL_TEST_DEVICE=cuda timeout "${SUITE_S:-540}" python3 -m pytest -q -p no:cacheprovider \
-        -n "${WORKERS:-14}" -rfE tests 2>&1 | tee "$OUT/tests_cuda.log" | tail -30
+    # -v names each result as it comes, and SIGINT lets pytest print its summary: a run cut by
+    # the time limit still says which tests failed
+    TRAJDISTILL_TEST_DEVICE=cuda OMP_NUM_THREADS=1 timeout -s INT "${SUITE_S:-540}" python3 -m pytest \
+        -v --tb=short -p no:cacheprovider -n "${WORKERS:-14}" -rfE tests 2>&1 \
+        | tee "$OUT/tests_cuda.log" | grep -E "FAILED|ERROR|passed|failed" | tail -30
+    ;;
+graphs)
+    # the CUDA-graph walk (--cuda_graphs, the default on CUDA): its tests, then its speed against
+    # the eager walk and the plain unroll
+    TRAJDISTILL_TEST_DEVICE=cuda timeout 150 python3 -m pytest -q -s -p no:cacheprovider \
+        tests/test_cuda.py 2>&1 | tee "$OUT/test_cuda.log" | tail -8
+    step() { timeout "$1" python3 benchmarks/step_benchmark.py --device cuda --threads 4 \
+                 --out "$OUT/step_cuda.jsonl" "${@:2}" | tail -3; }
+    step 240 --configs C,A --modes unroll,lean,stm,lean_graphed,stm_graphed --repeats 5
     ;;
 bench)
     step() { timeout "$1" python3 benchmarks/step_benchmark.py --device cuda --threads 4 \
@@ -40,7 +53,7 @@ bench)
         > "$OUT/eval_cuda.jsonl"; cat "$OUT/eval_cuda.jsonl"
     ;;
 *)
-    echo "usage: bash benchmarks/cuda_checks.sh tests|bench" >&2
+    echo "usage: bash benchmarks/cuda_checks.sh tests|graphs|bench" >&2
     exit 2
     ;;
 esac

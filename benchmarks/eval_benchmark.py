@@ -33,6 +33,7 @@ import torch
 from trajdistill.data import load_dataset
 from trajdistill.evaluate import (EvalConfig, lr_schedule, network_seed, random_real,
                                   train_and_test, train_and_test_batched)
+from trajdistill.precision import set_tf32, tf32_requested
 
 CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-subset"
 
@@ -75,6 +76,7 @@ def main():
     ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10],
                     help="images per class of each case (50 takes ~6x as long as 10)")
     args = ap.parse_args()
+    set_tf32(tf32_requested())  # as the command line does: exact float32 unless TRAJDISTILL_TF32=1
     digits = load_dataset("digits")
     cases = [("digits", digits, "ConvNetD2", ipc) for ipc in args.ipc]
     if CIFAR.exists():

@@ -17,6 +17,9 @@ Modes:
             lean gradient + the image / lr SGD updates; `heldout_share` = held-out / total
     lean_hybrid, stm_hybrid       the same with --gradient_memory (--gradient-memory GB, default
             8): the last steps that fit keep their graphs (MatchProblem.keep_steps)
+    lean_graphed, stm_graphed     the same with the steps replayed as recorded CUDA graphs
+            (MatchProblem.cuda_graphs, trajdistill/cuda_graphs.py; CUDA only: the default of a
+            distillation on CUDA); `warmup_seconds` includes the recordings
     lean_compiled, stm_compiled   the same through torch.compile'd step functions
             (MatchProblem.compile, matching.CompiledSteps); `compile_seconds` = the warm-up
             iteration (compilation of every graph + two steps), `fxgraph_cache` = inductor's
@@ -25,6 +28,9 @@ Modes:
 
 After each configuration a summary line gives, from the same run, each other mode's seconds
 per iteration over the plain unroll's (issue 13's in-run target: stm at most 0.5).
+
+On CUDA float32 is exact (TF32 off, the tool's default) unless TRAJDISTILL_TF32=1; each line
+says which (`tf32`).
 
 Each (configuration, mode) runs in a fresh subprocess (`--one CONFIG MODE`), so its peak
 resident memory (VmHWM, or ru_maxrss) is its own. The modes' order is rotated from one
@@ -62,7 +68,8 @@ CONFIGS = {  # name: (ipc, syn_steps, batch_syn)
 }
 DEFAULT_CONFIGS = ["A", "B10", "C", "B40", "B80"]  # B20 is A: the sweep is B10, A, B40, B80
 MODES = ["unroll", "lean", "stm"]  # the default; the compiled modes are asked for by name
-ALL_MODES = MODES + ["lean_compiled", "stm_compiled", "lean_hybrid", "stm_hybrid"]
+ALL_MODES = MODES + ["lean_compiled", "stm_compiled", "lean_hybrid", "stm_hybrid",
+                     "lean_graphed", "stm_graphed"]
 NUM_CLASSES, IMAGE = 10, (3, 32, 32)
 
 
@@ -109,8 +116,11 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
                                       kept_steps, plan_unroll)
     from trajdistill.models import FlatModel, build_model
 
+    from trajdistill.precision import set_tf32, tf32_requested
+
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
+    set_tf32(tf32_requested())  # as the command line does: exact float32 unless TRAJDISTILL_TF32=1
     dev = torch.device(device)
     cuda = dev.type == "cuda"
     ipc, syn_steps, batch_syn = CONFIGS[config]
@@ -129,12 +139,14 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
 
     compiled = mode.endswith("_compiled")
     hybrid = mode.endswith("_hybrid")
-    base = mode.removesuffix("_compiled").removesuffix("_hybrid")
+    graphed = mode.endswith("_graphed")
+    base = mode.split("_")[0]
     kept: dict = {}  # hybrid modes: kept steps and one step's bytes, measured once
 
     def problem(steps: int, begin: torch.Tensor) -> MatchProblem:
         plan = plan_unroll(n, steps, batch_syn, IMAGE[1:], DEFAULT_STRATEGY, gen)
-        p = MatchProblem(student, begin, target, labels, plan, chunk=chunk, compile=compiled)
+        p = MatchProblem(student, begin, target, labels, plan, chunk=chunk, compile=compiled,
+                         cuda_graphs=graphed)
         if hybrid:
             if not kept:
                 kept["steps"], kept["bytes"] = kept_steps(gradient_memory, syn_steps, p,
@@ -186,6 +198,8 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
            "seconds_all": [round(w, 3) for w in walls],
            "cpu_seconds": round(statistics.median(cpus), 3)}
     out["warmup_seconds"] = round(warmup, 3)
+    if cuda:
+        out["tf32"] = torch.backends.cudnn.allow_tf32
     if compiled:
         from torch._dynamo.utils import counters
         out["compile_seconds"] = round(warmup, 1)
@@ -257,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     for m in modes:
         if m not in ALL_MODES:
             ap.error(f"unknown mode {m!r}; known: {', '.join(ALL_MODES)}")
+    if any(m.endswith("_graphed") for m in modes) and not args.device.startswith("cuda"):
+        ap.error("the *_graphed modes record CUDA graphs: they need --device cuda")
     limit = args.max_unroll_gb if args.max_unroll_gb is not None else 0.8 * available_gb()
     out = open(args.out, "a") if args.out else None
     failed = 0

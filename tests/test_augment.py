@@ -71,7 +71,7 @@ def test_cutout_zeroes_one_square_of_half_the_side():
     p = A.sample("cutout", 1, 8, 8, torch.Generator().manual_seed(0))
     p["centre"] = torch.tensor([[4, 4]])
     out = A.apply(x, p)
-    assert p["size"].tolist() == [4, 4]
+    assert p["size"] == (4, 4)
     assert torch.equal(out[0, :, 2:6, 2:6], torch.zeros(3, 4, 4))
     assert out.sum() == 3 * (64 - 16)
 

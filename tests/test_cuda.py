@@ -3,15 +3,18 @@ drift. Skipped without CUDA; `TRAJDISTILL_TEST_DEVICE=cuda bash test.sh` also mo
 device-aware tests of the other files (gradient identities, resume, end to end) to the GPU."""
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 
 import pytest
 import torch
 
+from trajdistill import augment, cuda_graphs
 from trajdistill.matching import MatchProblem, lean_unroll, matching_loss, plain_unroll
 from trajdistill.precision import set_tf32
 
-from test_matching import rel, soft_problem
+from test_matching import make_problem, rel, soft_problem
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -22,6 +25,60 @@ def on(problem: MatchProblem, images: torch.Tensor, device: str):
     moved = MatchProblem(problem.student, problem.start.to(device), problem.target.to(device),
                          problem.labels.to(device), problem.plan, chunk=problem.chunk)
     return moved, images.to(device)
+
+
+def assert_same(a, b, tol):
+    assert a.loss == pytest.approx(b.loss, rel=tol)
+    assert rel(a.grad_images, b.grad_images) < tol
+    assert rel(a.grad_log_lr, b.grad_log_lr) < tol
+    if b.grad_labels is not None:
+        assert rel(a.grad_labels, b.grad_labels) < tol
+
+
+@pytest.mark.parametrize("strategy", [*augment.GROUPS, None])
+def test_graphed_steps_replay_the_eager_walk_float64(strategy):
+    """--cuda_graphs: the recorded steps give the eager walk's gradient and held-out loss, for
+    every DSA group and none, with soft labels and two minibatch sizes (12 images in batches
+    of 5: 5, 5, 2, 5); a second call with other images and another start reaches the recorded
+    kernels through their buffers. Graphed and eager run the same kernels: only the order of
+    atomic additions (the images' scatter) may differ, far below 1e-12."""
+    problem, images = soft_problem(name="ConvNetW16", shape=(3, 16, 16), steps=4, batch=5,
+                                   strategy=strategy)
+    eager, x = on(problem, images, "cuda")
+    graphed = dataclasses.replace(eager, cuda_graphs=True)
+    assert graphed.graphed and not eager.graphed
+    graphed.labels.requires_grad_(True)  # as the Distiller's learnable logits
+    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64, device="cuda")
+    x2 = x + 0.3 * torch.randn_like(x)
+    graphs = cuda_graphs.graphs_of(eager.student)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a step that could not be recorded warns
+        first = lean_unroll(graphed, x, log_lr)
+        graphed.start = graphed.start + 0.01
+        second = lean_unroll(graphed, x2, log_lr)
+        held = matching_loss(graphed, x2, log_lr.exp())
+    assert graphs.recorded >= 4 and graphs.failed == 0  # (grad, hvp) x (batch 5, batch 2)
+    assert_same(first, lean_unroll(eager, x, log_lr), 1e-12)
+    eager.start = graphed.start
+    assert_same(second, lean_unroll(eager, x2, log_lr), 1e-12)
+    assert held == pytest.approx(matching_loss(eager, x2, log_lr.exp()), rel=1e-12)
+
+
+def test_graphed_walk_on_cuda_equals_the_plain_unroll_on_the_cpu():
+    """The default on CUDA (graphed lean walk) against the reference on the CPU: hard labels,
+    the default DSA strategy, float64."""
+    problem, images = make_problem(name="ConvNetW16", shape=(3, 16, 16), steps=6, batch=5)
+    cpu, x_cpu = on(problem, images, "cpu")
+    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64)
+    ref = plain_unroll(cpu, x_cpu, log_lr)
+    gpu, x = on(problem, images, "cuda")
+    gpu.cuda_graphs = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = lean_unroll(gpu, x, log_lr.cuda())
+    assert rel(got.grad_images.cpu(), ref.grad_images) < 1e-8
+    assert rel(got.grad_log_lr.cpu(), ref.grad_log_lr) < 1e-8
+    assert got.loss == pytest.approx(ref.loss, rel=1e-8)
 
 
 def test_lean_on_cuda_equals_the_plain_unroll_on_the_cpu_float64():

@@ -1,5 +1,6 @@
 """STM's independent-lr mode inside the loop: one lr per stage, copied on level-up."""
 import pytest
+import torch
 
 from trajdistill.data import load_dataset
 from trajdistill.distill import ConfigError, DistillConfig, Distiller, open_buffer
@@ -99,3 +100,29 @@ def test_gradient_memory_keeps_steps_and_changes_nothing_else(setup, capsys):
     with pytest.raises(ConfigError, match="--gradient_memory"):
         Distiller(DistillConfig(**base, gradient="unroll", gradient_memory=1.0), splits, store,
                   root / "x", progress=False)
+
+
+def test_cuda_graphs_follow_the_device_and_refuse_what_cannot_be(setup):
+    """--cuda_graphs: auto records the walk's steps exactly where there is CUDA (and not with
+    --compile, the other way to run them); on without CUDA, on with --compile, or a word
+    that is not a choice are refused by name."""
+    splits, store, root = setup
+    base = dict(ipc=1, syn_steps=2, iterations=1, eval_it=0, device=DEVICE)
+    auto = Distiller(DistillConfig(**base), splits, store, root / "g_auto", progress=False)
+    problem = auto._problem(store.load(0), 1, torch.Generator())
+    assert problem.cuda_graphs == problem.graphed == DEVICE.startswith("cuda")
+    off = Distiller(DistillConfig(**base, cuda_graphs="off"), splits, store, root / "g_off",
+                    progress=False)
+    assert not off._problem(store.load(0), 1, torch.Generator()).cuda_graphs
+    compiled = Distiller(DistillConfig(**base, compile=True), splits, store, root / "g_c",
+                         progress=False)
+    assert not compiled._cuda_graphs
+    bad = [dict(cuda_graphs="maybe")]
+    if DEVICE == "cpu":
+        bad.append(dict(cuda_graphs="on"))
+    else:
+        bad.append(dict(cuda_graphs="on", compile=True))
+    for extra in bad:
+        with pytest.raises(ConfigError, match="--cuda_graphs"):
+            Distiller(DistillConfig(**base, **extra), splits, store, root / "g_bad",
+                      progress=False)

@@ -407,3 +407,52 @@ def test_step_graph_bytes_counts_what_one_kept_step_holds():
     assert b4 >= first_layer + 4 * 3 * 16 * 16 * 4
     assert b16 > 3 * b4 - 2 * small.start.numel() * 4 * 4  # activations scale with batch
     assert matching.step_graph_bytes(small, x, lr) == b4
+
+
+def test_recorded_steps_read_every_input_from_their_buffers(monkeypatch):
+    """cuda_graphs' bookkeeping, on the CPU: a stand-in for the CUDA graph replays the recorded
+    call into the same output tensors, as a graph does. The walk through replays must equal
+    the eager walk for a second call with other images, start, labels and plan: an input that
+    did not reach the recording's buffers would replay the first call's numbers. (The CUDA
+    graphs themselves: tests/test_cuda.py.)"""
+    from trajdistill import cuda_graphs
+
+    class Replay:
+        def __init__(self, call, out):
+            self.call, self.out = call, out
+
+        def replay(self):
+            fresh = self.call()
+            pairs = [(self.out, fresh)] if torch.is_tensor(fresh) else zip(self.out, fresh)
+            for old, new in pairs:
+                if old is not None:
+                    old.copy_(new)
+
+    def stand_in(call, device, pool):
+        out = call()
+        return Replay(call, out), out
+
+    monkeypatch.setattr(cuda_graphs, "record", stand_in)
+    monkeypatch.setattr(MatchProblem, "graphed", property(lambda self: self.cuda_graphs))
+    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64, device=DEVICE)
+    problem, images = soft_problem(steps=4, batch=5, seed=3, strategy="crop")  # batches 5, 2
+    replayed = matching.replace(problem, cuda_graphs=True)
+    first = lean_unroll(replayed, images, log_lr)
+    expected = lean_unroll(problem, images, log_lr)
+    assert rel(first.grad_images, expected.grad_images) < 1e-12
+    other, images2 = soft_problem(steps=4, batch=5, seed=4, strategy="crop")  # all new but
+    other.student = problem.student  # ... the network: replays of the same recordings
+    other.labels = other.labels.flip(0)  # soft_problem's logits do not depend on the seed
+    other_replayed = matching.replace(other, cuda_graphs=True)
+    graphs = cuda_graphs.graphs_of(problem.student)
+    recorded = graphs.recorded
+    second = lean_unroll(other_replayed, images2, log_lr)
+    expected = lean_unroll(other, images2, log_lr)
+    assert graphs.recorded == recorded == 4  # (grad, hvp) x (5, 2): no new recording
+    assert second.loss == pytest.approx(expected.loss, rel=1e-12)
+    for got, want in [(second.grad_images, expected.grad_images),
+                      (second.grad_log_lr, expected.grad_log_lr),
+                      (second.grad_labels, expected.grad_labels)]:
+        assert rel(got, want) < 1e-12
+    assert matching_loss(other_replayed, images2, log_lr.exp()) == pytest.approx(
+        matching_loss(other, images2, log_lr.exp()), rel=1e-12)

@@ -94,7 +94,10 @@ def test_killed_expert_training_resumes_and_leaves_no_half_file(tmp_path):
     b = TrajectoryStore.open(root)
     assert a.indices() == b.indices() == [0, 1, 2]
     for i in a.indices():
-        assert torch.equal(a.load(i), b.load(i))
+        if DEVICE == "cpu":
+            assert torch.equal(a.load(i), b.load(i))
+        else:  # CUDA's atomic additions (DSA's grid_sample backward) sum in any order
+            assert torch.allclose(a.load(i), b.load(i), rtol=1e-4, atol=1e-6)
 
 
 def test_truncated_checkpoint_and_trajectory_are_detected(buffers, tmp_path):

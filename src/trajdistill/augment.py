@@ -64,7 +64,9 @@ def sample(strategy: str, n: int, height: int, width: int,
                                       torch.randint(-sw, sw + 1, (n,), generator=generator)], 1)}
     if group == "cutout":
         ch, cw = int(height * CUTOUT_RATIO + 0.5), int(width * CUTOUT_RATIO + 0.5)
-        return {"group": group, "size": torch.tensor([ch, cw]),
+        # the size is the same for every image: plain ints, read on the host without a
+        # device synchronisation (which a CUDA graph could not record)
+        return {"group": group, "size": (ch, cw),
                 "centre": torch.stack([
                     torch.randint(0, height + (1 - ch % 2), (n,), generator=generator),
                     torch.randint(0, width + (1 - cw % 2), (n,), generator=generator)], 1)}
@@ -84,10 +86,10 @@ def sample(strategy: str, n: int, height: int, width: int,
 def apply(x: torch.Tensor, params: Params) -> torch.Tensor:
     """Apply a sampled augmentation to a batch (N, C, H, W); differentiable in x."""
     fn = _APPLY[params["group"]]
-    return fn(x, {k: _like(v, x) for k, v in params.items()})
+    return fn(x, {k: to_like(v, x) for k, v in params.items()})
 
 
-def _like(v, x: torch.Tensor):
+def to_like(v, x: torch.Tensor):
     """A draw on the images' device; float draws also in their dtype (a float32 rotation
     matrix would round its sin/cos differently on CPU and GPU: 1e-7, measured in float64 runs
     on an H200)."""
@@ -129,7 +131,7 @@ def _crop(x, p):
 
 def _cutout(x, p):
     _, _, h, w = x.shape
-    ch, cw = int(p["size"][0]), int(p["size"][1])
+    ch, cw = p["size"]
     top = (p["centre"][:, 0] - ch // 2).view(-1, 1)
     left = (p["centre"][:, 1] - cw // 2).view(-1, 1)
     r = torch.arange(h, device=x.device).view(1, h)

@@ -331,6 +331,10 @@ def _add_distill_parser(sub) -> None:
                    help="let the lean walk keep the graphs of its last unrolled steps in up to "
                    "this many GB (the unroll's speed where memory allows; 0, the default: "
                    "recompute every step). Same gradient either way")
+    p.add_argument("--cuda_graphs", choices=["auto", "on", "off"],
+                   help="replay the lean walk's steps (and the held-out loss's) as recorded CUDA "
+                   "graphs: the same gradient, without the launch cost of hundreds of small "
+                   "kernels per step (auto, the default: on with a CUDA device, unless --compile)")
     p.add_argument("--max_experts", type=kinds.positive_int)
     p.add_argument("--checkpoint_every", type=kinds.positive_int)
     p.add_argument("--max_failures", type=kinds.positive_int,

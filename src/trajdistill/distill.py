@@ -178,6 +178,9 @@ class Distiller:
         self.first_loss: float | None = None  # of this process: > 1 means a likely divergence
         self.grad_fn = GRADIENT_METHODS[cfg.gradient]
         self._kept: int | None = None  # --gradient_memory's kept steps, once measured
+        mode = str(cfg.cuda_graphs).lower()  # auto: on CUDA, unless --compile runs the steps
+        self._cuda_graphs = self.device.type == "cuda" and (
+            mode == "on" or (mode == "auto" and not cfg.compile))
         if comm.active:  # every rank starts from rank 0's state (identical by construction)
             self.load_state_dict(comm.broadcast_object(self.state_dict()), "rank 0's state")
             if cfg.num_trajectories < comm.world:
@@ -320,7 +323,7 @@ class Distiller:
                            cfg.dsa_strategy if cfg.dsa and not cfg.no_aug else None, generator,
                            texture_spec=cfg.texture_spec)
         problem = MatchProblem(self.student, start, target, self.targets(), plan,
-                               compile=cfg.compile)
+                               compile=cfg.compile, cuda_graphs=self._cuda_graphs)
         problem.keep_steps = self._keep_steps(problem)
         return problem
 

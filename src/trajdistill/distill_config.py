@@ -58,6 +58,7 @@ class DistillConfig:
     gradient: str = "lean"              # or "unroll"
     compile: bool = False               # lean walk + held-out loss via torch.compile (README, speed)
     gradient_memory: float = 0.0        # GB of step graphs the lean walk may keep (the hybrid)
+    cuda_graphs: str = "auto"           # lean walk's steps as CUDA graphs: auto (on CUDA)|on|off
     max_experts: int | None = None
     checkpoint_every: int = 50
     max_failures: int = 5               # consecutive non-finite iterations before giving up
@@ -134,6 +135,9 @@ def _check_kinds(cfg: DistillConfig, splits: DatasetSplits) -> None:
     if str(cfg.eval_batched).lower() not in BATCHED_CHOICES:
         raise ConfigError(f"--eval_batched must be one of {', '.join(BATCHED_CHOICES)}, "
                           f"got {cfg.eval_batched!r}")
+    if str(cfg.cuda_graphs).lower() not in BATCHED_CHOICES:
+        raise ConfigError(f"--cuda_graphs must be one of {', '.join(BATCHED_CHOICES)}, "
+                          f"got {cfg.cuda_graphs!r}")
     c, h, w = splits.image_shape
     for name in cfg.eval_models:  # checked now, not at the first evaluation
         try:
@@ -186,6 +190,13 @@ def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) 
     if cfg.gradient_memory and cfg.gradient != "lean":
         raise ConfigError("--gradient_memory sets how much of the lean walk keeps its graphs; "
                           f"--gradient {cfg.gradient} keeps them all: drop one of the two")
+    if str(cfg.cuda_graphs).lower() == "on":
+        if not str(cfg.device).startswith("cuda"):
+            raise ConfigError(f"--cuda_graphs on needs a CUDA --device, got {cfg.device!r} "
+                              "(auto turns them on wherever there is one)")
+        if cfg.compile:
+            raise ConfigError("--cuda_graphs on and --compile are two ways to run the lean walk's "
+                              "steps: drop one of the two")
     if cfg.lr_mode not in ("global-lr", "independent-lr"):
         raise ConfigError(f"--lr_mode must be global-lr or independent-lr, got {cfg.lr_mode!r}")
     if cfg.pix_init not in PIX_INITS:

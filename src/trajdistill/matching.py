@@ -34,14 +34,14 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from . import augment as dsa
-from . import texture
+from . import cuda_graphs, texture
 from .models import FlatModel
 
 
@@ -180,19 +180,45 @@ class MatchProblem:
     # the hybrid (--gradient_memory): the last keep_steps unrolled steps keep their autograd
     # graphs, as the plain unroll does, and the lean walk recomputes only the steps before
     keep_steps: int = 0
+    # CUDA only: the lean walk's steps and the held-out loss's replay recorded CUDA graphs
+    # (cuda_graphs.py); ignored on a CPU, with texture distillation and batch statistics
+    cuda_graphs: bool = False
+    _on_device: tuple | None = field(default=None, init=False, repr=False, compare=False)
+
+    def device_plan(self, like: torch.Tensor) -> UnrollPlan:
+        """The plan with its indices and draws on `like`'s device (float draws in its dtype),
+        moved once per problem: a host-to-device copy per step would wait for the GPU."""
+        if like.device.type == "cpu":
+            return self.plan
+        plan, key = self.plan, (like.device, like.dtype)
+        if self._on_device is None or self._on_device[0] is not plan or self._on_device[1] != key:
+            moved = replace(
+                plan, batches=[b.to(like.device) for b in plan.batches],
+                augs=[None if a is None else {k: dsa.to_like(t, like) for k, t in a.items()}
+                      for a in plan.augs],
+                shifts=None if plan.shifts is None else [s.to(like.device) for s in plan.shifts])
+            self._on_device = (plan, key, moved)
+        return self._on_device[2]
+
+    @property
+    def graphed(self) -> bool:
+        """Whether step_grad and step_hvp replay CUDA graphs (`cuda_graphs`)."""
+        return (self.cuda_graphs and self.start.device.type == "cuda" and not self.compile
+                and self.plan.shifts is None and self.student.batch_independent)
 
     def step_input(self, images: torch.Tensor, i: int, labels: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Unrolled step i's augmented minibatch and its targets: class indices, or the
         softmax of the label logits (differentiable in images and in `labels`)."""
         labels = self.labels if labels is None else labels
-        idx = self.plan.batches[i].to(images.device)
+        plan = self.device_plan(images)
+        idx = plan.batches[i]
         x, y = images[idx], labels[idx]
-        if self.plan.shifts is not None:  # texture: windows of the canvases, targets repeated
-            x = texture.windows(x, self.plan.shifts[i], self.plan.window)
-            y = y.repeat(self.plan.shifts[i].shape[0], *[1] * (y.dim() - 1))
-        if self.plan.augs[i] is not None:
-            x = dsa.apply(x, self.plan.augs[i])
+        if plan.shifts is not None:  # texture: windows of the canvases, targets repeated
+            x = texture.windows(x, plan.shifts[i], plan.window)
+            y = y.repeat(plan.shifts[i].shape[0], *[1] * (y.dim() - 1))
+        if plan.augs[i] is not None:
+            x = dsa.apply(x, plan.augs[i])
         return x, (F.softmax(y, dim=1) if soft_labels(y) else y)
 
     def step_loss(self, theta: torch.Tensor, images: torch.Tensor, i: int,
@@ -224,6 +250,10 @@ class MatchProblem:
 
     def step_grad(self, theta: torch.Tensor, images: torch.Tensor, i: int) -> torch.Tensor:
         """First-order gradient of step i's loss at theta (no graph kept), chunked."""
+        if self.graphed:
+            out = cuda_graphs.graphs_of(self.student).call(self, "grad", theta, images, i)
+            if out is not None:
+                return out
         with torch.no_grad():
             x, y = self.step_input(images, i)
         compiled = self.compiled
@@ -253,6 +283,10 @@ class MatchProblem:
         """Step i's gradient g at theta and the products of v with its derivatives:
         (g, d(g.v)/dtheta = H v, d(g.v)/dimages, d(g.v)/dlabels or None for hard labels),
         recomputing the step's graph chunk by chunk."""
+        if self.graphed:
+            out = cuda_graphs.graphs_of(self.student).call(self, "hvp", theta, images, i, v)
+            if out is not None:
+                return out
         x_leaf = images.detach().requires_grad_(True)
         soft = soft_labels(self.labels)
         y_leaf = self.labels.detach().requires_grad_(soft)
@@ -389,12 +423,13 @@ def lean_unroll(problem: MatchProblem, images: torch.Tensor, log_lr: torch.Tenso
         grad_labels = torch.zeros_like(problem.labels) if soft_labels(problem.labels) else None
         grad_log_lr = torch.zeros((), dtype=images.dtype, device=images.device)
     grad_lr = torch.zeros((), dtype=images.dtype, device=images.device)
+    lr_value = float(lr)  # once: on a GPU each float() waits for the queued kernels
     for i in reversed(range(walked)):
         thetas[i + 1] = None  # free as we go
         g, hvp_theta, hvp_x, hvp_y = problem.step_hvp(thetas[i], images, i, adjoint)
-        grad_images.sub_(hvp_x, alpha=float(lr))
+        grad_images.sub_(hvp_x, alpha=lr_value)
         if grad_labels is not None:
-            grad_labels.sub_(hvp_y, alpha=float(lr))
+            grad_labels.sub_(hvp_y, alpha=lr_value)
         grad_lr -= torch.dot(g, adjoint)
         adjoint = adjoint - lr * hvp_theta
     return MatchResult(loss, grad_images, (grad_log_lr + grad_lr * lr).reshape(log_lr.shape),
