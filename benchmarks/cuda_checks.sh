@@ -5,7 +5,7 @@
 #                                          # suite with TRAJDISTILL_TEST_DEVICE=cuda
 #   bash benchmarks/cuda_checks.sh graphs  # test_cuda.py, then the CUDA-graph walk's speed (A, C)
 #   bash benchmarks/cuda_checks.sh bench   # step_benchmark.py --device cuda (A, C, B40, B80;
-#                                          # unroll, lean, stm; the hybrid with 40 GB at A, C,
+#                                          # unroll, lean, stm, graphed; the hybrid with 40 GB at A, C,
 #                                          # B80; stm_compiled at A and C; the CPU's chunk of 25
 #                                          # at A), eval_benchmark.py
 # Logs and JSON lines go to $OUT (default ./cuda-out). The tests read ../shared/data; where it
@@ -45,7 +45,7 @@ graphs)
 bench)
     step() { timeout "$1" python3 benchmarks/step_benchmark.py --device cuda --threads 4 \
                  --out "$OUT/step_cuda.jsonl" "${@:2}" | tail -3; }
-    step 240 --configs A,C,B40,B80 --modes unroll,lean,stm --repeats 5
+    step 300 --configs A,C,B40,B80 --modes unroll,lean,stm,lean_graphed,stm_graphed --repeats 5
     step 90 --configs A --modes lean --chunk 25 --repeats 5
     step 150 --configs A,C,B80 --modes lean_hybrid,stm_hybrid --repeats 5 --gradient-memory 40
     step 200 --configs A,C --modes stm_compiled --repeats 5

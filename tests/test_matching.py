@@ -456,3 +456,7 @@ def test_recorded_steps_read_every_input_from_their_buffers(monkeypatch):
         assert rel(got, want) < 1e-12
     assert matching_loss(other_replayed, images2, log_lr.exp()) == pytest.approx(
         matching_loss(other, images2, log_lr.exp()), rel=1e-12)
+    other_replayed.keep_steps = 2  # the hybrid: the walked steps replay, the kept tail is eager
+    hybrid = lean_unroll(other_replayed, images2, log_lr)
+    assert rel(hybrid.grad_images, expected.grad_images) < 1e-10
+    assert rel(hybrid.grad_labels, expected.grad_labels) < 1e-10

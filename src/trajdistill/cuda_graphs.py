@@ -74,15 +74,16 @@ class _Recording:
 def record(call, device: torch.device, pool):
     """Warm `call` up on a side stream (as torch.cuda.graph requires), then record it into a
     CUDA graph: (the graph, the outputs its replays overwrite)."""
-    side = torch.cuda.Stream(device=device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(WARMUP_CALLS):
-            call()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
-        out = call()
+    with torch.cuda.device(device):  # the images' GPU, whichever is current (one of several)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_CALLS):
+                call()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            out = call()
     return graph, out
 
 
