@@ -59,7 +59,6 @@ def test_learn_lr_false_keeps_the_lr_fixed(setup):
 def test_compile_flag_reaches_the_matching_problems(setup):
     """--compile: parsed, kept in DistillConfig, passed to every MatchProblem of the loop
     (what it computes is tests/test_matching.py's; nothing is compiled here)."""
-    import torch
     from trajdistill.cli import build_parser
     splits, store, root = setup
     assert build_parser().parse_args(["distill", "--compile"]).compile is True
@@ -74,7 +73,6 @@ def test_gradient_memory_keeps_steps_and_changes_nothing_else(setup, capsys):
     """--gradient_memory: the kept steps follow the budget (one step's measured graph), a
     whole run gives the images and lr of the plain lean walk, and with --gradient unroll
     it is refused."""
-    import torch
     from trajdistill.matching import step_graph_bytes
     splits, store, root = setup
     base = dict(ipc=2, syn_steps=6, iterations=3, eval_it=0, seed=3, device=DEVICE)

@@ -1,6 +1,7 @@
 """The lean gradient (and the held-out loss) against the plain autograd unroll."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -436,14 +437,14 @@ def test_recorded_steps_read_every_input_from_their_buffers(monkeypatch):
     monkeypatch.setattr(MatchProblem, "graphed", property(lambda self: self.cuda_graphs))
     log_lr = torch.tensor(math.log(0.05), dtype=torch.float64, device=DEVICE)
     problem, images = soft_problem(steps=4, batch=5, seed=3, strategy="crop")  # batches 5, 2
-    replayed = matching.replace(problem, cuda_graphs=True)
+    replayed = dataclasses.replace(problem, cuda_graphs=True)
     first = lean_unroll(replayed, images, log_lr)
     expected = lean_unroll(problem, images, log_lr)
     assert rel(first.grad_images, expected.grad_images) < 1e-12
     other, images2 = soft_problem(steps=4, batch=5, seed=4, strategy="crop")  # all new but
     other.student = problem.student  # ... the network: replays of the same recordings
     other.labels = other.labels.flip(0)  # soft_problem's logits do not depend on the seed
-    other_replayed = matching.replace(other, cuda_graphs=True)
+    other_replayed = dataclasses.replace(other, cuda_graphs=True)
     graphs = cuda_graphs.graphs_of(problem.student)
     recorded = graphs.recorded
     second = lean_unroll(other_replayed, images2, log_lr)
