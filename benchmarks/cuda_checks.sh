@@ -8,6 +8,8 @@
 #                                          # unroll, lean, stm, graphed; the hybrid with 40 GB at A, C,
 #                                          # B80; stm_compiled at A and C; the CPU's chunk of 25
 #                                          # at A), eval_benchmark.py
+#   bash benchmarks/cuda_checks.sh bf16    # --autocast bf16: its drift from float64 beside fp32's
+#                                          # and TF32's (A, C), then its speed graphed (A, C)
 # Logs and JSON lines go to $OUT (default ./cuda-out). The tests read ../shared/data; where it
 # is missing, DATA=DIR links DIR there. Runs the checkout's own code (PYTHONPATH=src) with
 # whatever torch the machine has; pytest-xdist spreads the suite over WORKERS processes.
@@ -52,8 +54,17 @@ bench)
     timeout 90 python3 benchmarks/eval_benchmark.py --device cuda --repeats 2 \
         > "$OUT/eval_cuda.jsonl"; cat "$OUT/eval_cuda.jsonl"
     ;;
+bf16)
+    TRAJDISTILL_TEST_DEVICE=cuda timeout 90 python3 -m pytest -q -s -p no:cacheprovider \
+        tests/test_cuda.py -k bf16 2>&1 | tee "$OUT/test_cuda_bf16.log" | tail -4
+    timeout 150 python3 benchmarks/precision_drift.py --device cuda --precisions fp32,tf32,bf16 \
+        --out "$OUT/drift_cuda.jsonl"
+    timeout 240 python3 benchmarks/step_benchmark.py --device cuda --threads 4 --repeats 5 \
+        --configs C,A --modes unroll,stm_graphed,stm_graphed_bf16,lean_graphed,lean_graphed_bf16 \
+        --out "$OUT/step_cuda_bf16.jsonl" | tail -3
+    ;;
 *)
-    echo "usage: bash benchmarks/cuda_checks.sh tests|graphs|bench" >&2
+    echo "usage: bash benchmarks/cuda_checks.sh tests|graphs|bench|bf16" >&2
     exit 2
     ;;
 esac

@@ -20,6 +20,9 @@ Modes:
     lean_graphed, stm_graphed     the same with the steps replayed as recorded CUDA graphs
             (MatchProblem.cuda_graphs, trajdistill/cuda_graphs.py; CUDA only: the default of a
             distillation on CUDA); `warmup_seconds` includes the recordings
+    lean_bf16, stm_bf16, lean_graphed_bf16, stm_graphed_bf16    the same with the student's
+            forward passes in bfloat16 (MatchProblem.autocast, `distill --autocast bf16`:
+            inexact, see precision_drift.py); `autocast` says which
     lean_compiled, stm_compiled   the same through torch.compile'd step functions
             (MatchProblem.compile, matching.CompiledSteps); `compile_seconds` = the warm-up
             iteration (compilation of every graph + two steps), `fxgraph_cache` = inductor's
@@ -69,7 +72,8 @@ CONFIGS = {  # name: (ipc, syn_steps, batch_syn)
 DEFAULT_CONFIGS = ["A", "B10", "C", "B40", "B80"]  # B20 is A: the sweep is B10, A, B40, B80
 MODES = ["unroll", "lean", "stm"]  # the default; the compiled modes are asked for by name
 ALL_MODES = MODES + ["lean_compiled", "stm_compiled", "lean_hybrid", "stm_hybrid",
-                     "lean_graphed", "stm_graphed"]
+                     "lean_graphed", "stm_graphed", "lean_bf16", "stm_bf16",
+                     "lean_graphed_bf16", "stm_graphed_bf16"]
 NUM_CLASSES, IMAGE = 10, (3, 32, 32)
 
 
@@ -116,7 +120,7 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
                                       kept_steps, plan_unroll)
     from trajdistill.models import FlatModel, build_model
 
-    from trajdistill.precision import set_tf32, tf32_requested
+    from trajdistill.precision import AUTOCAST_DTYPES, set_tf32, tf32_requested
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -137,16 +141,15 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
     opt_lr = torch.optim.SGD([log_lr], lr=0.01, momentum=0.5)
     gen = torch.Generator().manual_seed(seed)
 
-    compiled = mode.endswith("_compiled")
-    hybrid = mode.endswith("_hybrid")
-    graphed = mode.endswith("_graphed")
-    base = mode.split("_")[0]
+    base, *variants = mode.split("_")
+    compiled, hybrid, graphed = "compiled" in variants, "hybrid" in variants, "graphed" in variants
+    autocast = "bf16" if "bf16" in variants else "off"
     kept: dict = {}  # hybrid modes: kept steps and one step's bytes, measured once
 
     def problem(steps: int, begin: torch.Tensor) -> MatchProblem:
         plan = plan_unroll(n, steps, batch_syn, IMAGE[1:], DEFAULT_STRATEGY, gen)
         p = MatchProblem(student, begin, target, labels, plan, chunk=chunk, compile=compiled,
-                         cuda_graphs=graphed)
+                         cuda_graphs=graphed, autocast=AUTOCAST_DTYPES[autocast])
         if hybrid:
             if not kept:
                 kept["steps"], kept["bytes"] = kept_steps(gradient_memory, syn_steps, p,
@@ -196,7 +199,7 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
            MatchProblem(student, start, target, labels, None, chunk=chunk)
            .chunk_size(batch_syn, images.shape), "repeats": repeats, "seconds": round(statistics.median(walls), 3),
            "seconds_all": [round(w, 3) for w in walls],
-           "cpu_seconds": round(statistics.median(cpus), 3)}
+           "cpu_seconds": round(statistics.median(cpus), 3), "autocast": autocast}
     out["warmup_seconds"] = round(warmup, 3)
     if cuda:
         out["tf32"] = torch.backends.cudnn.allow_tf32
@@ -271,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     for m in modes:
         if m not in ALL_MODES:
             ap.error(f"unknown mode {m!r}; known: {', '.join(ALL_MODES)}")
-    if any(m.endswith("_graphed") for m in modes) and not args.device.startswith("cuda"):
+    if any("_graphed" in m for m in modes) and not args.device.startswith("cuda"):
         ap.error("the *_graphed modes record CUDA graphs: they need --device cuda")
     limit = args.max_unroll_gb if args.max_unroll_gb is not None else 0.8 * available_gb()
     out = open(args.out, "a") if args.out else None

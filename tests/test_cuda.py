@@ -140,3 +140,25 @@ def test_tf32_drift_of_the_float32_gradient():
     print(f"\nfloat32 gradient vs float64: exact {drift[False]:.2e}, TF32 {drift[True]:.2e}")
     assert drift[False] < 1e-4
     assert drift[True] > drift[False]  # the switch reaches cuDNN
+
+
+def test_bf16_autocast_on_cuda_graphed_as_eager_and_near_float64():
+    """--autocast bf16 on CUDA: the graphed walk replays the eager autocast walk (the weight
+    casts are recorded with it: cache_enabled=False), and both sit within a few bfloat16
+    roundoffs of float64 on the smooth ConvNet, as on the CPU (test_matching)."""
+    problem, images = make_problem(name="ConvNetAS", shape=(3, 32, 32), classes=10, ipc=1,
+                                   steps=3, batch=5)
+    gpu, x = on(problem, images, "cuda")
+    log_lr = torch.tensor(math.log(0.01), dtype=torch.float64, device="cuda")
+    ref = plain_unroll(gpu, x, log_lr)
+    gpu.student.module.float()
+    eager = MatchProblem(gpu.student, gpu.start.float(), gpu.target.float(), gpu.labels,
+                         gpu.plan, autocast=torch.bfloat16)
+    graphed = dataclasses.replace(eager, cuda_graphs=True)
+    a = lean_unroll(eager, x.float(), log_lr.float())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        b = lean_unroll(graphed, x.float(), log_lr.float())
+    assert cuda_graphs.graphs_of(eager.student).failed == 0
+    assert_same(b, a, 1e-5)
+    assert 2e-3 < rel(a.grad_images, ref.grad_images) < 3e-2

@@ -124,3 +124,21 @@ def test_cuda_graphs_follow_the_device_and_refuse_what_cannot_be(setup):
         with pytest.raises(ConfigError, match="--cuda_graphs"):
             Distiller(DistillConfig(**base, **extra), splits, store, root / "g_bad",
                       progress=False)
+
+
+def test_autocast_reaches_the_matching_problems_and_refuses_compile(setup):
+    """--autocast bf16: parsed, passed to every MatchProblem as torch.bfloat16 (off: None);
+    with --compile, or a word that is not a choice, refused by name. (What it computes:
+    tests/test_matching.py.)"""
+    from trajdistill.cli import build_parser
+    splits, store, root = setup
+    assert build_parser().parse_args(["distill", "--autocast", "bf16"]).autocast == "bf16"
+    base = dict(ipc=1, syn_steps=2, iterations=1, eval_it=0, device=DEVICE)
+    for word, dtype in (("off", None), ("bf16", torch.bfloat16)):
+        d = Distiller(DistillConfig(**base, autocast=word), splits, store, root / f"ac_{word}",
+                      progress=False)
+        assert d._problem(store.load(0), 1, torch.Generator()).autocast is dtype
+    for extra in (dict(autocast="bf16", compile=True), dict(autocast="fp16")):
+        with pytest.raises(ConfigError, match="--autocast"):
+            Distiller(DistillConfig(**base, **extra), splits, store, root / "ac_bad",
+                      progress=False)

@@ -127,7 +127,7 @@ def _key(problem, kind: str, theta: torch.Tensor, images: torch.Tensor, i: int) 
         (k, tuple(t.shape), t.dtype) if torch.is_tensor(t) else (k, t) for k, t in sorted(aug.items()))
     return (kind, len(problem.plan.batches[i]), aug_key, tuple(images.shape), images.dtype,
             images.device, tuple(problem.labels.shape), problem.labels.dtype, theta.numel(),
-            theta.dtype, problem.chunk)
+            theta.dtype, problem.chunk, problem.autocast)
 
 
 def graphs_of(student) -> StepGraphs:

@@ -36,6 +36,7 @@ class DemoConfig:
     full_epochs: int = 15
     seed: int = 0
     device: str = "cpu"
+    autocast: str = "off"         # bf16: the distillation's forward passes in bfloat16
 
 
 def run_demo(run_dir: str | Path = "runs/demo", cfg: DemoConfig | None = None,
@@ -61,6 +62,7 @@ def run_demo(run_dir: str | Path = "runs/demo", cfg: DemoConfig | None = None,
                          iterations=cfg.iterations, lr_img=cfg.lr_img, lr_lr=cfg.lr_lr,
                          lr_teacher=[cfg.lr_teacher], eval_it=0, num_eval=cfg.num_eval,
                          epoch_eval_train=cfg.epoch_eval_train, seed=cfg.seed, device=cfg.device,
+                         autocast=cfg.autocast,
                          # no evaluation during the run (eval_it=0) means no set is selected:
                          # no validation split, so every training image may initialise the set
                          val_size=0, select_on="test")
@@ -97,7 +99,10 @@ def run_demo(run_dir: str | Path = "runs/demo", cfg: DemoConfig | None = None,
                "notes": (f"Embedded digits (8x8). Experts: {cfg.num_experts} x {cfg.train_epochs} "
                          f"epochs, mean test accuracy {100 * sum(expert_acc) / len(expert_acc):.1f} %. "
                          f"Synthetic and baseline sets trained for {cfg.epoch_eval_train} epochs, the "
-                         f"full set for {cfg.full_epochs}. Total wall time {seconds:.0f} s.")}
+                         f"full set for {cfg.full_epochs}. "
+                         + ("Distillation's forward passes in bfloat16 (--autocast bf16). "
+                            if cfg.autocast == "bf16" else "")
+                         + f"Total wall time {seconds:.0f} s.")}
     write_json(run_dir / "results.json", {**summary, "details": results})
 
     say("[demo] 4/4 report")

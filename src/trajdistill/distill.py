@@ -31,6 +31,7 @@ from .io import atomic_save, atomic_write_text, load_json, read_jsonl, safe_load
 from .matching import GRADIENT_METHODS, MatchProblem, kept_steps, matching_loss, plan_unroll
 from .meta_batch import Combined, Slot, SlotResult, combine, draw_slots
 from .models import FlatModel, build_model
+from .precision import AUTOCAST_DTYPES
 from .schedule import AlignedStart, StageMachine, UniformStart
 from .synthetic import SyntheticSet
 from .tracking import Tracker
@@ -323,7 +324,8 @@ class Distiller:
                            cfg.dsa_strategy if cfg.dsa and not cfg.no_aug else None, generator,
                            texture_spec=cfg.texture_spec)
         problem = MatchProblem(self.student, start, target, self.targets(), plan,
-                               compile=cfg.compile, cuda_graphs=self._cuda_graphs)
+                               compile=cfg.compile, cuda_graphs=self._cuda_graphs,
+                               autocast=AUTOCAST_DTYPES[cfg.autocast])
         problem.keep_steps = self._keep_steps(problem)
         return problem
 

@@ -20,6 +20,7 @@ from .flags import check_config
 from .initial import LABEL_INITS, PIX_INITS
 from .matching import GRADIENT_METHODS
 from .models import ModelError, build_model
+from .precision import AUTOCAST_DTYPES
 from .texture import TextureSpec
 from .validation import default_val_size
 
@@ -59,6 +60,7 @@ class DistillConfig:
     compile: bool = False               # lean walk + held-out loss via torch.compile (README, speed)
     gradient_memory: float = 0.0        # GB of step graphs the lean walk may keep (the hybrid)
     cuda_graphs: str = "auto"           # lean walk's steps as CUDA graphs: auto (on CUDA)|on|off
+    autocast: str = "off"               # bf16: the student's forward passes in bfloat16 (inexact)
     max_experts: int | None = None
     checkpoint_every: int = 50
     max_failures: int = 5               # consecutive non-finite iterations before giving up
@@ -138,6 +140,9 @@ def _check_kinds(cfg: DistillConfig, splits: DatasetSplits) -> None:
     if str(cfg.cuda_graphs).lower() not in BATCHED_CHOICES:
         raise ConfigError(f"--cuda_graphs must be one of {', '.join(BATCHED_CHOICES)}, "
                           f"got {cfg.cuda_graphs!r}")
+    if cfg.autocast not in AUTOCAST_DTYPES:
+        raise ConfigError(f"--autocast must be one of {', '.join(AUTOCAST_DTYPES)}, "
+                          f"got {cfg.autocast!r}")
     c, h, w = splits.image_shape
     for name in cfg.eval_models:  # checked now, not at the first evaluation
         try:
@@ -197,6 +202,9 @@ def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) 
         if cfg.compile:
             raise ConfigError("--cuda_graphs on and --compile are two ways to run the lean walk's "
                               "steps: drop one of the two")
+    if cfg.autocast != "off" and cfg.compile:
+        raise ConfigError(f"--autocast {cfg.autocast} and --compile do not combine (the compiled "
+                          "steps run in the problem's own dtype): drop one of the two")
     if cfg.lr_mode not in ("global-lr", "independent-lr"):
         raise ConfigError(f"--lr_mode must be global-lr or independent-lr, got {cfg.lr_mode!r}")
     if cfg.pix_init not in PIX_INITS:

@@ -1,9 +1,14 @@
-"""Float32 arithmetic on CUDA: exact by default, TF32 only when asked.
+"""How exact the arithmetic is: float32 exact by default; TF32 and bfloat16 only when asked.
 
 PyTorch lets cuDNN run float32 convolutions in TF32 (10-bit mantissa) by default. The
 gradient tests hold the lean walk to the plain unroll at 1e-4 in float32; TF32 moves a
 gradient by about 1e-3 (tests/test_cuda.py measures it), so the tool turns it off unless
 TRAJDISTILL_TF32=1. On a CPU neither setting changes anything.
+
+`distill --autocast bf16` runs the student's forward passes of the matching under
+torch.autocast in bfloat16 (`MatchProblem.autocast`, `AUTOCAST_DTYPES`), on a CPU or a GPU:
+faster where the hardware has bfloat16 arithmetic, and inexact (benchmarks/precision_drift.py
+measures how far the gradient moves). Off by default.
 """
 from __future__ import annotations
 
@@ -12,6 +17,9 @@ import os
 import torch
 
 from .errors import ConfigError
+
+# --autocast: the name a user gives, and the dtype of torch.autocast (None: no autocast)
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16}
 
 
 def tf32_requested() -> bool:
