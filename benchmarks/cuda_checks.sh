@@ -7,7 +7,7 @@
 #   bash benchmarks/cuda_checks.sh bench   # step_benchmark.py --device cuda (A, C, B40, B80;
 #                                          # unroll, lean, stm, graphed; the hybrid with 40 GB at A, C,
 #                                          # B80; stm_compiled at A and C; the CPU's chunk of 25
-#                                          # at A), eval_benchmark.py
+#                                          # at A), eval_benchmark.py, the trajectory load
 #   bash benchmarks/cuda_checks.sh bf16    # --autocast bf16: its drift from float64 beside fp32's
 #                                          # and TF32's (A, C), then its speed graphed (A, C)
 # Logs and JSON lines go to $OUT (default ./cuda-out). The tests read ../shared/data; where it
@@ -53,6 +53,8 @@ bench)
     step 200 --configs A,C --modes stm_compiled --repeats 5
     timeout 90 python3 benchmarks/eval_benchmark.py --device cuda --repeats 2 \
         > "$OUT/eval_cuda.jsonl"; cat "$OUT/eval_cuda.jsonl"
+    timeout 60 python3 benchmarks/trajectory_load_benchmark.py --device cuda --drop-caches \
+        | tee "$OUT/trajectory_load_cuda.jsonl"
     ;;
 bf16)
     TRAJDISTILL_TEST_DEVICE=cuda timeout 90 python3 -m pytest -q -s -p no:cacheprovider \
