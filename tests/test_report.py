@@ -164,3 +164,14 @@ def test_galaxy_runs_show_the_class_view_first(run, tmp_path):
     assert md.index(CLASS_VIEW) < md.index("Synthetic images")
     assert is_galaxy_run({"dataset": "GZoo2_aug"}, {}) and is_galaxy_run({"crop": "center-half"}, {})
     assert not is_galaxy_run({"dataset": "CIFAR10"}, {"dsa_strategy": "color_crop"})
+
+
+def test_report_says_when_the_run_was_inexact(run, tmp_path):
+    """A run with --autocast bf16 says so among the settings; a float32 run says nothing."""
+    splits, run_dir = run
+    assert "<b>autocast</b>" not in build_report(run_dir, splits=splits).read_text()
+    copy = tmp_path / "bf16_run"
+    shutil.copytree(run_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "autocast": "bf16"}))
+    assert "<b>autocast</b> bf16" in build_report(copy, splits=splits).read_text()

@@ -656,6 +656,8 @@ def _html(run: Path, table: list[dict], sections, results: dict, config: dict,
              "nav a{margin-right:1em}.cap{color:#555}</style></head><body>",
              f"<h1>Distillation report: {html.escape(title)}</h1>"]
     facts = dict((k, config[k]) for k in _CONFIG_KEYS if k in config)
+    if config.get("autocast", "off") != "off":  # an inexact run says so
+        facts["autocast"] = config["autocast"]
     if syn is not None:
         facts.setdefault("dataset", syn.data.get("dataset"))
         facts["images"] = f"{len(syn.labels)} x {list(syn.images.shape[1:])}"
