@@ -410,12 +410,10 @@ def test_step_graph_bytes_counts_what_one_kept_step_holds():
     assert matching.step_graph_bytes(small, x, lr) == b4
 
 
-def test_recorded_steps_read_every_input_from_their_buffers(monkeypatch):
-    """cuda_graphs' bookkeeping, on the CPU: a stand-in for the CUDA graph replays the recorded
-    call into the same output tensors, as a graph does. The walk through replays must equal
-    the eager walk for a second call with other images, start, labels and plan: an input that
-    did not reach the recording's buffers would replay the first call's numbers. (The CUDA
-    graphs themselves: tests/test_cuda.py.)"""
+@pytest.fixture
+def stand_in_graphs(monkeypatch):
+    """cuda_graphs on the CPU: a stand-in for the CUDA graph replays the recorded call into the
+    same output tensors, as a graph does, and `cuda_graphs=True` problems use it."""
     from trajdistill import cuda_graphs
 
     class Replay:
@@ -435,6 +433,15 @@ def test_recorded_steps_read_every_input_from_their_buffers(monkeypatch):
 
     monkeypatch.setattr(cuda_graphs, "record", stand_in)
     monkeypatch.setattr(MatchProblem, "graphed", property(lambda self: self.cuda_graphs))
+    return cuda_graphs
+
+
+def test_recorded_steps_read_every_input_from_their_buffers(stand_in_graphs):
+    """cuda_graphs' bookkeeping, on the CPU, through the stand-in: the walk through replays
+    must equal the eager walk for a second call with other images, start, labels and plan: an
+    input that did not reach the recording's buffers would replay the first call's numbers.
+    (The CUDA graphs themselves: tests/test_cuda.py.)"""
+    cuda_graphs = stand_in_graphs
     log_lr = torch.tensor(math.log(0.05), dtype=torch.float64, device=DEVICE)
     problem, images = soft_problem(steps=4, batch=5, seed=3, strategy="crop")  # batches 5, 2
     replayed = dataclasses.replace(problem, cuda_graphs=True)
@@ -507,3 +514,23 @@ def test_bf16_autocast_leaves_float64_problems_alone():
     b = lean_unroll(dataclasses.replace(problem, autocast=torch.bfloat16), images, log_lr)
     assert rel(b.grad_images, a.grad_images) < 1e-12
     assert rel(b.grad_log_lr, a.grad_log_lr) < 1e-12
+
+
+def test_recordings_are_kept_apart_by_autocast(stand_in_graphs):
+    """A float32 walk and a bf16-autocast walk on the same network replay recordings of their
+    own (the autocast dtype is part of a recording's key): each graphed walk equals its eager
+    twin, and the two differ."""
+    p64, x64 = make_problem(name="ConvNetW16", shape=(3, 16, 16), steps=3, batch=5)
+    problem, images = as_float32(p64, x64)
+    log_lr = torch.tensor(math.log(0.05), device=DEVICE)
+    bf16 = dataclasses.replace(problem, autocast=torch.bfloat16)
+    graphs = stand_in_graphs.graphs_of(problem.student)
+    graphed, counts = [], []
+    for p in (problem, bf16):
+        graphed.append(lean_unroll(dataclasses.replace(p, cuda_graphs=True), images, log_lr))
+        counts.append(graphs.recorded)
+    assert counts[1] == 2 * counts[0] > 0  # the same shapes again, recorded anew for bf16
+    eager = [lean_unroll(p, images, log_lr) for p in (problem, bf16)]
+    for got, want in zip(graphed, eager):
+        assert rel(got.grad_images, want.grad_images) < 1e-6
+    assert rel(eager[1].grad_images, eager[0].grad_images) > 1e-3
