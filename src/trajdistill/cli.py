@@ -337,9 +337,9 @@ def _add_distill_parser(sub) -> None:
                    "kernels per step (auto, the default: on with a CUDA device, unless --compile)")
     p.add_argument("--autocast", choices=["off", "bf16"],
                    help="bf16: run the student's forward passes of the matching in bfloat16 "
-                   "(torch.autocast; weights, gradients and loss stay float32): about 1.4x faster "
+                   "(torch.autocast; weights, gradients and loss stay float32): 1.2-1.4x faster "
                    "per step on a CPU with bfloat16 instructions, and inexact (the gradient moves "
-                   "about 3x as far from float64 as float32's own; README). Default off")
+                   "1.5-3.6x as far from float64 as float32's own; README). Default off")
     p.add_argument("--max_experts", type=kinds.positive_int)
     p.add_argument("--checkpoint_every", type=kinds.positive_int)
     p.add_argument("--max_failures", type=kinds.positive_int,

@@ -26,8 +26,8 @@ With `MatchProblem.compile` the lean walk's per-chunk gradient and Hessian-vecto
 gradient (float64: 1e-15), 1.2-1.3x faster on CPU, about a minute of compilation per process.
 
 With `MatchProblem.autocast` (torch.bfloat16) the student's forward passes run under
-torch.autocast: an inexact opt-in (`distill --autocast bf16`), about 1.4x faster per step on a
-CPU with bfloat16 instructions, whose gradient drifts about 3x as far from float64 as float32's
+torch.autocast: an inexact opt-in (`distill --autocast bf16`), 1.2-1.4x faster per step on a
+CPU with bfloat16 instructions, whose gradient drifts 1.5-3.6x as far from float64 as float32's
 own (README, speed section). Everything else (the loss, theta, the adjoint) stays float32.
 
 Soft labels (DATM): when `MatchProblem.labels` is a float (N, classes) tensor of logits Y,
