@@ -74,3 +74,39 @@ def test_the_cli_says_it_in_one_error_line(short_buffer, tmp_path, capsys):
     assert code == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("error: distillation diverged")
     assert "--lr_teacher" in err and "--syn_steps" in err and "--expert_epochs" in err
+
+
+def test_roll_back_restores_values_and_optimiser_momentum_exactly():
+    """guard.apply_or_roll_back on hand-made learnables: a step that moves the log lr by
+    log(20) > log(MAX_LR_FACTOR) is undone, values and SGD momentum buffers alike; a step of
+    log(2) is kept. The momentum check: after a refused step, the next good step equals the one
+    a fresh copy that never saw the bad step takes."""
+    from trajdistill.guard import apply_or_roll_back
+
+    def learnables(images, log_lr):
+        return [("images", images, torch.optim.SGD([images], lr=1.0, momentum=0.5)),
+                ("lr 0", log_lr, torch.optim.SGD([log_lr], lr=1.0, momentum=0.5))]
+
+    def step(items, d_images, d_log_lr):
+        def apply():
+            for (_, t, o), g in zip(items, (d_images, d_log_lr)):
+                o.zero_grad()
+                t.grad = torch.full_like(t, -g)  # SGD: t += g
+                o.step()
+        return apply_or_roll_back(items, apply, lr_img=1.0, lr_lr=1.0)
+
+    images = torch.ones(2, 3, requires_grad=True)
+    log_lr = torch.tensor(0.0, requires_grad=True)
+    items = learnables(images, log_lr)
+    twin = learnables(images.detach().clone().requires_grad_(True),
+                      log_lr.detach().clone().requires_grad_(True))
+    assert step(items, 0.1, math.log(2)) is None and step(twin, 0.1, math.log(2)) is None
+    assert float(log_lr) == pytest.approx(math.log(2))
+    trouble = step(items, 0.1, math.log(20))
+    assert "lr 0 from 2 to" in trouble and "--lr_lr (now 1)" in trouble
+    assert float(log_lr) == pytest.approx(math.log(2)) and torch.allclose(images, torch.full((2, 3), 1.1))
+    assert step(items, 0.1, 0.1) is None and step(twin, 0.1, 0.1) is None
+    for (_, a, _), (_, b, _) in zip(items, twin):
+        assert torch.equal(a.detach(), b.detach())  # momentum buffers were restored too
+    assert "images non-finite" in step(items, float("nan"), 0.0)
+    assert "times the images' own norm" in step(items, 100.0, 0.0)

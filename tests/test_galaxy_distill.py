@@ -89,12 +89,12 @@ def test_warning_when_the_loss_never_fell_below_one(setup, capsys):
                   progress=False)
     records = [{"it": i, "loss": v} for i, v in enumerate([1.4, 1.02, 1.1, 0.5])]
     for r in records:
-        d._warn_if_stuck(r)
+        d.guard.warn_if_stuck(r)
     assert "not fallen below 1 (lowest 1.020)" in records[2]["warning"]
     assert "warning" not in records[0] and "warning" not in records[3]
     d = Distiller(DistillConfig(eval_it=0, loss_warn_it=3), splits, store, root / "w2",
                   progress=False)
     records = [{"it": i, "loss": v} for i, v in enumerate([1.4, 0.98, 1.1])]
     for r in records:
-        d._warn_if_stuck(r)
+        d.guard.warn_if_stuck(r)
     assert not any("warning" in r for r in records)  # it fell below 1 once: learning

@@ -157,7 +157,7 @@ def test_planted_nan_is_refused_then_repeated_failure_stops_the_run(buffers, tmp
     assert rec["diverged"] == "non-finite image gradient"
     assert torch.equal(d.images.detach(), before[0]) and d.lrs() == before[1]
     d.step(), d.step()  # 5, 6 fine: the failure count resets
-    assert d.failures == 0
+    assert d.guard.failures == 0
     with pytest.raises(DivergenceError, match="3 iterations in a row"):
         d.run()
     assert torch.isfinite(d.images).all()

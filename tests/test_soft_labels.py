@@ -97,7 +97,7 @@ def test_loss_threshold_skips_updates(setup, tmp_path):
     d.run()
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all("above --loss_threshold" in r["skipped"] for r in rows)
-    assert all("diverged" not in r for r in rows) and d.failures == 0
+    assert all("diverged" not in r for r in rows) and d.guard.failures == 0
     assert torch.equal(d.images.detach(), images) and torch.equal(d.label_logits.detach(), logits)
 
 

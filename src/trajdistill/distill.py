@@ -6,11 +6,11 @@ measure STM's held-out next-epoch loss (no graph) and compute the matching gradi
 the chosen method (`lean` by default, `unroll` as reference); average losses and gradients
 over the slots (one all-reduce across torchrun's ranks; distributed.py), step the images,
 the lr(s) and the soft labels, feed the stage machine the mean held-out loss, log one JSON
-line. Every rank holds the same state and takes the same decisions; rank 0 alone writes.
+line. An update that would start a divergence is refused and rolled back (guard.py). Every
+rank holds the same state and takes the same decisions; rank 0 alone writes.
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -22,9 +22,10 @@ import torch
 from . import progress as progress_out
 from .data.base import DatasetSplits
 from .distributed import SINGLE, Comm
-from .errors import ConfigError, TrajdistillError
+from .errors import ConfigError
 from .evaluate import EvalConfig, evaluate_set
 from .experts import BufferError, TrajectoryStore
+from .guard import DivergenceError, Guard, apply_or_roll_back, non_finite  # noqa: F401 (API)
 from .distill_config import DistillConfig, default_iterations, validate  # noqa: F401 (API)
 from .initial import Labeller, auto_teacher_lr, initial_images
 from .io import atomic_save, atomic_write_text, load_json, read_jsonl, safe_load, write_json
@@ -38,24 +39,11 @@ from .tracking import Tracker
 from .validation import validation_indices
 
 
-class DivergenceError(TrajdistillError, RuntimeError):
-    """Repeated non-finite losses, gradients or lrs: the run stops instead of saving NaNs."""
-
-
 # /2: every random draw of an iteration comes from (seed, iteration, slot) (meta_batch.py),
 # so the checkpoint no longer holds an expert cursor or generator states; a /1 checkpoint
 # still loads (those entries are ignored, so its continuation draws differently).
 CHECKPOINT_FORMAT = "trajdistill.checkpoint/2"
 READABLE_FORMATS = ("trajdistill.checkpoint/1", CHECKPOINT_FORMAT)
-# An lr update that multiplies or divides the synthetic lr by more than this in one step is
-# refused like a non-finite one: it is the first step of a divergence (a finite 7e12 lr is
-# followed by NaNs), not learning.
-MAX_LR_FACTOR = 10.0
-# Likewise an image update ten times larger than the images themselves (in norm): a first
-# matching loss far above 1 gives such steps (7e4 on the digits reproduction), and the set they
-# leave is noise that no later step repairs. Healthy runs stay near or below 1 (the demo's
-# first steps: 1.1).
-MAX_IMAGE_STEP = 10.0
 
 
 def open_buffer(buffer_dir: str | Path, splits: DatasetSplits) -> TrajectoryStore:
@@ -105,20 +93,6 @@ def _slot_record(slots: list[Slot], matched: Combined) -> dict:
         losses = [loss for s, loss in zip(slots, matched.losses) if s.start_epoch == e]
         out[f"loss_epoch_{e}"] = sum(losses) / len(losses)
     return out
-
-
-def _non_finite(result: Combined) -> str | None:
-    if not math.isfinite(result.loss):
-        return f"non-finite matching loss ({result.loss})"
-    if result.heldout is not None and not math.isfinite(result.heldout):
-        return f"non-finite held-out loss ({result.heldout})"
-    if not torch.isfinite(result.grad_images).all():
-        return "non-finite image gradient"
-    if not all(torch.isfinite(g).all() for g in result.grad_log_lrs):
-        return "non-finite lr gradient"
-    if result.grad_labels is not None and not torch.isfinite(result.grad_labels).all():
-        return "non-finite label gradient"
-    return None
 
 
 def _same_preprocess(a: dict, b: dict) -> bool:
@@ -174,9 +148,7 @@ class Distiller:
         self.schedule = self._start_schedule()
         self.iteration = cfg.prev_iter
         self.best = {"accuracy": -1.0, "iteration": None}
-        self.failures = 0  # consecutive iterations whose update was refused as non-finite
-        self.last_failure = ""
-        self.first_loss: float | None = None  # of this process: > 1 means a likely divergence
+        self.guard = Guard(cfg.max_failures, cfg.loss_threshold, cfg.loss_warn_it, self._note)
         self.grad_fn = GRADIENT_METHODS[cfg.gradient]
         self._kept: int | None = None  # --gradient_memory's kept steps, once measured
         mode = str(cfg.cuda_graphs).lower()  # auto: on CUDA, unless --compile runs the steps
@@ -257,7 +229,7 @@ class Distiller:
                 "log_lrs": [p.detach().cpu() for p in self.log_lrs],
                 "opt_img": self.opt_img.state_dict(), "opt_lrs": [o.state_dict() for o in self.opt_lrs],
                 "schedule": self.schedule.state_dict(),
-                "best": dict(self.best), "failures": self.failures,
+                "best": dict(self.best), "failures": self.guard.failures,
                 "label_logits": (self.label_logits.detach().cpu()
                                  if self.label_logits is not None else None),
                 "opt_labels": self.opt_labels.state_dict() if self.opt_labels is not None else None}
@@ -285,7 +257,7 @@ class Distiller:
             o.load_state_dict(st)
         self.schedule.load_state_dict(s["schedule"])
         self.best = dict(s["best"])
-        self.failures = s.get("failures", 0)
+        self.guard.failures = s.get("failures", 0)
 
     @classmethod
     def resume(cls, run_dir: str | Path, splits: DatasetSplits, store: TrajectoryStore,
@@ -375,13 +347,17 @@ class Distiller:
         if heldout:  # this rank's share
             record["heldout_seconds"] = sum(p.heldout_seconds for p in parts)
         record["loss"] = matched.loss
-        self._warn_first_loss(matched.loss)
-        trouble = _non_finite(matched)
-        if not trouble and not self._above_threshold(matched.loss, record):
-            trouble = self._apply_guarded(matched)
+        self.guard.see_first_loss(matched.loss, self._first_loss_hint())
+        trouble = non_finite(matched)
+        if not trouble and not self.guard.above_threshold(matched.loss, record):
+            trouble = apply_or_roll_back(self._learnables(), lambda: self._apply(matched),
+                                         cfg.lr_img, cfg.lr_lr)
         if trouble:
-            return self._refuse(record, trouble, t0)
-        self.failures = 0
+            self.guard.refuse(record, trouble)
+            record.update(lrs=self.lrs(), seconds=time.perf_counter() - t0)
+            self.iteration += 1
+            return record
+        self.guard.accept()
 
         if heldout:
             event = sched.record(matched.heldout)
@@ -403,84 +379,11 @@ class Distiller:
         self.iteration += 1
         return record
 
-    def _apply_guarded(self, result: Combined) -> str | None:
-        """Apply the update; if it leaves non-finite values or an lr that jumped by more than
-        MAX_LR_FACTOR, put every learnable and its optimiser back as they were."""
-        saved = [(t.detach().clone(), copy.deepcopy(o.state_dict())) for _, t, o in self._learnables()]
-        log_lrs_before = [float(p.detach()) for p in self.log_lrs]
-        self._apply(result)
-        images_before = next(v for (name, _, _), (v, _) in zip(self._learnables(), saved)
-                             if name == "images")
-        trouble = self._bad_update(images_before, log_lrs_before)
-        if trouble:
-            with torch.no_grad():
-                for (_, t, o), (value, state) in zip(self._learnables(), saved):
-                    t.copy_(value)
-                    o.load_state_dict(state)
-        return trouble
-
-    def _bad_update(self, images_before: torch.Tensor, log_lrs_before: list[float]) -> str | None:
-        bad = [name for name, t, _ in self._learnables() if not torch.isfinite(t).all()]
-        if bad:
-            return "the update made " + ", ".join(bad) + " non-finite"
-        step = float((self.images.detach() - images_before).norm() / images_before.norm())
-        if step > MAX_IMAGE_STEP:
-            return (f"the image update is {step:.3g} times the images' own norm (more than "
-                    f"{MAX_IMAGE_STEP:g}); lower --lr_img (now {self.cfg.lr_img:g})")
-        for k, (old, p) in enumerate(zip(log_lrs_before, self.log_lrs)):
-            new = float(p.detach())
-            if abs(new - old) > math.log(MAX_LR_FACTOR):  # in log space: exp() may over/underflow
-                return (f"the update would change lr {k} from {math.exp(old):.3g} to "
-                        f"{math.exp(min(new, 700)):.3g} in one step "
-                        f"(more than {MAX_LR_FACTOR:g}x); lower --lr_lr (now {self.cfg.lr_lr:g})")
-        return None
-
-    def _warn_first_loss(self, loss: float) -> None:
-        """A first matching loss above 1: the student overshoots the expert's target."""
-        if self.first_loss is not None or not math.isfinite(loss):
-            return
-        self.first_loss = loss
-        if loss > 1:
-            self._note(
-                f"warning: the first matching loss is {loss:.3g} (> 1: the student overshoots the "
-                f"expert's target, which can diverge); if it does, lower --lr_teacher (now "
-                f"{self.cfg.lr_teacher[0]:g}) or --syn_steps (now {self.cfg.syn_steps}), or raise "
-                f"--expert_epochs (now {self.cfg.expert_epochs})")
-
-    def _above_threshold(self, loss: float, record: dict) -> bool:
-        """--loss_threshold: an iteration whose normalised matching loss exceeds it makes no
-        update (logged as `skipped`); the schedule still advances."""
-        T = self.cfg.loss_threshold
-        if T is None or loss <= T:
-            return False
-        record["skipped"] = f"matching loss {loss:.4g} above --loss_threshold {T:g}"
-        return True
-
-    def _refuse(self, record: dict, reason: str, t0: float) -> dict:
-        """No update this iteration; the last good state stays. Too many in a row: stop."""
-        self.failures += 1
-        self.last_failure = reason
-        record.update(diverged=reason, failures=self.failures, lrs=self.lrs(),
-                      seconds=time.perf_counter() - t0)
-        self.iteration += 1
-        self._note(f"it {record['it']}: {reason}; update skipped, last good state kept "
-                          f"({self.failures}/{self.cfg.max_failures})")
-        return record
-
-    def _check_divergence(self) -> None:
-        if self.failures >= self.cfg.max_failures:
-            self.checkpoint()  # the state is the last good one: every bad update was refused
-            raise DivergenceError(
-                f"distillation diverged: {self.failures} iterations in a row with refused "
-                f"updates (last: {self.last_failure}). The last good state is in "
-                f"{self.run_dir / 'checkpoint.pt'}; try a smaller --lr_img or --lr_lr, or "
-                f"--learn_lr False" + self._first_loss_hint() + ".")
-
     def _first_loss_hint(self) -> str:
-        if self.first_loss is None or self.first_loss <= 1:
-            return ""
-        return (f"; the first matching loss was {self.first_loss:.3g} (> 1): lower --lr_teacher "
-                f"or --syn_steps, or raise --expert_epochs")
+        """The flags that set how far the student goes, with their values."""
+        cfg = self.cfg
+        return (f"lower --lr_teacher (now {cfg.lr_teacher[0]:g}) or --syn_steps (now "
+                f"{cfg.syn_steps}), or raise --expert_epochs (now {cfg.expert_epochs})")
 
     def _apply(self, result: Combined) -> None:
         """One optimiser step with the meta-batch's mean gradients; an lr no slot used
@@ -543,10 +446,10 @@ class Distiller:
         try:
             for _ in bar:
                 record = self.step()
-                self._warn_if_stuck(record)
+                self.guard.warn_if_stuck(record)
                 metrics.write(json.dumps(record) + "\n")
                 self.tracker.log(record, record["it"])
-                self._check_divergence()
+                self.guard.check(self.checkpoint, str(self.run_dir / "checkpoint.pt"))
                 bar.set_postfix(loss=f"{record['loss']:.3f}", cap=record.get("cap", "-"))
                 done = record.get("finished", False) or self.iteration >= cfg.iterations
                 if cfg.eval_it and (self.iteration % cfg.eval_it == 0 or done):
@@ -562,22 +465,6 @@ class Distiller:
             self.tracker.close()
         self.checkpoint()
         return self.best
-
-    def _warn_if_stuck(self, record: dict) -> None:
-        """At iteration loss_warn_it: if the loss never fell below 1, nothing is distilled yet.
-
-        A matching loss >= 1 means the student ends no closer to the expert's target than
-        it started; the user should learn that before hours pass.
-        """
-        self.min_loss = min(getattr(self, "min_loss", math.inf), record.get("loss", math.inf))
-        if not self.cfg.loss_warn_it or record["it"] + 1 != self.cfg.loss_warn_it:
-            return
-        if self.min_loss >= 1:
-            msg = (f"warning: after {self.cfg.loss_warn_it} iterations the matching loss has not "
-                   f"fallen below 1 (lowest {self.min_loss:.3f}): nothing is being distilled. "
-                   "Try --lr_teacher auto, a smaller --lr_img, --pix_init mean, or other experts.")
-            record["warning"] = msg
-            self._note(msg)
 
     def _evaluate_and_log(self, evals) -> None:
         result = self.evaluate()
