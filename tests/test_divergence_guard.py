@@ -101,10 +101,10 @@ def test_roll_back_restores_values_and_optimiser_momentum_exactly():
     twin = learnables(images.detach().clone().requires_grad_(True),
                       log_lr.detach().clone().requires_grad_(True))
     assert step(items, 0.1, math.log(2)) is None and step(twin, 0.1, math.log(2)) is None
-    assert float(log_lr) == pytest.approx(math.log(2))
+    assert log_lr.item() == pytest.approx(math.log(2))
     trouble = step(items, 0.1, math.log(20))
     assert "lr 0 from 2 to" in trouble and "--lr_lr (now 1)" in trouble
-    assert float(log_lr) == pytest.approx(math.log(2)) and torch.allclose(images, torch.full((2, 3), 1.1))
+    assert log_lr.item() == pytest.approx(math.log(2)) and torch.allclose(images, torch.full((2, 3), 1.1))
     assert step(items, 0.1, 0.1) is None and step(twin, 0.1, 0.1) is None
     for (_, a, _), (_, b, _) in zip(items, twin):
         assert torch.equal(a.detach(), b.detach())  # momentum buffers were restored too

@@ -122,6 +122,7 @@ class _Payload:
         return (os.system, ("touch pwned",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the payload is written by plain pickle on purpose
 def test_pickle_with_code_payload_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pt"
