@@ -32,7 +32,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from step_benchmark import CONFIGS, IMAGE, NUM_CLASSES  # noqa: E402
+from step_benchmark import CONFIGS, IMAGE, NUM_CLASSES, names_of  # noqa: E402
 
 PRECISIONS = ["fp32", "bf16", "tf32"]
 
@@ -100,14 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
     args = ap.parse_args(argv)
-    configs = [c for c in args.configs.split(",") if c]
-    precisions = [p for p in args.precisions.split(",") if p]
-    for c in configs:
-        if c not in CONFIGS:
-            ap.error(f"--configs: unknown config {c!r}; known: {', '.join(CONFIGS)}")
-    for p in precisions:
-        if p not in PRECISIONS:
-            ap.error(f"--precisions: unknown {p!r}; known: {', '.join(PRECISIONS)}")
+    configs = names_of(ap, "config", args.configs, CONFIGS)
+    precisions = names_of(ap, "precision", args.precisions, PRECISIONS)
     if "tf32" in precisions and not args.device.startswith("cuda"):
         ap.error("--precisions tf32 needs --device cuda (TF32 is a CUDA setting)")
     torch.set_num_threads(args.threads)

@@ -225,6 +225,16 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
 
 # ----------------------------------------------------------------------------- driver
 
+def names_of(ap: argparse.ArgumentParser, kind: str, text: str, known) -> list[str]:
+    """The names of a comma-separated flag, each one of `known` (else argparse's one-line
+    error naming it)."""
+    names = [name for name in text.split(",") if name]
+    for name in names:
+        if name not in known:
+            ap.error(f"unknown {kind} {name!r}; known: {', '.join(known)}")
+    return names
+
+
 def emit(line: dict, out) -> None:
     print(json.dumps(line), flush=True)
     if out:
@@ -266,14 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                                  args.chunk, args.steps, args.gradient_memory)), flush=True)
         return 0
 
-    configs = [c for c in args.configs.split(",") if c]
-    modes = [m for m in args.modes.split(",") if m]
-    for c in configs:
-        if c not in CONFIGS:
-            ap.error(f"unknown config {c!r}; known: {', '.join(CONFIGS)}")
-    for m in modes:
-        if m not in ALL_MODES:
-            ap.error(f"unknown mode {m!r}; known: {', '.join(ALL_MODES)}")
+    configs = names_of(ap, "config", args.configs, CONFIGS)
+    modes = names_of(ap, "mode", args.modes, ALL_MODES)
     if any("_graphed" in m for m in modes) and not args.device.startswith("cuda"):
         ap.error("the *_graphed modes record CUDA graphs: they need --device cuda")
     limit = args.max_unroll_gb if args.max_unroll_gb is not None else 0.8 * available_gb()
