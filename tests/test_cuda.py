@@ -14,7 +14,7 @@ from trajdistill import augment, cuda_graphs
 from trajdistill.matching import MatchProblem, lean_unroll, matching_loss, plain_unroll
 from trajdistill.precision import set_tf32
 
-from test_matching import make_problem, rel, soft_problem
+from test_matching import as_float32, make_problem, rel, soft_problem
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -125,14 +125,12 @@ def test_tf32_drift_of_the_float32_gradient():
     gpu, x = on(problem, images, "cuda")
     log_lr = torch.tensor(math.log(0.01), dtype=torch.float64, device="cuda")
     ref = lean_unroll(gpu, x, log_lr)
-    gpu.student.module.float()
-    f32 = MatchProblem(gpu.student, gpu.start.float(), gpu.target.float(), gpu.labels.float(),
-                       gpu.plan)
+    f32, x32 = as_float32(gpu, x)
     drift = {}
     try:
         for tf32 in (False, True):
             set_tf32(tf32)
-            r = lean_unroll(f32, x.float(), log_lr.float())
+            r = lean_unroll(f32, x32, log_lr.float())
             drift[tf32] = max(rel(r.grad_images, ref.grad_images),
                               rel(r.grad_log_lr, ref.grad_log_lr))
     finally:
@@ -151,14 +149,13 @@ def test_bf16_autocast_on_cuda_graphed_as_eager_and_near_float64():
     gpu, x = on(problem, images, "cuda")
     log_lr = torch.tensor(math.log(0.01), dtype=torch.float64, device="cuda")
     ref = plain_unroll(gpu, x, log_lr)
-    gpu.student.module.float()
-    eager = MatchProblem(gpu.student, gpu.start.float(), gpu.target.float(), gpu.labels,
-                         gpu.plan, autocast=torch.bfloat16)
+    f32, x32 = as_float32(gpu, x)
+    eager = dataclasses.replace(f32, autocast=torch.bfloat16)
     graphed = dataclasses.replace(eager, cuda_graphs=True)
-    a = lean_unroll(eager, x.float(), log_lr.float())
+    a = lean_unroll(eager, x32, log_lr.float())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        b = lean_unroll(graphed, x.float(), log_lr.float())
+        b = lean_unroll(graphed, x32, log_lr.float())
     assert cuda_graphs.graphs_of(eager.student).failed == 0
     assert_same(b, a, 1e-5)
     assert 2e-3 < rel(a.grad_images, ref.grad_images) < 3e-2

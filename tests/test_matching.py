@@ -473,11 +473,12 @@ def test_recorded_steps_read_every_input_from_their_buffers(stand_in_graphs):
 # ----------------------------------------------------------------------------- bf16 autocast
 
 def as_float32(problem: MatchProblem, images: torch.Tensor):
-    """The same problem (network, start, target, images, plan) cast to float32."""
+    """The same problem (network, start, target, soft labels, images, plan) cast to float32."""
     import copy
     student = FlatModel.wrap(copy.deepcopy(problem.student.module).float())
+    labels = problem.labels.float() if matching.soft_labels(problem.labels) else problem.labels
     return (dataclasses.replace(problem, student=student, start=problem.start.float(),
-                                target=problem.target.float()), images.float())
+                                target=problem.target.float(), labels=labels), images.float())
 
 
 @pytest.mark.parametrize("method", [lean_unroll, plain_unroll])
