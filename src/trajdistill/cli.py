@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from . import flags as kinds
 from .distributed import init_from_env, shutdown
 from .errors import ConfigError
-from .precision import set_tf32, tf32_requested
+from .precision import AUTOCAST_DTYPES, set_tf32, tf32_requested
 from .presets import BUFFER_PRESETS, PRESETS, preset
 from .reference_flags import add_reference_flags
 from .reference_flags import translate as translate_reference_flags
@@ -335,7 +335,7 @@ def _add_distill_parser(sub) -> None:
                    help="replay the lean walk's steps (and the held-out loss's) as recorded CUDA "
                    "graphs: the same gradient, without the launch cost of hundreds of small "
                    "kernels per step (auto, the default: on with a CUDA device, unless --compile)")
-    p.add_argument("--autocast", choices=["off", "bf16"],
+    p.add_argument("--autocast", choices=list(AUTOCAST_DTYPES),
                    help="bf16: run the student's forward passes of the matching in bfloat16 "
                    "(torch.autocast; weights, gradients and loss stay float32): 1.2-1.4x faster "
                    "per step on a CPU with bfloat16 instructions, and inexact (the gradient moves "
@@ -642,7 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run_dir", type=kinds.output_dir, default="runs/demo")
     p.add_argument("--iterations", type=kinds.positive_int)
     p.add_argument("--device", type=kinds.device, default=None)
-    p.add_argument("--autocast", choices=["off", "bf16"], default="off",
+    p.add_argument("--autocast", choices=list(AUTOCAST_DTYPES), default="off",
                    help="bf16: the distillation's forward passes in bfloat16 (see distill --help)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
