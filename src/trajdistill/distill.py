@@ -354,11 +354,18 @@ class Distiller:
                                          cfg.lr_img, cfg.lr_lr)
         if trouble:
             self.guard.refuse(record, trouble)
-            record.update(lrs=self.lrs(), seconds=time.perf_counter() - t0)
-            self.iteration += 1
-            return record
-        self.guard.accept()
+        else:
+            self.guard.accept()
+            self._advance_schedule(record, matched, heldout)
+        record["lrs"] = self.lrs()
+        record["seconds"] = time.perf_counter() - t0
+        self.iteration += 1
+        return record
 
+    def _advance_schedule(self, record: dict, matched: Combined, heldout: bool) -> None:
+        """After an accepted update: STM's stage machine takes the held-out loss (a level-up
+        may add a stage lr) and sets the image lr; what it decided goes into the record."""
+        cfg, sched = self.cfg, self.schedule
         if heldout:
             event = sched.record(matched.heldout)
             record.update({k: v for k, v in asdict(event).items() if v is not None})
@@ -374,10 +381,6 @@ class Distiller:
                 g["lr"] = lr_img
             record.update(cap=sched.cap, fine_tuning=sched.fine_tuning, lr_img=lr_img,
                           finished=sched.finished)
-        record["lrs"] = self.lrs()
-        record["seconds"] = time.perf_counter() - t0
-        self.iteration += 1
-        return record
 
     def _first_loss_hint(self) -> str:
         """The flags that set how far the student goes, with their values."""
