@@ -31,6 +31,8 @@ import time
 
 import torch
 
+from trajdistill import flags as kinds
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from step_benchmark import CONFIGS, IMAGE, NUM_CLASSES, names_of  # noqa: E402
 
@@ -95,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default="A,C", help=f"comma-separated, from {','.join(CONFIGS)}")
     ap.add_argument("--precisions", default="fp32,bf16",
                     help=f"comma-separated, from {','.join(PRECISIONS)} (tf32: CUDA only)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
+    ap.add_argument("--device", type=kinds.device, default="cpu")
+    ap.add_argument("--threads", type=kinds.positive_int, default=2)
+    ap.add_argument("--seed", type=kinds.seed, default=0)
+    ap.add_argument("--out", type=kinds.output_file, default=None, help="also append the JSON lines to this file")
     args = ap.parse_args(argv)
     configs = names_of(ap, "config", args.configs, CONFIGS)
     precisions = names_of(ap, "precision", args.precisions, PRECISIONS)

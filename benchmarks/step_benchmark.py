@@ -61,6 +61,8 @@ import subprocess
 import sys
 import time
 
+from trajdistill import flags as kinds
+
 CONFIGS = {  # name: (ipc, syn_steps, batch_syn)
     "A": (10, 20, 100),
     "B10": (10, 10, 100),
@@ -248,26 +250,27 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma-separated, from {','.join(CONFIGS)}")
     ap.add_argument("--modes", default=",".join(MODES),
                     help=f"comma-separated, from {','.join(ALL_MODES)}")
-    ap.add_argument("--repeats", type=int, default=5, help="timed iterations (median reported)")
-    ap.add_argument("--unroll-repeats", type=int, default=None,
+    ap.add_argument("--repeats", type=kinds.positive_int, default=5, help="timed iterations (median reported)")
+    ap.add_argument("--unroll-repeats", type=kinds.positive_int, default=None,
                     help="timed iterations for the unroll mode of configs with syn_steps >= 40 "
                          "(default: --repeats)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-unroll-gb", type=float, default=None,
+    ap.add_argument("--device", type=kinds.device, default="cpu")
+    ap.add_argument("--threads", type=kinds.positive_int, default=2)
+    ap.add_argument("--seed", type=kinds.seed, default=0)
+    ap.add_argument("--max-unroll-gb", type=kinds.positive_float, default=None,
                     help="skip the unroll mode where its memory estimate exceeds this "
                          "(default: 80%% of MemAvailable; ignored on cuda)")
-    ap.add_argument("--chunk", type=int, default=None,
+    ap.add_argument("--chunk", type=kinds.non_negative_int, default=None,
                     help="images per network call in the lean walk (default: automatic, 0: none)")
-    ap.add_argument("--steps", type=int, default=None, help="override every config's syn_steps")
-    ap.add_argument("--gradient-memory", type=float, default=8.0,
+    ap.add_argument("--steps", type=kinds.positive_int, default=None,
+                    help="override every config's syn_steps")
+    ap.add_argument("--gradient-memory", type=kinds.non_negative_float, default=8.0,
                     help="GB of kept step graphs for the *_hybrid modes (--gradient_memory)")
     ap.add_argument("--omp-wait-policy", default="PASSIVE",
                     help="OMP_WAIT_POLICY of the children unless already set (PASSIVE: waiting "
                          "OpenMP threads sleep instead of spinning; on a shared machine spinning "
                          "threads made small ops up to 5x slower)")
-    ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
+    ap.add_argument("--out", type=kinds.output_file, default=None, help="also append the JSON lines to this file")
     ap.add_argument("--one", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 

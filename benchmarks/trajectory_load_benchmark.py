@@ -25,6 +25,8 @@ import time
 
 import torch
 
+from trajdistill import flags as kinds
+
 PARAMS, EPOCHS = 320_010, 50
 
 
@@ -41,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     from trajdistill.io import atomic_save, safe_load
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dir", default="/tmp/trajdistill_load_bench")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--reads", type=int, default=3)
+    ap.add_argument("--dir", type=kinds.output_dir, default="/tmp/trajdistill_load_bench")
+    ap.add_argument("--device", type=kinds.device, default="cpu")
+    ap.add_argument("--reads", type=kinds.positive_int, default=3)
     ap.add_argument("--drop-caches", action="store_true",
                     help="empty the page cache before the first read (needs root)")
     args = ap.parse_args(argv)
