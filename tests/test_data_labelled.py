@@ -173,4 +173,4 @@ def test_gz1_presets_run_buffer_distill_and_resume_on_a_labelled_folder(small_gz
         assert config["source"]["classes"] == "0,1+2,3" and config["source"]["res"] == 16
         assert main(["distill", "--resume", str(run), "--Iteration", "3", "--quiet"]) == 0
     captured = capsys.readouterr()
-    assert "--lr_teacher auto:" in captured.err and "resuming" in captured.out + captured.err
+    assert "derived settings: lr_teacher" in captured.err and "resuming" in captured.out + captured.err

@@ -6,7 +6,7 @@ from trajdistill.data import load_dataset
 from trajdistill.distill import ConfigError, DistillConfig, Distiller, open_buffer
 from trajdistill.experts import ExpertConfig, train_experts
 
-from conftest import DEVICE  # TRAJDISTILL_TEST_DEVICE
+from conftest import DEVICE, REFERENCE  # TRAJDISTILL_TEST_DEVICE
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def test_independent_lr_adds_a_stage_lr_on_level_up(setup):
     # sigma 0.1 and min_duration 10: the first test (10 held-out losses) passes on any fall
     cfg = DistillConfig(ipc=1, syn_steps=3, iterations=40, eval_it=0, lr_mode="independent-lr",
                         init_epoch=2, lr_teacher=[0.01, 0.02], lr_lr=0.01, sigma=0.1,
-                        min_duration=10, lr_img=30)
+                        min_duration=10, lr_img=30, pix_init="real")
     d = Distiller(cfg, splits, store, root / "run", progress=False)
     assert d.lrs() == pytest.approx([0.01, 0.02])
     records = [d.step() for _ in range(10)]
@@ -40,7 +40,8 @@ def test_independent_lr_adds_a_stage_lr_on_level_up(setup):
 def test_global_lr_keeps_one_lr(setup):
     splits, store, root = setup
     d = Distiller(DistillConfig(ipc=1, syn_steps=3, iterations=12, eval_it=0, sigma=0.1,
-                                min_duration=10, lr_img=30), splits, store, root / "g",
+                                min_duration=10, **{**REFERENCE, "lr_img": 30}), splits, store,
+                                root / "g",
                   progress=False)
     for _ in range(12):
         d.step()
@@ -49,7 +50,8 @@ def test_global_lr_keeps_one_lr(setup):
 
 def test_learn_lr_false_keeps_the_lr_fixed(setup):
     splits, store, root = setup
-    d = Distiller(DistillConfig(ipc=1, syn_steps=3, iterations=3, eval_it=0, learn_lr=False),
+    d = Distiller(DistillConfig(ipc=1, syn_steps=3, iterations=3, eval_it=0, learn_lr=False,
+                                **REFERENCE),
                   splits, store, root / "f", progress=False)
     for _ in range(3):
         d.step()

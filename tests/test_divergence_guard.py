@@ -15,25 +15,26 @@ from trajdistill.distill import DistillConfig, Distiller, DivergenceError, open_
 from trajdistill.experts import ExpertConfig, train_experts
 from trajdistill.io import read_jsonl
 
-from conftest import DEVICE  # TRAJDISTILL_TEST_DEVICE
+from conftest import DEVICE, REFERENCE  # TRAJDISTILL_TEST_DEVICE
 
 
 @pytest.fixture(scope="module")
 def short_buffer(tmp_path_factory):
     root = tmp_path_factory.mktemp("short_buffer")
     splits = load_dataset("digits")
-    train_experts(splits, ExpertConfig(model="ConvNet", train_epochs=3, num_experts=1),
+    train_experts(splits, ExpertConfig(model="ConvNet", train_epochs=3, num_experts=1,
+                                      batch_train=256),  # the reference's batch
                   root / "digits" / "ConvNet", progress=False)
     return splits, open_buffer(root / "digits" / "ConvNet", splits), root
 
 
 def _distiller(short_buffer, tmp_path, **overrides):
     splits, store, _ = short_buffer
-    cfg = DistillConfig(iterations=10, eval_it=0, max_failures=2, **overrides)
+    cfg = DistillConfig(iterations=10, eval_it=0, max_failures=2, **{**REFERENCE, **overrides})
     return Distiller(cfg, splits, store, tmp_path / "run", progress=False)
 
 
-def test_default_flags_refuse_the_runaway_image_step_and_keep_the_initial_state(short_buffer,
+def test_reference_flags_refuse_the_runaway_image_step_and_keep_the_initial_state(short_buffer,
                                                                                  tmp_path, capsys):
     d = _distiller(short_buffer, tmp_path)
     initial = d.images.detach().clone()
@@ -69,7 +70,8 @@ def test_the_cli_says_it_in_one_error_line(short_buffer, tmp_path, capsys):
     _, _, root = short_buffer
     code = main(["distill", "--dataset", "digits", "--buffer_path", str(root), "--device", DEVICE,
                  "--run_dir", str(tmp_path / "cli"), "--Iteration", "10", "--eval_it", "0",
-                 "--max_failures", "1", "--quiet"])
+                 "--max_failures", "1", "--lr_img", "1000", "--lr_teacher", "0.01",
+                 "--pix_init", "real", "--quiet"])  # the reference's settings
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("error: distillation diverged")

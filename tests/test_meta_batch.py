@@ -15,6 +15,8 @@ from trajdistill.matching import MatchProblem, MatchResult, plain_unroll, plan_u
 from trajdistill.meta_batch import SlotResult, combine, draw_slots, slot_expert, slot_seed
 from trajdistill.schedule import StageMachine, UniformStart
 
+from conftest import REFERENCE
+
 
 def test_slot_experts_use_every_expert_once_per_pass():
     experts = [0, 3, 5, 7, 9]
@@ -71,7 +73,8 @@ def test_one_update_with_the_mean_of_the_slots_gradients(setup, slots):
     plain unroll of its own expert, start epoch and plan."""
     splits, store, root = setup
     cfg = DistillConfig(method="original-MTT", ipc=2, syn_steps=4, batch_syn=8, iterations=1,
-                        eval_it=0, lr_img=100, learn_lr=False, num_trajectories=slots, seed=11)
+                        eval_it=0, learn_lr=False, num_trajectories=slots, seed=11,
+                        **{**REFERENCE, "lr_img": 100})
     d = Distiller(cfg, splits, store, root / f"run{slots}", progress=False)
     x0 = d.images.detach().clone()
     record = d.step()

@@ -180,11 +180,22 @@ def test_evaluate_with_a_hand_set_lr(buffer, tmp_path, capsys, monkeypatch):
     want = evaluate_set(d.images.detach(), d.labels, splits, [0.05], ["ConvNetD2"],
                         EvalConfig(num_eval=1, epoch_eval_train=3), progress=False)
     assert got["ConvNetD2"]["accuracies"] == want["ConvNetD2"]["accuracies"]
-    # a list is the per-stage schedule; without --lr the learned lr is used
+    # a list is the per-stage schedule; --lr learned is the set's own lr (the reference's)
     seen = []
-    monkeypatch.setattr("trajdistill.evaluate.evaluate_set",
-                        lambda images, labels, splits, lrs, *a, **k: seen.append(list(lrs)) or {})
+
+    def fake(images, labels, splits, lrs, models, *a, **k):  # validation accuracy = the lr
+        seen.append(list(lrs))
+        return {m: {"mean": 0.5, "std": 0.0, "val_mean": lrs[0], "val_std": 0.0,
+                    "accuracies": [0.5], "per_class": [0.5] * 10} for m in models}
+
+    monkeypatch.setattr("trajdistill.evaluate.evaluate_set", fake)
     main(["evaluate", "--syn", str(syn_path), "--dataset", "digits", "--lr", "0.01", "0.02",
           "--device", "cpu", "--quiet"])
-    main(["evaluate", "--syn", str(syn_path), "--dataset", "digits", "--device", "cpu", "--quiet"])
+    main(["evaluate", "--syn", str(syn_path), "--dataset", "digits", "--lr", "learned",
+          "--device", "cpu", "--quiet"])
     assert seen == [[0.01, 0.02], d.lrs()]
+    # without --lr: every lr of the grid and the learned one; the best on validation is kept
+    seen.clear()
+    main(["evaluate", "--syn", str(syn_path), "--dataset", "digits", "--device", "cpu", "--quiet"])
+    assert sorted(v for (v,) in seen) == sorted([0.01, 0.003, 0.001, 0.0003, 0.0001, *d.lrs()])
+    assert f"lr {max(0.01, d.lrs()[0]):g} (chosen on validation)" in capsys.readouterr().out

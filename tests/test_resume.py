@@ -17,7 +17,7 @@ from trajdistill.experts import ExpertConfig, TrajectoryStore, train_experts
 from trajdistill.io import FileFormatError, safe_load
 from trajdistill.matching import MatchResult
 
-from conftest import DEVICE  # TRAJDISTILL_TEST_DEVICE
+from conftest import DEVICE, REFERENCE  # TRAJDISTILL_TEST_DEVICE
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 DISTILL = ["distill", "--dataset", "digits", "--model", "ConvNetD2", "--ipc", "1", "--syn_steps", "5",
@@ -169,8 +169,8 @@ def test_planted_nan_is_refused_then_repeated_failure_stops_the_run(buffers, tmp
 def test_an_update_that_overflows_is_rolled_back(buffers, tmp_path):
     splits = load_dataset("digits")
     store = open_buffer(buffers / "digits" / "ConvNetD2", splits)
-    d = Distiller(DistillConfig(ipc=1, syn_steps=3, iterations=5, eval_it=0), splits, store,
-                  tmp_path / "run", progress=False)
+    d = Distiller(DistillConfig(ipc=1, syn_steps=3, iterations=5, eval_it=0, **REFERENCE), splits,
+                  store, tmp_path / "run", progress=False)
     real = d.grad_fn
     d.grad_fn = lambda p, x, lr: MatchResult(1.0, torch.full_like(x, 3e38), real(p, x, lr).grad_log_lr)
     d.step()

@@ -30,7 +30,8 @@ def test_evaluate_uses_the_synthetic_sets_zca_even_without_the_flag(shared_data,
 
     monkeypatch.setattr(evaluate_module, "evaluate_set", capture)
     assert main(["evaluate", "--syn", str(tmp_path / "syn.pt"), "--dataset", "CIFAR10",
-                 "--data_path", str(path), "--device", DEVICE, "--quiet"]) == 0  # no --zca given
+                 "--data_path", str(path), "--lr", "learned", "--device", DEVICE,
+                 "--quiet"]) == 0  # no --zca given
     used = seen["splits"].preprocess
     assert used.zca is not None
     assert torch.equal(used.zca.transform, splits.preprocess.zca.transform)

@@ -32,6 +32,9 @@ import torch  # noqa: E402
 from . import flags as kinds
 from .distributed import init_from_env, shutdown
 from .errors import ConfigError
+from .defaults import expert_model
+from .experts import buffer_dir, data_folder, find_model
+from .verdict import EVAL_LRS
 from .precision import AUTOCAST_DTYPES, set_tf32, tf32_requested
 from .presets import BUFFER_PRESETS, PRESETS, preset
 from .reference_flags import add_reference_flags
@@ -138,19 +141,11 @@ def _load_splits(o: dict):
     return load_dataset(o["dataset"], o.get("data_path"), zca=bool(o.get("zca")), **opts)
 
 
-def buffer_dir(buffer_path: str, dataset: str, model: str, zca: bool, subset: str | None,
-               res: int | None = None) -> Path:
-    """Where experts live: <buffer_path>/<dataset>[-<subset>][-<res>px][-zca]/<model>
-    (as the reference, plus the side when --res chose it)."""
-    name = (Path(dataset).name + (f"-{subset}" if subset else "") + (f"-{res}px" if res else "")
-            + ("-zca" if zca else ""))
-    return Path(buffer_path) / name / model
-
-
 # ----------------------------------------------------------------------------- buffer
 
-BUFFER_DEFAULTS = {"model": "ConvNet", "train_epochs": 50, "num_experts": 10, "lr_teacher": [0.01],
-                   "mom": 0.0, "l2": 0.0, "batch_train": 256, "dsa": True, "decay": False,
+# --model and --batch_train, when not given, are derived from the data (defaults.py)
+BUFFER_DEFAULTS = {"train_epochs": 50, "num_experts": 10, "lr_teacher": [0.01],
+                   "mom": 0.0, "l2": 0.0, "dsa": True, "decay": False,
                    "buffer_path": "./buffers", "seed": 0}
 
 
@@ -162,13 +157,16 @@ def cmd_buffer(args) -> None:
     splits = _load_splits(o)
     comm, device = init_from_env(o["device"])  # torchrun: each rank trains its share
     rank, world = comm.rank, comm.world
-    cfg = ExpertConfig(model=o["model"], train_epochs=o["train_epochs"],
+    cfg = ExpertConfig(model=o.get("model"), train_epochs=o["train_epochs"],
                        num_experts=o["num_experts"], lr_teacher=float(o["lr_teacher"][0]),
-                       mom=o["mom"], l2=o["l2"], batch_train=o["batch_train"], dsa=o["dsa"],
+                       mom=o["mom"], l2=o["l2"], batch_train=o.get("batch_train"), dsa=o["dsa"],
                        dsa_strategy=_strategy(o).get("dsa_strategy", ExpertConfig.dsa_strategy),
-                       decay=o["decay"], seed=o["seed"], device=device)
-    out = buffer_dir(o["buffer_path"], o["dataset"], o["model"], bool(o.get("zca")), o.get("subset"),
+                       decay=o["decay"], seed=o["seed"], device=device).resolve(splits)
+    out = buffer_dir(o["buffer_path"], o["dataset"], cfg.model, bool(o.get("zca")), o.get("subset"),
                      o.get("res"))
+    if rank == 0 and cfg.derived:
+        for name, d in cfg.derived.items():
+            print(f"derived --{name} {d['value']}: {d['from']}", file=sys.stderr)
     store = train_experts(splits, cfg, out, rank=rank, world_size=world, progress=not o.get("quiet"))
     shutdown(comm)
     if rank == 0:
@@ -184,11 +182,16 @@ def cmd_distill(args) -> None:
     from .evaluate import eval_pool
     if args.resume:
         return _resume_distill(args)
-    o = _resolve(args, {"buffer_path": "./buffers", "model": "ConvNet", "eval_mode": "S"}, PRESETS,
+    o = _resolve(args, {"buffer_path": "./buffers", "eval_mode": "S"}, PRESETS,
                  no_aug_is_no_dsa=False)
     o = translate_reference_flags(o, torch.cuda.is_available(), explicit_device=bool(args.device))
     splits = _load_splits(o)
     comm, o["device"] = init_from_env(o["device"])  # torchrun: the ranks share the meta-batch
+    model_from = None
+    if not o.get("model"):  # the buffer's model: derived, or the one buffer there is
+        folder = data_folder(o["buffer_path"], o["dataset"], bool(o.get("zca")), o.get("subset"),
+                             o.get("res"))
+        o["model"], model_from = find_model(folder, expert_model(splits.image_shape))
     bdir = buffer_dir(o["buffer_path"], o["dataset"], o["model"], bool(o.get("zca")), o.get("subset"),
                       o.get("res"))
     store = open_buffer(bdir, splits)
@@ -198,6 +201,8 @@ def cmd_distill(args) -> None:
         kw["iterations"] = o["Iteration"]
     kw["eval_models"] = eval_pool(o["eval_mode"], store.model)
     cfg = DistillConfig(**kw)
+    if model_from:
+        cfg.derived["model"] = {"value": o["model"], "from": model_from}
     run_dir = Path(o.get("run_dir") or Path("runs") / (
         o.get("wandb_name") or f"{Path(o['dataset']).name}-{cfg.method}-ipc{cfg.ipc}-"
         f"{time.strftime('%Y%m%d-%H%M%S')}"))
@@ -248,6 +253,8 @@ def _finish(distiller, splits) -> None:
     if distiller.comm.is_main:
         html = build_report(distiller.run_dir, splits=splits)
         print(f"{best_summary(best)}; run directory {distiller.run_dir}; report {html}")
+        if best.get("verdict"):  # the last line: whether the set beats what it must beat
+            print(best["verdict"])
 
 
 def best_summary(best: dict) -> str:
@@ -259,6 +266,11 @@ def best_summary(best: dict) -> str:
     chosen = "validation" if best.get("selected_on", "test") == "val" else "test"
     return (f"best set (chosen on {chosen} accuracy) at iteration {best['iteration']}: "
             f"{val}test {100 * best['accuracy']:.2f} %")
+
+
+def _lr_or_learned(text: str):
+    from .flags import positive_float
+    return "learned" if text == "learned" else positive_float(text)
 
 
 def _lr_or_auto(text: str):
@@ -374,6 +386,13 @@ def _add_distill_parser(sub) -> None:
                    "of the training set, at most 5000; 0: none)")
     p.add_argument("--select_on", choices=["val", "test"],
                    help="choose synthetic_best.pt on validation (default) or test accuracy")
+    p.add_argument("--final_eval", choices=["sweep", "off"],
+                   help="at the end, compare the chosen set with its start, the class mean and "
+                   "random real images on validation, each at its best lr of --eval_lrs "
+                   "(sweep, the default; final.json and the report), or not (off)")
+    p.add_argument("--eval_lrs", type=kinds.positive_float, nargs="+", metavar="LR",
+                   help="the lrs of the final comparison (default 0.01 0.003 0.001 0.0003 "
+                   "0.0001; a distilled set's learned lr competes too)")
     p.add_argument("--resume", metavar="RUN_DIR", type=kinds.writable_dir,
                    help="continue a run from its last checkpoint "
                    "(its own settings; --Iteration may extend it)")
@@ -421,20 +440,26 @@ def cmd_evaluate(args) -> None:
                      batch_train=o["batch_train"], dsa=o["dsa"], device=device, seed=o["seed"],
                      batched=o["eval_batched"], texture=texture,
                      **_strategy(o))
-    # --lr: a hand-set lr (or per-stage list) instead of the learned one(s)
-    lrs = o.get("lr") or syn.lrs
+    # default: the lr chosen on validation among EVAL_LRS and the learned lr; --lr: a
+    # hand-set lr (or per-stage list); --lr learned: the set's own lr(s), the reference's
+    learned_only = o.get("lr") == ["learned"]
+    if o.get("lr") and "learned" in o["lr"] and not learned_only:
+        raise ConfigError(f"--lr learned stands alone (the set's own lrs), got {o['lr']}")
+    lrs = syn.lrs if learned_only or not o.get("lr") else o["lr"]
+    sweep = o.get("lr_sweep") or (None if o.get("lr") else list(EVAL_LRS))
     models = eval_pool(o["eval_mode"], syn.model)
-    if o.get("lr_sweep"):
+    if sweep:
         learned = list(syn.lrs) if len(syn.lrs) == 1 else []  # competes with the swept lrs
-        result = _sweep(syn.images, syn.targets(), splits, o["lr_sweep"] + learned,
-                        models, cfg, syn.syn_steps, o, comm, lr_given=bool(o.get("lr")))
+        result = _sweep(syn.images, syn.targets(), splits, sweep + learned,
+                        models, cfg, syn.syn_steps, o, comm,
+                        lr_given=bool(o.get("lr")) and bool(o.get("lr_sweep")))
     else:
         result = evaluate_set(syn.images, syn.targets(), splits, lrs, models, cfg,
                               syn.syn_steps, progress=not o.get("quiet"), comm=comm)
     if comm.is_main:
-        if not o.get("lr_sweep"):
+        if not sweep:
             print(f"trained with lr {', '.join(f'{v:g}' for v in lrs)} "
-                  f"({'set by --lr' if o.get('lr') else 'learned'})")
+                  f"({'learned' if learned_only else 'set by --lr'})")
         _print_results(result)
         if o.get("out"):
             Path(o["out"]).write_text(json.dumps({"lrs": list(lrs), **result}, indent=2))
@@ -443,8 +468,8 @@ def cmd_evaluate(args) -> None:
 
 def cmd_baseline(args) -> None:
     from .evaluate import EvalConfig, class_means, eval_pool, evaluate_set, random_real
-    o = _resolve(args, {"kind": "random", "ipc": 1, "model": "ConvNet", "eval_mode": "S",
-                        "num_eval": 5, "epoch_eval_train": None, "lr": 0.01, "dsa": True,
+    o = _resolve(args, {"kind": "random", "ipc": 1, "eval_mode": "S",
+                        "num_eval": 5, "epoch_eval_train": None, "dsa": True,
                         "batch_train": 256, "seed": 0, "eval_batched": "auto"})
     if args.ipc is not None and o["kind"] != "random":
         raise ConfigError(f"--ipc is for --kind random; --kind {o['kind']} uses "
@@ -463,10 +488,16 @@ def cmd_baseline(args) -> None:
     cfg = EvalConfig(num_eval=o["num_eval"], epoch_eval_train=epochs, batch_train=o["batch_train"],
                      dsa=o["dsa"], device=device, seed=o["seed"], batched=o["eval_batched"],
                      **_strategy(o))
-    models = eval_pool(o["eval_mode"], o["model"])
-    if o.get("lr_sweep"):  # o["lr"] is the default 0.01 unless --lr was given
-        result = _sweep(images, labels, splits, o["lr_sweep"], models, cfg, 0, o, comm,
-                        lr_given=args.lr is not None)
+    # the network of a distilled set of this data with default settings (defaults.py)
+    models = eval_pool(o["eval_mode"], o.get("model") or expert_model(splits.image_shape))
+    # default: the lr chosen on validation among EVAL_LRS (the whole training set, whose
+    # networks are dearer, at 0.01); --lr: a hand-set lr
+    sweep = o.get("lr_sweep") or (None if args.lr is not None or o["kind"] == "full"
+                                  else list(EVAL_LRS))
+    o["lr"] = 0.01 if args.lr is None else args.lr
+    if sweep:
+        result = _sweep(images, labels, splits, sweep, models, cfg, 0, o, comm,
+                        lr_given=args.lr is not None and bool(o.get("lr_sweep")))
     else:
         result = evaluate_set(images, labels, splits, [o["lr"]], models, cfg,
                               progress=not o.get("quiet"), comm=comm)
@@ -474,7 +505,7 @@ def cmd_baseline(args) -> None:
         _print_results(result)
         if o.get("out"):
             Path(o["out"]).write_text(json.dumps({"kind": o["kind"], "ipc": o["ipc"],
-                                                  "lr": None if o.get("lr_sweep") else o["lr"],
+                                                  "lr": None if sweep else o["lr"],
                                                   "epochs": epochs, **result}, indent=2))
     shutdown(comm)
 
@@ -602,16 +633,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=kinds.output_file, help="write the results as JSON here")
     p.add_argument("--eval_batched", choices=["auto", "on", "off"],
                    help="train the num_eval networks together (vmap); auto: on GPUs only")
-    p.add_argument("--lr", type=kinds.positive_float, nargs="+",
-                   help="train with this lr instead of the set's learned one(s); several values "
-                   "are a per-stage list, scheduled as an independent-lr set's")
+    p.add_argument("--lr", type=_lr_or_learned, nargs="+",
+                   help="train with this lr instead of choosing it on validation (the default: "
+                   "the best of 0.01 0.003 0.001 0.0003 0.0001 and the learned lr); several "
+                   "values are a per-stage list, scheduled as an independent-lr set's; "
+                   "'learned': the set's own lr(s), the reference's protocol")
     _add_sweep_flag(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("baseline", help="random real images, class means, or the full set")
     p.add_argument("--kind", choices=["random", "mean", "full"])
     p.add_argument("--ipc", type=kinds.positive_int)
-    p.add_argument("--lr", type=kinds.positive_float)
+    p.add_argument("--lr", type=kinds.positive_float,
+                   help="train at this lr (default: the one of 0.01 0.003 0.001 0.0003 0.0001 "
+                   "that does best on the validation split; --kind full: 0.01)")
     _add_data_flags(p)
     _add_train_flags(p)
     _add_eval_flags(p)

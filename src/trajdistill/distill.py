@@ -26,7 +26,8 @@ from .errors import ConfigError
 from .evaluate import EvalConfig, evaluate_set
 from .experts import BufferError, TrajectoryStore
 from .guard import DivergenceError, Guard, apply_or_roll_back, non_finite  # noqa: F401 (API)
-from .distill_config import DistillConfig, default_iterations, validate  # noqa: F401 (API)
+from .defaults import derived
+from .distill_config import DistillConfig, default_iterations, stop_lr_img, validate  # noqa: F401
 from .initial import Labeller, auto_teacher_lr, initial_images
 from .io import atomic_save, atomic_write_text, load_json, read_jsonl, safe_load, write_json
 from .matching import GRADIENT_METHODS, MatchProblem, kept_steps, matching_loss, plan_unroll
@@ -36,6 +37,7 @@ from .precision import AUTOCAST_DTYPES
 from .schedule import AlignedStart, StageMachine, UniformStart
 from .synthetic import SyntheticSet
 from .tracking import Tracker
+from . import verdict
 from .validation import validation_indices
 
 
@@ -95,6 +97,13 @@ def _slot_record(slots: list[Slot], matched: Combined) -> dict:
     return out
 
 
+def _short(value) -> str:
+    """A derived value for one line: 0.002801, [0.0028] -> 0.0028, 'mean' -> mean."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _same_preprocess(a: dict, b: dict) -> bool:
     if not (torch.allclose(torch.tensor(a["mean"]), torch.tensor(b["mean"]), atol=1e-5)
             and torch.allclose(torch.tensor(a["std"]), torch.tensor(b["std"]), atol=1e-5)):
@@ -128,11 +137,15 @@ class Distiller:
                                                torch.Generator().manual_seed(cfg.seed),
                                                self._labeller, self._note)
         self.images = images.to(self.device).requires_grad_(True)
+        self.initial_images = images.detach().cpu().clone()  # the start, for the verdict
         if cfg.lr_teacher in ("auto", ["auto"]):
             lr = auto_teacher_lr(cfg, store, self.experts, self.student, self.images, self.labels)
             cfg.lr_teacher = [lr] * (cfg.init_epoch if (
                 cfg.stm and cfg.lr_mode == "independent-lr") else 1)
-            self._note(f"--lr_teacher auto: {cfg.lr_teacher[0]:.4g}")
+            how = cfg.derived.get("lr_teacher", {}).get("from", "--lr_teacher auto")
+            cfg.derived["lr_teacher"] = derived(cfg.lr_teacher, f"{how}: measured {lr:.4g}, the "
+                                                "median over 3 experts x 5 start epochs")
+        self._say_derived()
         self.log_lrs = [torch.tensor(math.log(v), device=self.device, requires_grad=True)
                         for v in cfg.lr_teacher]
         self.opt_img = (torch.optim.Adam([self.images], lr=cfg.lr_img) if cfg.img_optimizer == "adam"
@@ -161,6 +174,12 @@ class Distiller:
                            f"processes: {comm.world - cfg.num_trajectories} rank(s) idle while "
                            "matching; give --num_trajectories a multiple of the process count")
 
+    def _say_derived(self) -> None:
+        """One line naming every derived setting (the full reasons are in config.json)."""
+        if self.cfg.derived:
+            self._note("derived settings: " + ", ".join(
+                f"{k} {_short(d['value'])}" for k, d in self.cfg.derived.items()))
+
     def _note(self, text: str) -> None:
         """One line on stderr, from rank 0 only."""
         if self.comm.is_main:
@@ -174,10 +193,7 @@ class Distiller:
             return StageMachine(cfg.max_start_epoch, cfg.init_epoch, cfg.sigma, cfg.min_duration,
                                 cfg.max_duration, sample_method=cfg.sample_method,
                                 lr_img=cfg.lr_img, min_start_epoch=cfg.min_start_epoch,
-                                # adam's lr is ~1e-2, not ~1e3: stop fine-tuning at the
-                                # reference's fraction (50 / 1000) of the start lr
-                                stop_lr_img=(0.05 * cfg.lr_img if cfg.img_optimizer == "adam"
-                                             else 50.0))
+                                stop_lr_img=stop_lr_img(cfg))
         if cfg.start_schedule == "aligned":
             return AlignedStart(cfg.min_start_epoch, cfg.current_max_start_epoch,
                                 cfg.max_start_epoch, cfg.expansion_end_epoch)
@@ -416,17 +432,61 @@ class Distiller:
                 g["lr"] = self.cfg.lr_lr * self.schedule.cap
 
     # ------------------------------------------------------------------ evaluation & files
-    def evaluate(self) -> dict:
+    def _eval_config(self) -> EvalConfig:
         cfg = self.cfg
-        ecfg = EvalConfig(num_eval=cfg.num_eval, epoch_eval_train=cfg.epoch_eval_train,
+        return EvalConfig(num_eval=cfg.num_eval, epoch_eval_train=cfg.epoch_eval_train,
                           batch_train=cfg.batch_train,
                           dsa=cfg.dsa, dsa_strategy=cfg.dsa_strategy, device=cfg.device,
                           seed=cfg.seed, batched=cfg.eval_batched, texture=cfg.texture_spec)
-        val = ((self.splits.train.images[self.val_idx], self.splits.train.labels[self.val_idx])
-               if len(self.val_idx) else None)
+
+    def _val(self):
+        return ((self.splits.train.images[self.val_idx], self.splits.train.labels[self.val_idx])
+                if len(self.val_idx) else None)
+
+    def evaluate(self) -> dict:
+        cfg = self.cfg
         return evaluate_set(self.images.detach().cpu(), self.targets().cpu(), self.splits, self.lrs(),
-                            cfg.eval_models, ecfg, syn_steps=cfg.syn_steps, progress=self.progress,
-                            val=val, comm=self.comm)
+                            cfg.eval_models, self._eval_config(), syn_steps=cfg.syn_steps,
+                            progress=self.progress, val=self._val(), comm=self.comm)
+
+    def final_comparison(self) -> dict | None:
+        """The chosen set against its start, the class mean and random real images, each at
+        its lr chosen on validation (verdict.py); written to final.json. None when the run
+        evaluates nothing (--eval_it 0), has no validation split, or --final_eval off (and for
+        texture sets: canvases are not images of the baselines' kind)."""
+        cfg = self.cfg
+        if cfg.final_eval == "off" or not cfg.eval_it or self._val() is None or cfg.texture:
+            return None
+        best = self.run_dir / "synthetic_best.pt"
+        chosen = (SyntheticSet.load(best) if self.comm.is_main and best.exists() and
+                  self.best.get("iteration") is not None else self.synthetic_set())
+        chosen = self.comm.broadcast_object(chosen) if self.comm.active else chosen
+        initial = None if cfg.load_syn_image else self.initial_images
+        sets = verdict.contenders(chosen, initial, self.splits, cfg.ipc, cfg.pix_init, cfg.seed,
+                                  cfg.eval_lrs)
+        self._note(f"final comparison on validation: {', '.join(s.name for s in sets)}, each at "
+                   f"the best of {len(cfg.eval_lrs)} lrs (--final_eval off skips it)")
+        model = cfg.eval_models[0]
+        results = verdict.compare(sets, self.splits, model, self._eval_config(), self._val(),
+                                  progress=self.progress, comm=self.comm)
+        if not self.comm.is_main:
+            return None
+        ok, message = verdict.judge(results, lambda base: verdict.diagnose(
+            [r["loss"] for r in read_jsonl(self.run_dir / "metrics.jsonl") if "loss" in r],
+            float((chosen.images - self.initial_images).norm() / self.initial_images.norm())
+            if initial is not None else None,
+            sum(1 for r in read_jsonl(self.run_dir / "metrics.jsonl") if r.get("diverged")),
+            self._expert_accuracy(), base))
+        out = {"model": model, "chosen_iteration": chosen.meta.get("iteration"),
+               "eval_lrs": list(cfg.eval_lrs), "sets": results, "beats_all": ok,
+               "message": message}
+        write_json(self.run_dir / "final.json", out)
+        return out
+
+    def _expert_accuracy(self) -> float | None:
+        accs = [self.store.summary(i).get("test_accuracy") for i in self.experts]
+        accs = [a for a in accs if a is not None]
+        return sum(accs) / len(accs) if accs else None
 
     def checkpoint(self) -> None:
         if self.comm.is_main:
@@ -447,6 +507,8 @@ class Distiller:
         bar = progress_out.bar(range(self.iteration, cfg.iterations), desc="distill",
                                enabled=self.progress, report=True)
         try:
+            if cfg.eval_it and self.iteration == cfg.prev_iter and self.best["iteration"] is None:
+                self._evaluate_and_log(evals)  # the start: a run may not improve on it
             for _ in bar:
                 record = self.step()
                 self.guard.warn_if_stuck(record)
@@ -467,6 +529,9 @@ class Distiller:
             evals.close()
             self.tracker.close()
         self.checkpoint()
+        final = self.final_comparison()
+        if final is not None:
+            self.best = {**self.best, "verdict": final["message"], "beats_all": final["beats_all"]}
         return self.best
 
     def _evaluate_and_log(self, evals) -> None:

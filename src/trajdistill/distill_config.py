@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .augment import DEFAULT_STRATEGY
 from .data.base import DatasetSplits
+from .defaults import derive_distill
 from .errors import ConfigError
 from .evaluate import BATCHED_CHOICES
 from .experts import TrajectoryStore
@@ -23,6 +24,7 @@ from .models import ModelError, build_model
 from .precision import AUTOCAST_DTYPES
 from .texture import TextureSpec
 from .validation import default_val_size
+from .verdict import EVAL_LRS, FINAL_EVALS
 
 # galaxies (issue 14): --img_optimizer (initial images: see initial.py)
 IMG_OPTIMIZERS = ("sgd", "adam")
@@ -36,9 +38,11 @@ class DistillConfig:
     syn_steps: int = 20
     expert_epochs: int = 1
     max_start_epoch: int | None = None  # default: stored epochs - expert_epochs
-    lr_img: float = 1000.0
+    # None: derived from the data and the buffer (defaults.py; what was derived and from
+    # what goes into `derived` and config.json). Explicit values keep the reference's meaning.
+    lr_img: float | None = None         # adam: 0.01; sgd: 1000 (the reference)
     lr_lr: float = 0.01
-    lr_teacher: list[float] = field(default_factory=lambda: [0.01])
+    lr_teacher: list[float] | None = None  # auto (lr_auto.py); a number, or a list per stage
     learn_lr: bool = True
     lr_mode: str = "global-lr"          # or "independent-lr"
     sample_method: str = "cycle"        # or "random"
@@ -46,7 +50,7 @@ class DistillConfig:
     sigma: float = 5.0
     min_duration: int = 20
     max_duration: int = 1000            # T_max
-    pix_init: str = "real"              # or "noise"
+    pix_init: str | None = None         # mean at ipc 1, real above; or noise, correct, ...
     batch_syn: int | None = None        # default: the whole synthetic set
     iterations: int | None = None      # default: see `default_iterations`
     eval_it: int = 200
@@ -88,6 +92,10 @@ class DistillConfig:
     # validation split and best-set selection (issue 10): see validation.py
     val_size: int | None = None         # None: 10 % of the training set (<= 5000); 0: none
     select_on: str = "val"              # synthetic_best.pt by validation ("val") or "test" accuracy
+    # the end of a run (verdict.py): the chosen set against its start, the class mean and
+    # random real images on validation, each at the best of eval_lrs (and its learned lr)
+    final_eval: str = "sweep"           # or "off"
+    eval_lrs: list[float] = field(default_factory=lambda: list(EVAL_LRS))
     # --- reference compatibility (the reference STM distill.py's --no_aug)
     no_aug: bool = False                # no augmentation in the unrolled student; eval keeps DSA
     # --- texture distillation (texture.py): toroidal canvases, random windows
@@ -103,7 +111,9 @@ class DistillConfig:
     # --- galaxies (issue 14): the image optimiser. sgd: SGD with momentum 0.5 (the reference),
     # lr_img multiplies the raw gradient; adam: lr_img is about the step per pixel and
     # iteration in normalised units, whatever the gradient's scale ---
-    img_optimizer: str = "sgd"
+    img_optimizer: str | None = None    # adam, unless --lr_img alone asks for the reference's SGD
+    # the settings that were derived, {field: {"value", "from"}} (filled by validate)
+    derived: dict = field(default_factory=dict)
 
     @property
     def stm(self) -> bool:
@@ -174,18 +184,38 @@ def default_iterations(cfg: DistillConfig) -> int:
     """
     if not cfg.stm:
         return MTT_ITERATIONS
+    if cfg.lr_img is None or cfg.img_optimizer is None:  # not derived yet: a derived copy
+        cfg = derive(replace(cfg, derived=dict(cfg.derived)))
     stages = cfg.max_start_epoch - cfg.min_start_epoch - cfg.init_epoch + 1
     decays = 0
     lr = cfg.lr_img
-    while lr >= 50.0:
+    while lr >= stop_lr_img(cfg):
         lr *= 0.8
         decays += 1
     return max(REFERENCE_STM_ITERATIONS,
                cfg.prev_iter + stages * (cfg.max_duration + 10) + 50 * decays + 1)
 
 
+def stop_lr_img(cfg: DistillConfig) -> float:
+    """STM's fine-tuning stops when the image lr falls below this: the reference's 50 for
+    SGD; for Adam, whose lr is ~1e-2 and not ~1e3, the same fraction (50 / 1000) of its start."""
+    return 0.05 * cfg.lr_img if cfg.img_optimizer == "adam" else 50.0
+
+
+def derive(cfg: DistillConfig) -> DistillConfig:
+    """Set every field left None to its derived default and record why (defaults.py)."""
+    for name, d in derive_distill(cfg).items():
+        setattr(cfg, name, d["value"])
+        cfg.derived[name] = d
+    return cfg
+
+
 def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) -> DistillConfig:
-    """Fill defaults from the buffer and refuse impossible settings with a clear message."""
+    """Fill defaults from the data and the buffer and refuse impossible settings with a
+    clear message."""
+    if cfg.img_optimizer is not None and cfg.img_optimizer not in IMG_OPTIMIZERS:
+        raise ConfigError(f"--img_optimizer must be sgd or adam, got {cfg.img_optimizer!r}")
+    derive(cfg)
     _check_kinds(cfg, splits)
     if str(cfg.method).upper() not in METHOD_NAMES:
         raise ConfigError(f"--method must be STM (stage-MTT) or original-MTT, got {cfg.method!r}")
@@ -288,6 +318,12 @@ def _validate_split(cfg: DistillConfig, splits: DatasetSplits) -> None:
     """--val_size / --select_on: fill the default size and refuse what cannot work."""
     if cfg.select_on not in ("val", "test"):
         raise ConfigError(f"--select_on must be val or test, got {cfg.select_on!r}")
+    if cfg.final_eval not in FINAL_EVALS:
+        raise ConfigError(f"--final_eval must be one of {', '.join(FINAL_EVALS)}, "
+                          f"got {cfg.final_eval!r}")
+    if not cfg.eval_lrs or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                   and math.isfinite(v) and v > 0 for v in cfg.eval_lrs):
+        raise ConfigError(f"--eval_lrs must be positive numbers, got {cfg.eval_lrs!r}")
     n, c = len(splits.train), splits.num_classes
     if cfg.val_size is None:
         cfg.val_size = default_val_size(n, c)

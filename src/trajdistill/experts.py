@@ -11,13 +11,14 @@ Everything is read with `torch.load(weights_only=True)`: no code runs on load.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from .augment import DEFAULT_STRATEGY
 from .data.base import DatasetSplits, Preprocess
+from .defaults import derive_experts
 from .errors import TrajdistillError
 from .flags import check_config
 from . import progress as progress_out
@@ -32,25 +33,33 @@ class BufferError(TrajdistillError):
 
 @dataclass
 class ExpertConfig:
-    model: str = "ConvNet"
+    model: str | None = None            # None: derived from the resolution (defaults.py)
     train_epochs: int = 50
     num_experts: int = 10
     lr_teacher: float = 0.01
     mom: float = 0.0
     l2: float = 0.0
-    batch_train: int = 256
+    batch_train: int | None = None      # None: derived from the training set's size
     dsa: bool = True
     dsa_strategy: str = DEFAULT_STRATEGY
     decay: bool = False
     seed: int = 0
     device: str = "cpu"
+    # the settings that were derived, {field: {"value", "from"}} (filled by `resolve`)
+    derived: dict = field(default_factory=dict)
 
     def identity(self) -> dict:
         """The hyper-parameters that make two buffers interchangeable (device excluded)."""
         d = asdict(self)
-        d.pop("device")
-        d.pop("num_experts")
+        for key in ("device", "num_experts", "derived"):
+            d.pop(key)
         return d
+
+    def resolve(self, splits: DatasetSplits) -> "ExpertConfig":
+        """A copy with the settings left None derived from the data (defaults.py)."""
+        made = derive_experts(splits.image_shape, len(splits.train), asdict(self))
+        return replace(self, **{k: d["value"] for k, d in made.items()},
+                       derived={**self.derived, **made})
 
 
 # the ranges of the buffer command's flags, for ExpertConfig built in Python
@@ -67,6 +76,7 @@ def buffer_identity(splits: DatasetSplits, cfg: ExpertConfig) -> dict:
 def train_expert(splits: DatasetSplits, cfg: ExpertConfig, index: int,
                  progress: bool = True) -> tuple[torch.Tensor, dict]:
     """Train one expert; returns its trajectory (E+1, P) and a summary of how it did."""
+    cfg = cfg.resolve(splits)
     device = torch.device(cfg.device)
     seed = cfg.seed * 100_003 + index
     torch.manual_seed(seed)
@@ -107,8 +117,10 @@ def train_experts(splits: DatasetSplits, cfg: ExpertConfig, buffer_dir: str | Pa
 
     Under torchrun each rank trains the experts i with i % world_size == rank.
     """
+    cfg = cfg.resolve(splits)
     check_config(cfg, EXPERT_RANGES)
-    store = TrajectoryStore.create(buffer_dir, buffer_identity(splits, cfg), splits.preprocess)
+    store = TrajectoryStore.create(buffer_dir, buffer_identity(splits, cfg), splits.preprocess,
+                                   derived=cfg.derived)
     todo = [i for i in range(cfg.num_experts) if i % world_size == rank and not store.has(i)]
     for i in progress_out.bar(todo, desc="experts", enabled=progress, report=True, unit="experts"):
         traj, summary = train_expert(splits, cfg, i, progress=progress)
@@ -129,8 +141,12 @@ class TrajectoryStore:
     _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def create(cls, root: str | Path, identity: dict, preprocess: Preprocess) -> "TrajectoryStore":
-        """Open (or start) a buffer for this identity; refuse one made for something else."""
+    def create(cls, root: str | Path, identity: dict, preprocess: Preprocess,
+               derived: dict | None = None) -> "TrajectoryStore":
+        """Open (or start) a buffer for this identity; refuse one made for something else.
+        `derived` (which settings were derived, and from what) is recorded beside the
+        identity in buffer.json; two buffers of the same identity are interchangeable
+        whether a setting was derived or given."""
         root = Path(root)
         if (root / "buffer.json").exists():
             store = cls.open(root)
@@ -138,7 +154,7 @@ class TrajectoryStore:
             return store
         root.mkdir(parents=True, exist_ok=True)
         atomic_save(preprocess.state_dict(), root / "preprocess.pt")
-        write_json(root / "buffer.json", identity)
+        write_json(root / "buffer.json", {**identity, **({"derived": derived} if derived else {})})
         return cls(root, identity, preprocess)
 
     @classmethod
@@ -188,7 +204,8 @@ class TrajectoryStore:
 
     def check(self, expected: dict) -> None:
         """Refuse a buffer whose data or expert settings differ from what is expected."""
-        problems = _differences(self.identity, expected)
+        problems = _differences({k: v for k, v in self.identity.items() if k != "derived"},
+                                expected)
         if problems:
             raise BufferError(f"expert buffer {self.root} was made for something else:\n  "
                               + "\n  ".join(problems))
@@ -210,3 +227,38 @@ def _differences(have: dict, want: dict, prefix: str = "") -> list[str]:
             out.append(f"{prefix}{key}: buffer has {a!r}, expected {b!r}")
     return out
 
+
+
+# ----------------------------------------------------------------------------- where stores live
+
+def buffer_dir(buffer_path: str | Path, dataset: str, model: str, zca: bool, subset: str | None,
+               res: int | None = None) -> Path:
+    """Where experts live: <buffer_path>/<dataset>[-<subset>][-<res>px][-zca]/<model>
+    (as the reference, plus the side when --res chose it)."""
+    return data_folder(buffer_path, dataset, zca, subset, res) / model
+
+
+def data_folder(buffer_path: str | Path, dataset: str, zca: bool, subset: str | None,
+                res: int | None = None) -> Path:
+    """The folder that holds one data set's buffers, one sub-folder per expert model."""
+    name = (Path(dataset).name + (f"-{subset}" if subset else "") + (f"-{res}px" if res else "")
+            + ("-zca" if zca else ""))
+    return Path(buffer_path) / name
+
+
+def find_model(folder: Path, derived_model: str) -> tuple[str, str]:
+    """The expert model of a distillation that names none, from the buffers present in
+    `folder`: the derived model's buffer, else the only one there, else the reference's
+    ConvNet. Returns (model, why); a folder with none of these names the derived model (its
+    absence is reported when the store is opened)."""
+    present = sorted(p.parent.name for p in folder.glob("*/buffer.json"))
+    if derived_model in present:
+        return derived_model, f"the buffer {folder / derived_model} (the derived expert model)"
+    if len(present) == 1:
+        return present[0], f"the only buffer in {folder}"
+    if "ConvNet" in present:
+        return "ConvNet", f"the reference's model, among the buffers {', '.join(present)} in {folder}"
+    if present:
+        raise BufferError(f"{folder} holds buffers of several models ({', '.join(present)}) and "
+                          f"none of the derived {derived_model}: name one with --model")
+    return derived_model, "the derived expert model for this data (defaults.py)"

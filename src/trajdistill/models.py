@@ -207,7 +207,7 @@ _CONV_VARIANTS = {
     "NP": {"pool": "none"}, "MP": {"pool": "maxpooling"}, "AP": {"pool": "avgpooling"},
 }
 
-MODEL_NAMES = ["ConvNet", "ConvNetD{n}", "ConvNetW{n}", *(f"ConvNet{k}" for k in _CONV_VARIANTS),
+MODEL_NAMES = ["ConvNet", "ConvNetD{n}", "ConvNetW{n}", "ConvNetD{n}W{m}", *(f"ConvNet{k}" for k in _CONV_VARIANTS),
                "MLP", "LeNet", "AlexNet", "VGG11", "VGG11BN", "ResNet18", "ResNet18BN",
                "ResNet18_AP", "ResNet18BN_AP"]
 
@@ -215,7 +215,8 @@ MODEL_NAMES = ["ConvNet", "ConvNetD{n}", "ConvNetW{n}", *(f"ConvNet{k}" for k in
 def build_model(name: str, channel: int, num_classes: int, im_size: tuple[int, int]) -> nn.Module:
     """A freshly initialised network by name (see MODEL_NAMES)."""
     im_size = tuple(im_size)
-    m = re.fullmatch(r"ConvNet(?:D(\d+)|W(\d+)|([A-Z]{2}))?", name)
+    # depth and width may be named together (ConvNetD4W32: the derived expert at 64 px)
+    m = re.fullmatch(r"ConvNet(?:(?:D(\d+))?(?:W(\d+))?|([A-Z]{2}))", name)
     if m:
         depth, width, variant = m.groups()
         kw: dict = {}

@@ -461,12 +461,61 @@ def build_report(run_dir: str | Path, classes: list[str] | None = None,
     if syn is not None and is_galaxy_run(syn.data, config):
         # for astronomers the question is what the network saw in each class: that view first
         sections.sort(key=lambda sec: sec["title"] != CLASS_VIEW)
+    if config.get("derived"):
+        add("Derived settings", caption="Settings not given on the command line, derived from "
+            "the data and the expert buffer (defaults.py), and what each was derived from.",
+            body=_derived_table(config["derived"]), md=_derived_markdown(config["derived"]))
     table = results.get("table") or _table_from_evals(evals)
+    final = load_json(run / "final.json") if (run / "final.json").exists() else None
     html_path = run / "report.html"
     note = selection_note(evals)
-    html_path.write_text(_html(run, table, sections, results, config, syn, note))
-    (run / "report.md").write_text(_markdown(run.name, table, sections, note))
+    html_path.write_text(_html(run, table, sections, results, config, syn, note, final))
+    (run / "report.md").write_text(_markdown(run.name, table, sections, note, final))
     return html_path
+
+
+# ----------------------------------------------------------------------------- verdict, derived
+
+def _final_rows(final: dict) -> list[tuple[str, str, str, str]]:
+    """(set, lr, validation, test) per set of final.json; the distilled set also at its
+    learned lr (the reference's protocol)."""
+    rows = []
+    for name, r in final.get("sets", {}).items():
+        rows.append((name, f"{r['lr']:.3g} (chosen on validation)",
+                     f"{100 * r['val_mean']:.2f} ± {100 * r.get('val_std', 0.0):.2f}",
+                     f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}"))
+        if r.get("learned"):
+            e = r["learned"]
+            rows.append((f"{name}, at its learned lr", f"{e['lr']:.3g} (learned)",
+                         f"{100 * e['val_mean']:.2f}", f"{100 * e['mean']:.2f} ± {100 * e['std']:.2f}"))
+    return rows
+
+
+def _final_html(final: dict) -> str:
+    rows = "".join(f"<tr><td>{html.escape(a)}</td><td>{b}</td><td>{c}</td><td>{d}</td></tr>"
+                   for a, b, c, d in _final_rows(final))
+    colour = "#1a7f37" if final.get("beats_all") else "#b35900"
+    return (f"<h2>Verdict</h2><p style='color:{colour}'><b>{html.escape(final['message'])}</b></p>"
+            f"<table><tr><th>set ({html.escape(str(final.get('model', '')))})</th><th>lr</th>"
+            f"<th>validation (%)</th><th>test (%)</th></tr>{rows}</table>")
+
+
+def _final_markdown(final: dict) -> list[str]:
+    lines = ["## Verdict", "", f"**{final['message']}**", "",
+             "| set | lr | validation (%) | test (%) |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _final_rows(final)]
+    return lines + [""]
+
+
+def _derived_table(derived: dict) -> str:
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(d.get('value')))}</td>"
+                   f"<td>{html.escape(str(d.get('from')))}</td></tr>" for k, d in derived.items())
+    return f"<table><tr><th>setting</th><th>value</th><th>derived from</th></tr>{rows}</table>"
+
+
+def _derived_markdown(derived: dict) -> str:
+    return "\n".join(["| setting | value | derived from |", "| --- | --- | --- |"]
+                     + [f"| {k} | {d.get('value')} | {d.get('from')} |" for k, d in derived.items()])
 
 
 # ----------------------------------------------------------------------------- reading the logs
@@ -645,7 +694,7 @@ _CONFIG_KEYS = ("dataset", "method", "ipc", "syn_steps", "expert_epochs", "max_s
 
 
 def _html(run: Path, table: list[dict], sections, results: dict, config: dict,
-          syn: SyntheticSet | None, note: str = "") -> str:
+          syn: SyntheticSet | None, note: str = "", final: dict | None = None) -> str:
     title = run.name
     rows = "".join(f"<tr><td>{html.escape(a)}</td><td>{v}</td><td>{b}</td><td>{c}</td></tr>"
                    for a, v, b, c in _table_rows(table))
@@ -667,6 +716,8 @@ def _html(run: Path, table: list[dict], sections, results: dict, config: dict,
                                        for k, v in facts.items()) + "</p>")
     parts.append("<nav>" + "".join(f"<a href='#s{i}'>{html.escape(s['title'])}</a>"
                                    for i, s in enumerate(sections)) + "</nav>")
+    if final:
+        parts.append(_final_html(final))
     if rows:
         parts.append("<h2>Accuracy (%) — mean ± std over evaluation networks</h2>"
                      "<table><tr><th>set</th><th>validation</th><th>test</th><th>networks</th></tr>"
@@ -688,8 +739,11 @@ def _html(run: Path, table: list[dict], sections, results: dict, config: dict,
     return "\n".join(parts) + "\n"
 
 
-def _markdown(title: str, table: list[dict], sections, note: str = "") -> str:
+def _markdown(title: str, table: list[dict], sections, note: str = "",
+              final: dict | None = None) -> str:
     lines = [f"# Distillation report: {title}", ""]
+    if final:
+        lines += _final_markdown(final)
     if table:
         lines += ["| set | validation accuracy (%) | test accuracy (%) | networks |",
                   "| --- | --- | --- | --- |"]

@@ -1,0 +1,158 @@
+"""The default pipeline on every data set of ../shared/data, one JSON line per row (issue 21).
+
+    OMP_NUM_THREADS=1 python benchmarks/robustness.py --work /tmp/robust --rows digits:1 gz1-32:1
+    python benchmarks/robustness.py --list          # the rows it knows
+
+A row is a data set at one ipc. It runs the command line as a new user would, naming only the
+data (and its data flags), the resolution, ipc and a budget:
+
+    trajdistill buffer  --dataset D [data flags] --num_experts E --train_epochs T
+    trajdistill distill --dataset D [data flags] --ipc K --Iteration I --eval_it I
+
+and reads what the run wrote: final.json (the chosen set, the class mean and random real images
+of the same size, each at the lr of --eval_lrs that scored best on the validation split; the
+distilled set's learned lr competes too) and the experts' test accuracy (networks trained on all
+the training images: the "full data" column, at the experts' own settings, not an lr sweep).
+Evaluation: --num_eval networks x --eval_epochs epochs per set and lr. Everything else is the
+tool's default; the derived settings are copied from config.json into the row.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from trajdistill.experts import TrajectoryStore
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+GZ1 = ["--labels", "gz1_labels.csv", "--id_column", "OBJID", "--label_column", "CLASS",
+       "--classes", "0,1+2,3", "--class_names", "elliptical,spiral,edge-on", "--crop",
+       "center-half"]
+
+# name: (data flags, without --res / --ipc)
+DATASETS = {
+    "digits": ["--dataset", "digits"],
+    "cifar10": ["--dataset", "CIFAR10", "--data_path", str(DATA / "cifar10-subset")],
+    "fashion": ["--dataset", str(DATA / "fashion-mnist")],
+    "eurosat-32": ["--dataset", str(DATA / "eurosat-rgb"), "--res", "32"],
+    "eurosat-64": ["--dataset", str(DATA / "eurosat-rgb")],
+    "gz1-32": ["--dataset", str(DATA / "gz1"), *GZ1, "--res", "32"],
+    "gz1-64": ["--dataset", str(DATA / "gz1"), *GZ1, "--res", "64"],
+    "gz1-128": ["--dataset", str(DATA / "gz1"), *GZ1, "--res", "128"],
+}
+
+
+def run(cmd: list[str], log: Path) -> None:
+    with open(log, "a") as out:
+        out.write("$ " + " ".join(cmd) + "\n")
+        out.flush()
+        code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
+    if code:
+        raise SystemExit(f"error: {' '.join(cmd[:3])} ... failed ({code}); see {log}")
+
+
+def row(name: str, ipc: int, args) -> dict:
+    data = DATASETS[name]
+    work = Path(args.work)
+    buffers, run_dir = work / "buffers", work / "runs" / f"{name}-ipc{ipc}"
+    log = work / f"{name}-ipc{ipc}.log"
+    work.mkdir(parents=True, exist_ok=True)
+    exe = [sys.executable, "-m", "trajdistill.cli"]
+    t0 = time.perf_counter()
+    run([*exe, "buffer", *data, "--num_experts", str(args.num_experts), "--train_epochs",
+         str(args.train_epochs), "--buffer_path", str(buffers), "--quiet"], log)
+    t1 = time.perf_counter()
+    if run_dir.exists() and not (run_dir / "final.json").exists():
+        subprocess.call(["rm", "-rf", str(run_dir)])
+    if not (run_dir / "final.json").exists():
+        run([*exe, "distill", *data, "--ipc", str(ipc), "--Iteration", str(args.iterations),
+             "--eval_it", str(args.iterations), "--num_eval", str(args.num_eval),
+             "--epoch_eval_train", str(args.eval_epochs), "--eval_lrs", *map(str, args.eval_lrs),
+             "--buffer_path", str(buffers), "--run_dir", str(run_dir), "--quiet"], log)
+    t2 = time.perf_counter()
+    final = json.loads((run_dir / "final.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    bdir = Path(config["source"]["buffer_dir"])
+    store = TrajectoryStore.open(bdir)
+    accs = [store.summary(i)["test_accuracy"] for i in store.indices()]
+    sets = final["sets"]
+    pick = lambda key: next(v for k, v in sets.items() if k.startswith(key))  # noqa: E731
+    out = {"row": name, "ipc": ipc, "model": final["model"],
+           "derived": {k: d["value"] for k, d in config.get("derived", {}).items()},
+           "distilled": _fig(sets["distilled"]), "class_mean": _fig(pick("class mean")),
+           "random_real": _fig(pick("random real")),
+           "full_data_experts": sum(accs) / len(accs), "experts": accs,
+           "at_learned_lr": sets["distilled"].get("learned"), "beats_all": final["beats_all"],
+           "message": final["message"], "budget": {
+               "num_experts": args.num_experts, "train_epochs": args.train_epochs,
+               "iterations": args.iterations, "num_eval": args.num_eval,
+               "eval_epochs": args.eval_epochs, "eval_lrs": args.eval_lrs},
+           "seconds": {"buffer": round(t1 - t0, 1), "distill_and_compare": round(t2 - t1, 1)}}
+    start = [v for k, v in sets.items() if k.startswith("its start")]
+    if start:
+        out["start"] = _fig(start[0])
+    return out
+
+
+def _fig(r: dict) -> dict:
+    return {"test": r["mean"], "std": r["std"], "val": r["val_mean"], "lr": r["lr"]}
+
+
+def table(rows: list[dict]) -> str:
+    """The docs' table: test accuracy (%) at each set's lr chosen on validation."""
+    lines = ["| data | ipc | model | distilled | class mean | random real | full data (experts) "
+             "| distilled - mean | distilled - random |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        d, m, rr = r["distilled"], r["class_mean"], r["random_real"]
+        lines.append(f"| {r['row']} | {r['ipc']} | {r['model']} | {100 * d['test']:.1f} ± "
+                     f"{100 * d['std']:.1f} | {100 * m['test']:.1f} ± {100 * m['std']:.1f} | "
+                     f"{100 * rr['test']:.1f} ± {100 * rr['std']:.1f} | "
+                     f"{100 * r['full_data_experts']:.1f} | {100 * (d['test'] - m['test']):+.1f} | "
+                     f"{100 * (d['test'] - rr['test']):+.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rows", nargs="+", default=[f"{d}:{k}" for d in DATASETS for k in (1, 10)],
+                   help="NAME:IPC (names: --list)")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--work", default="/tmp/trajdistill-robustness")
+    p.add_argument("--out", help="append the JSON lines here too")
+    p.add_argument("--num_experts", type=int, default=3)
+    p.add_argument("--train_epochs", type=int, default=15)
+    p.add_argument("--iterations", type=int, default=200)
+    p.add_argument("--num_eval", type=int, default=5)
+    p.add_argument("--eval_epochs", type=int, default=500)
+    p.add_argument("--eval_lrs", type=float, nargs="+", default=[0.01, 0.003, 0.001, 0.0003, 0.0001])
+    p.add_argument("--table", metavar="JSONL", help="print the table of a results file and stop")
+    args = p.parse_args()
+    if args.list:
+        print("\n".join(f"{k}: {' '.join(v)}" for k, v in DATASETS.items()))
+        return
+    if args.table:
+        print(table([json.loads(line) for line in open(args.table) if line.strip()]))
+        return
+    rows = []
+    for spec in args.rows:
+        name, _, ipc = spec.partition(":")
+        if name not in DATASETS or not ipc.isdigit():
+            p.error(f"--rows: expected NAME:IPC with NAME one of {', '.join(DATASETS)}, got {spec!r}")
+        r = row(name, int(ipc), args)
+        rows.append(r)
+        line = json.dumps(r)
+        print(line, flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(line + "\n")
+    print(table(rows), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    main()

@@ -1,0 +1,114 @@
+"""Defaults derived from the data and the expert buffer (issue 21).
+
+The reference ships one table of hand-tuned settings per dataset. Here a setting the user
+does not give is derived from what the run can see, so that naming only the data, the
+resolution, ipc and a budget works on data nobody tuned for:
+
+experts (`trajdistill buffer`)
+- the network: a ConvNet deep enough to pool the image down to about 4 pixels (depth 3 at
+  32 px, 4 at 64, 5 at 128, as MTT deepens it for Tiny ImageNet and ImageNet; at least 2),
+  EXPERT_WIDTH channels wide;
+- the minibatch: the largest power of two (32 to 256) that still gives every epoch at least
+  MIN_STEPS_PER_EPOCH SGD steps, so that an epoch of 1,500 images trains as much as an epoch
+  of 50,000 (an epoch is not a budget that carries from one data set size to another).
+
+distillation (`trajdistill distill`)
+- the image optimiser: Adam at 0.01, a step per pixel bounded in normalised units whatever
+  the gradient's scale (SGD at the reference's 1000 drifts several times the images' norm on
+  data it was not tuned for, or diverges);
+- the initial images: the class mean at 1 image per class (the run starts from the baseline
+  it must beat), real images at more;
+- the synthetic lr: `--lr_teacher auto` (lr_auto.py: syn_steps student steps travel as far as
+  the expert did);
+- the model: the buffer's (found under --buffer_path, see experts.find_buffer).
+
+An explicit flag keeps the reference's meaning (`--lr_img 1000` alone still means SGD, as in
+the reference), and presets give the published settings explicitly. Each derived value and
+what it was derived from is kept in `DistillConfig.derived` / buffer.json, written to
+config.json, printed once, and shown in the report.
+"""
+from __future__ import annotations
+
+import math
+
+EXPERT_WIDTH = 32
+MIN_STEPS_PER_EPOCH = 32
+BATCH_RANGE = (32, 256)
+ADAM_LR_IMG = 0.01           # per pixel and iteration, in units of the data's std
+SGD_LR_IMG = 1000.0          # the reference's
+REFERENCE_LR_TEACHER = 0.01  # where auto cannot be used (texture canvases)
+
+
+def derived(value, reason: str) -> dict:
+    """One derived setting as config.json records it."""
+    return {"value": value, "from": reason}
+
+
+def expert_depth(image_shape) -> int:
+    """ConvNet blocks (each halves the side) that bring the image to about 4 pixels: round(
+    log2(side)) - 2, within [2, 5]. 28 px grey images count as 32 (the first convolution pads
+    them to 32, models.py)."""
+    side = min(image_shape[-2:])
+    return min(5, max(2, round(math.log2(side)) - 2))
+
+
+def expert_model(image_shape) -> str:
+    depth = expert_depth(image_shape)
+    return f"ConvNetW{EXPERT_WIDTH}" if depth == 3 else f"ConvNetD{depth}W{EXPERT_WIDTH}"
+
+
+def expert_batch(num_train: int) -> int:
+    """The largest power of two in BATCH_RANGE with >= MIN_STEPS_PER_EPOCH steps an epoch."""
+    low, high = BATCH_RANGE
+    batch = low
+    while batch * 2 <= high and num_train // (batch * 2) >= MIN_STEPS_PER_EPOCH:
+        batch *= 2
+    return batch
+
+
+def derive_experts(image_shape, num_train: int, given: dict) -> dict:
+    """{setting: derived(value, reason)} for the expert settings absent from `given`."""
+    out = {}
+    side = min(image_shape[-2:])
+    if given.get("model") is None:
+        depth = expert_depth(image_shape)
+        out["model"] = derived(expert_model(image_shape),
+                               f"{side} px images: {depth} pooling blocks bring them to about "
+                               f"{max(1, side >> depth)} px; width {EXPERT_WIDTH}")
+    if given.get("batch_train") is None:
+        batch = expert_batch(num_train)
+        out["batch_train"] = derived(batch, f"{num_train} training images: {num_train // batch} "
+                                     f"SGD steps an epoch (at least {MIN_STEPS_PER_EPOCH} where "
+                                     f"the batch can be >= {BATCH_RANGE[0]})")
+    return out
+
+
+def derive_distill(cfg) -> dict:
+    """{field: derived(value, reason)} for the DistillConfig fields left None (the caller
+    sets them). lr_teacher 'auto' is measured later, from the initial images."""
+    out = {}
+    if cfg.img_optimizer is None:
+        out["img_optimizer"] = (
+            derived("sgd", "--lr_img given without --img_optimizer: SGD, the reference's meaning")
+            if cfg.lr_img is not None or cfg.texture else
+            derived("adam", "a step per pixel bounded in normalised units, whatever the "
+                    "gradient's scale"))
+    optimiser = cfg.img_optimizer or out["img_optimizer"]["value"]
+    if cfg.lr_img is None:
+        out["lr_img"] = (derived(ADAM_LR_IMG, "Adam: 1 % of the data's std per pixel and "
+                                 "iteration") if optimiser == "adam" else
+                         derived(SGD_LR_IMG, "SGD: the reference's image lr"))
+    if cfg.pix_init is None:
+        out["pix_init"] = (
+            derived("real", "texture canvases start as tiled real images (the reference)")
+            if cfg.texture else
+            derived("mean", "1 image per class: the class mean, the baseline the set must beat")
+            if cfg.ipc == 1 else
+            derived("real", f"{cfg.ipc} images per class: real images, different in each slot"))
+    if cfg.lr_teacher is None:
+        out["lr_teacher"] = (
+            derived([REFERENCE_LR_TEACHER], "texture canvases: the reference's lr (auto needs "
+                    "whole images)") if cfg.texture else
+            derived(["auto"], "auto: syn_steps student steps travel as far as the expert "
+                    "did (lr_auto.py)"))
+    return out

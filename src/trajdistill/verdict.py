@@ -1,0 +1,113 @@
+"""Whether a distillation worked: the chosen set against what it must beat (issue 21).
+
+At the end of a run the chosen set (synthetic_best.pt) is compared, on the validation split,
+with its own start, the class-mean images and random real images of the same size. Every
+set is trained at each lr of a grid and judged at the lr whose networks score best on
+validation (a distilled set trains best below the lr it learned; the baselines have no lr
+of their own), and the distilled set's figure at its learned lr (the reference's protocol)
+is kept beside it. When the distilled set does not beat them, the verdict says so and names
+the likely cause from the run's own record: the matching loss, the image drift, refused
+updates, the experts' accuracy.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+import torch
+
+from .evaluate import EvalConfig, class_means, evaluate_sweep, random_real
+
+# The lrs every set of the final comparison is trained at (a distilled set's learned lr
+# competes too): the range where the galaxy, digit and CIFAR sets measured in README did best.
+EVAL_LRS = (0.01, 0.003, 0.001, 0.0003, 0.0001)
+FINAL_EVALS = ("sweep", "off")
+DRIFT_LIMIT = 1.0        # ||X - X0|| / ||X0|| beyond this: the images left what they started as
+STUCK_RATIO = 0.95       # last losses / first losses above this: the matching barely learned
+
+
+@dataclass
+class Contender:
+    """A set in the final comparison: images (uint8 or network space), targets, lrs to try."""
+
+    name: str
+    images: torch.Tensor
+    targets: torch.Tensor
+    lrs: list[float]
+    syn_steps: int = 0
+    learned: float | None = None
+
+
+def contenders(chosen, initial: torch.Tensor, splits, ipc: int, pix_init: str, seed: int,
+               grid=EVAL_LRS) -> list[Contender]:
+    """The distilled set, its start (unless it started as the class mean) and the baselines."""
+    learned = chosen.lrs[0] if len(chosen.lrs) == 1 else None
+    out = [Contender("distilled", chosen.images, chosen.targets(),
+                     list(grid) + ([learned] if learned else []), chosen.syn_steps, learned)]
+    mean_start = pix_init == "mean" and ipc == 1 and initial is not None
+    if initial is not None and not mean_start:
+        out.append(Contender(f"its start ({pix_init})", initial, chosen.labels, list(grid)))
+    out.append(Contender("class mean", *class_means(splits), list(grid)))
+    out.append(Contender(f"random real ({ipc}/class)", *random_real(splits, ipc, seed),
+                         list(grid)))
+    return out
+
+
+def compare(sets: list[Contender], splits, model: str, cfg: EvalConfig, val, progress=False,
+            comm=None) -> dict:
+    """{set name: {lr, val_mean, mean, std, sweep[, learned: {lr, val_mean, mean, std}]}}."""
+    kw = {"comm": comm} if comm is not None else {}
+    out = {}
+    for s in sets:
+        r = evaluate_sweep(s.images, s.targets, splits, s.lrs, [model], cfg, val, s.syn_steps,
+                           progress=progress, **kw)[model]
+        out[s.name] = {k: r[k] for k in ("lr", "val_mean", "val_std", "mean", "std", "sweep")}
+        if s.learned is not None:
+            out[s.name]["learned"] = next(e for e in r["sweep"] if e["lr"] == s.learned)
+    return out
+
+
+def diagnose(losses: list[float], drift: float | None, refused: int,
+             expert_accuracy: float | None, baseline_val: float) -> list[str]:
+    """Likely causes of a set that does not beat its baselines, from the run's record."""
+    causes = []
+    if losses:
+        first = statistics.fmean(losses[:10])
+        last = statistics.fmean(losses[-20:])
+        if first > 1:
+            causes.append(f"the first matching losses average {first:.2f} (> 1: the student "
+                          "overshoots the expert; the synthetic lr is too large for it: lower "
+                          "--lr_teacher or --syn_steps)")
+        elif last > STUCK_RATIO * first:
+            causes.append(f"the matching loss barely fell ({first:.3f} -> {last:.3f}): the "
+                          "synthetic lr may not suit the experts (--lr_teacher auto derives it), "
+                          "or the run was too short (--Iteration)")
+    if drift is not None and drift > DRIFT_LIMIT:
+        causes.append(f"the images drifted {drift:.1f} times their own norm from their start: "
+                      "lower --lr_img (or use --img_optimizer adam, the default)")
+    if refused:
+        causes.append(f"{refused} updates were refused as runaway or non-finite: lower --lr_img "
+                      "or --lr_lr")
+    if expert_accuracy is not None and expert_accuracy < baseline_val + 0.05:
+        causes.append(f"the experts are weak (test accuracy {100 * expert_accuracy:.1f} %, hardly "
+                      f"above the best baseline's {100 * baseline_val:.1f} % on validation): "
+                      "train them longer (--train_epochs) or with a smaller --batch_train")
+    return causes or ["no clear cause in the run's record: try more iterations, more experts, "
+                      "or --syn_steps"]
+
+
+def judge(results: dict, causes_of) -> tuple[bool, str]:
+    """(whether the distilled set beats every other set on validation, one line saying so).
+    `causes_of(best baseline validation accuracy)` gives the likely causes when it does not."""
+    mine = results["distilled"]
+    others = {k: v for k, v in results.items() if k != "distilled"}
+    beaten = [k for k, v in others.items() if mine["val_mean"] > v["val_mean"]]
+    figures = ", ".join(f"{k} {100 * v['val_mean']:.2f} %" for k, v in others.items())
+    if len(beaten) == len(others):
+        return True, (f"the distilled set beats {', '.join(others)} on validation "
+                      f"({100 * mine['val_mean']:.2f} % against {figures}; each at its best lr)")
+    lost = [k for k in others if k not in beaten]
+    best_other = max(v["val_mean"] for v in others.values())
+    return False, (f"warning: the distilled set does not beat {', '.join(lost)} on validation "
+                   f"({100 * mine['val_mean']:.2f} % against {figures}; each at its best lr). "
+                   "Likely: " + "; ".join(causes_of(best_other)))

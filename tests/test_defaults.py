@@ -1,0 +1,121 @@
+"""Defaults derived from the data and the buffer (issue 21): the rules against hand-computed
+values, and the command line as a new user runs it on the embedded digits."""
+import json
+
+import pytest
+
+from trajdistill.cli import main
+from trajdistill.defaults import derive_distill, derive_experts, expert_batch, expert_model
+from trajdistill.distill_config import DistillConfig, default_iterations, derive
+
+
+@pytest.mark.parametrize("shape, model", [
+    ((1, 8, 8), "ConvNetD2W32"),      # round(log2 8) - 2 = 1, at least 2
+    ((1, 28, 28), "ConvNetW32"),      # 28 px grey: padded to 32 by the first convolution
+    ((3, 32, 32), "ConvNetW32"),      # depth 3, the CIFAR ConvNet's
+    ((3, 64, 64), "ConvNetD4W32"),    # as MTT for Tiny ImageNet
+    ((3, 128, 128), "ConvNetD5W32"),  # as MTT for ImageNet subsets
+    ((3, 512, 512), "ConvNetD5W32"),  # at most 5
+])
+def test_expert_model_deepens_with_the_resolution(shape, model):
+    assert expert_model(shape) == model
+
+
+@pytest.mark.parametrize("n, batch", [
+    (100, 32),       # too small for 32 steps at any batch: the smallest batch
+    (1438, 32),      # digits: 1438 // 64 = 22 < 32
+    (2278, 64),      # gz1 at 3 classes: 2278 // 64 = 35, // 128 = 17
+    (4096, 128),     # exactly 32 steps at 128
+    (5000, 128),     # the CIFAR-10 subset
+    (50000, 256),    # CIFAR-10: the reference's 256, the largest
+])
+def test_expert_batch_gives_every_epoch_enough_steps(n, batch):
+    assert expert_batch(n) == batch
+
+
+def test_given_expert_settings_are_not_derived():
+    made = derive_experts((3, 32, 32), 5000, {"model": "ConvNet", "batch_train": None})
+    assert set(made) == {"batch_train"} and made["batch_train"]["value"] == 128
+    assert "5000 training images" in made["batch_train"]["from"]
+
+
+def _derived(**kw):
+    return {k: d["value"] for k, d in derive_distill(DistillConfig(**kw)).items()}
+
+
+def test_distill_defaults_by_ipc_and_by_what_was_given():
+    assert _derived() == {"img_optimizer": "adam", "lr_img": 0.01, "pix_init": "mean",
+                          "lr_teacher": ["auto"]}
+    assert _derived(ipc=10)["pix_init"] == "real"
+    # an explicit --lr_img keeps the reference's meaning: SGD
+    assert _derived(lr_img=1000.0)["img_optimizer"] == "sgd"
+    assert "lr_img" not in _derived(lr_img=1000.0)
+    assert _derived(img_optimizer="sgd")["lr_img"] == 1000.0
+    assert _derived(img_optimizer="adam") == {"lr_img": 0.01, "pix_init": "mean",
+                                              "lr_teacher": ["auto"]}
+    # texture canvases keep the reference's settings (auto needs whole images)
+    assert _derived(texture=True) == {"img_optimizer": "sgd", "lr_img": 1000.0,
+                                      "pix_init": "real", "lr_teacher": [0.01]}
+    assert _derived(lr_teacher=[0.01], pix_init="noise", img_optimizer="sgd",
+                    lr_img=100.0) == {}
+
+
+def test_stm_default_cap_follows_adams_own_stop():
+    # Adam stops fine-tuning at 5 % of its start lr: 0.01 -> 0.0005 takes 14 decays of 0.8
+    # (0.8^13 = 0.055 > 0.05, 0.8^14 = 0.044); 29 stages x 1010 + 50 x 14 + 1
+    cfg = derive(DistillConfig(max_start_epoch=29))
+    assert cfg.img_optimizer == "adam"
+    assert default_iterations(cfg) == 29 * 1010 + 50 * 14 + 1
+
+
+@pytest.fixture(scope="module")
+def short_buffer(tmp_path_factory):
+    """The issue's short buffer: 2 experts x 4 epochs on the digits, every setting derived."""
+    root = tmp_path_factory.mktemp("short")
+    assert main(["buffer", "--dataset", "digits", "--num_experts", "2", "--train_epochs", "4",
+                 "--buffer_path", str(root / "buffers"), "--quiet"]) in (0, None)
+    return root
+
+
+def test_buffer_derives_and_records_its_model_and_batch(short_buffer):
+    folder = short_buffer / "buffers" / "digits" / "ConvNetD2W32"
+    meta = json.loads((folder / "buffer.json").read_text())
+    assert meta["expert"]["model"] == "ConvNetD2W32" and meta["expert"]["batch_train"] == 32
+    assert set(meta["derived"]) == {"model", "batch_train"}
+    assert "8 px" in meta["derived"]["model"]["from"]
+
+
+def test_default_distill_on_a_short_buffer_neither_diverges_nor_warns(short_buffer, capsys):
+    # before: first matching loss 15, image updates 1e5 x the images' norm, 5 refusals, stop
+    run = short_buffer / "run"
+    assert main(["distill", "--dataset", "digits", "--Iteration", "30", "--eval_it", "0",
+                 "--buffer_path", str(short_buffer / "buffers"), "--run_dir", str(run),
+                 "--quiet"]) in (0, None)
+    err = capsys.readouterr().err
+    assert "warning" not in err.lower() and "refused" not in err
+    assert "derived settings: model ConvNetD2W32, img_optimizer adam, lr_img 0.01" in err
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 30 and not any(r.get("diverged") for r in rows)
+    assert rows[0]["loss"] < 1  # the auto lr: the student does not overshoot the expert
+    config = json.loads((run / "config.json").read_text())
+    assert config["img_optimizer"] == "adam" and config["pix_init"] == "mean"
+    lr = config["lr_teacher"][0]
+    assert config["derived"]["lr_teacher"]["value"] == [lr] and f"{lr:.4g}" in \
+        config["derived"]["lr_teacher"]["from"]
+    assert "only buffer" in config["derived"]["model"]["from"] or \
+        "derived expert model" in config["derived"]["model"]["from"]
+
+
+def test_the_reference_commands_keep_their_meaning(short_buffer, tmp_path):
+    # --model ConvNet and --lr_img given: the reference's SGD on the reference's model's buffer
+    assert main(["buffer", "--dataset", "digits", "--model", "ConvNetD2", "--num_experts", "1",
+                 "--train_epochs", "3", "--batch_train", "256", "--buffer_path",
+                 str(tmp_path / "b"), "--quiet"]) in (0, None)
+    assert main(["distill", "--dataset", "digits", "--Iteration", "2", "--eval_it", "0",
+                 "--lr_img", "100", "--lr_teacher", "0.01", "--pix_init", "real",
+                 "--buffer_path", str(tmp_path / "b"), "--run_dir", str(tmp_path / "r"),
+                 "--quiet"]) in (0, None)
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["img_optimizer"] == "sgd" and config["lr_img"] == 100
+    assert set(config["derived"]) == {"img_optimizer", "model"}  # the only buffer there
+    assert config["derived"]["model"]["value"] == "ConvNetD2"

@@ -1,0 +1,105 @@
+"""A run that says whether it worked (issue 21): the verdict's rules on hand-made records, and
+a real run's final comparison, iteration-0 evaluation and report."""
+import json
+
+import pytest
+
+from trajdistill.data import load_dataset
+from trajdistill.distill import DistillConfig, Distiller, open_buffer
+from trajdistill.experts import ExpertConfig, train_experts
+from trajdistill.report import build_report
+from trajdistill.verdict import diagnose, judge
+
+
+def _r(val):
+    return {"val_mean": val, "lr": 0.01, "mean": val, "std": 0.0}
+
+
+def test_judge_says_which_sets_were_not_beaten():
+    ok, line = judge({"distilled": _r(0.8), "class mean": _r(0.7), "random real": _r(0.5)},
+                     lambda best: ["x"])
+    assert ok and line.startswith("the distilled set beats class mean, random real")
+    assert "80.00 % against class mean 70.00 %, random real 50.00 %" in line
+    seen = []
+    ok, line = judge({"distilled": _r(0.6), "class mean": _r(0.7), "random real": _r(0.5)},
+                     lambda best: seen.append(best) or ["cause one", "cause two"])
+    assert not ok and seen == [0.7]  # the causes are judged against the best baseline
+    assert line.startswith("warning: the distilled set does not beat class mean on validation")
+    assert line.endswith("Likely: cause one; cause two")
+    # a tie is not a win
+    assert not judge({"distilled": _r(0.7), "class mean": _r(0.7)}, lambda b: ["c"])[0]
+
+
+def test_diagnose_names_the_causes_the_record_shows():
+    flat = [0.5] * 30
+    assert any("barely fell (0.500 -> 0.500)" in c for c in diagnose(flat, 0.1, 0, 0.9, 0.5))
+    over = [2.0] * 10 + [0.5] * 20  # first ten average 2: the student overshoots
+    assert any("first matching losses average 2.00" in c for c in diagnose(over, 0.1, 0, 0.9, 0.5))
+    falling = [1.0 - 0.02 * i for i in range(30)]  # 0.91 -> 0.61: learning
+    assert diagnose(falling, 0.1, 0, 0.9, 0.5) == [
+        "no clear cause in the run's record: try more iterations, more experts, or --syn_steps"]
+    causes = diagnose(falling, 3.0, 4, 0.52, 0.5)
+    assert any("drifted 3.0 times" in c for c in causes)
+    assert any("4 updates were refused" in c for c in causes)
+    assert any("experts are weak (test accuracy 52.0 %" in c for c in causes)
+
+
+@pytest.fixture(scope="module")
+def digits_buffer(tmp_path_factory):
+    root = tmp_path_factory.mktemp("verdict")
+    splits = load_dataset("digits")
+    train_experts(splits, ExpertConfig(num_experts=1, train_epochs=4), root / "buffer",
+                  progress=False)
+    return splits, open_buffer(root / "buffer", splits), root
+
+
+def test_a_run_compares_its_chosen_set_with_its_start_and_the_baselines(digits_buffer):
+    splits, store, root = digits_buffer
+    cfg = DistillConfig(ipc=2, syn_steps=5, iterations=4, eval_it=4, num_eval=1,
+                        epoch_eval_train=30, eval_lrs=[0.01, 0.001])
+    d = Distiller(cfg, splits, store, root / "run", progress=False)
+    best = d.run()
+    evals = [json.loads(line) for line in (root / "run" / "evals.jsonl").read_text().splitlines()]
+    assert [e["it"] for e in evals] == [0, 4]  # the start is evaluated: it may be the best
+    final = json.loads((root / "run" / "final.json").read_text())
+    # ipc 2 starts from real images, so the start is its own contender
+    assert list(final["sets"]) == ["distilled", "its start (real)", "class mean",
+                                   "random real (2/class)"]
+    learned = d.lrs()[0]
+    assert final["eval_lrs"] == [0.01, 0.001]
+    lrs = {e["lr"] for e in final["sets"]["distilled"]["sweep"]}
+    assert lrs == {0.01, 0.001, learned}  # the learned lr competes
+    assert final["sets"]["distilled"]["learned"]["lr"] == learned
+    for name, r in final["sets"].items():
+        assert r["lr"] == max(r["sweep"], key=lambda e: e["val_mean"])["lr"], name
+    assert best["verdict"] == final["message"] and best["beats_all"] == final["beats_all"]
+    report = build_report(root / "run", splits=splits).with_name("report.md").read_text()
+    assert "## Verdict" in report and final["message"] in report
+    assert "| distilled, at its learned lr |" in report and "## Derived settings" in report
+
+
+def test_a_set_that_did_not_move_is_reported_as_not_beating_its_start(digits_buffer, capsys):
+    # Adam at 1e-9 leaves the class means where they were: the distilled set equals the
+    # class-mean baseline image for image, trains the same networks, and cannot beat it
+    splits, store, root = digits_buffer
+    cfg = DistillConfig(ipc=1, syn_steps=3, iterations=2, eval_it=2, num_eval=1,
+                        epoch_eval_train=20, eval_lrs=[0.01], lr_img=1e-9, img_optimizer="adam",
+                        lr_teacher=[0.01], learn_lr=False)
+    d = Distiller(cfg, splits, store, root / "still", progress=False)
+    best = d.run()
+    final = json.loads((root / "still" / "final.json").read_text())
+    assert list(final["sets"]) == ["distilled", "class mean", "random real (1/class)"]
+    assert final["sets"]["distilled"]["val_mean"] == final["sets"]["class mean"]["val_mean"]
+    assert not best["beats_all"]
+    assert best["verdict"].startswith("warning: the distilled set does not beat class mean")
+    assert "Likely: " in best["verdict"]
+
+
+def test_final_eval_off_and_no_evaluation_write_no_verdict(digits_buffer):
+    splits, store, root = digits_buffer
+    for name, kw in (("off", {"final_eval": "off", "eval_it": 2}), ("none", {"eval_it": 0})):
+        d = Distiller(DistillConfig(ipc=1, syn_steps=2, iterations=2, num_eval=1,
+                                    epoch_eval_train=5, **kw), splits, store, root / name,
+                      progress=False)
+        assert "verdict" not in d.run()
+        assert not (root / name / "final.json").exists()
