@@ -95,3 +95,27 @@ def test_random_real_baseline_picks_each_class(run):
     splits = run[0]
     images, labels = random_real(splits, 3, seed=1)
     assert images.dtype == torch.uint8 and labels.tolist() == sorted(list(range(10)) * 3)
+
+
+def test_the_demo_runs_on_the_defaults_and_tabulates_the_final_comparison(tmp_path):
+    """demo.py with a tiny budget: every distillation setting derived, the table read from
+    the final comparison (each set at its lr chosen on validation), and a second run in the
+    same folder starts afresh instead of appending to the first one's logs."""
+    from trajdistill.demo import DemoConfig, run_demo
+    cfg = DemoConfig(num_experts=1, train_epochs=2, iterations=3, num_eval=1,
+                     epoch_eval_train=5, full_epochs=1)
+    for _ in range(2):
+        summary = run_demo(tmp_path / "demo", cfg, progress=False)
+    names = [r["name"] for r in summary["table"]]
+    assert names == ["STM distilled, 1 img/class", "class mean, 1 img/class",
+                     "random real, 1 img/class", "full training set (1438 images)"]
+    final = json.loads((tmp_path / "demo" / "final.json").read_text())
+    learned = final["sets"]["distilled"]["learned"]["lr"]  # the chosen set's own lr
+    assert all(r["lr"] in (0.01, 0.003, 0.001, 0.0003, 0.0001, learned)
+               for r in summary["table"])
+    assert summary["table"][0]["mean"] == final["sets"]["distilled"]["mean"]
+    config = json.loads((tmp_path / "demo" / "config.json").read_text())
+    assert {"img_optimizer", "lr_img", "pix_init", "lr_teacher"} <= set(config["derived"])
+    evals = (tmp_path / "demo" / "evals.jsonl").read_text().splitlines()
+    assert [json.loads(e)["it"] for e in evals] == [0, 3]  # the second run's only
+    assert summary["verdict"] in (tmp_path / "demo" / "report.md").read_text()

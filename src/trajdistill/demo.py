@@ -71,6 +71,7 @@ def run_demo(run_dir: str | Path = "runs/demo", cfg: DemoConfig | None = None,
     model = final["model"]
     full = evaluate_set(splits.train.images, splits.train.labels, splits, [0.01], [model],
                         EvalConfig(num_eval=cfg.num_eval, epoch_eval_train=cfg.full_epochs,
+                                   batch_train=ecfg.batch_train,  # the experts' (derived) batch
                                    device=cfg.device, seed=cfg.seed), 0, progress)[model]
     table = [{"name": _row_name(k, cfg.ipc),
               "n": cfg.num_eval, "mean": r["mean"], "std": r["std"], "val_mean": r["val_mean"],
@@ -92,7 +93,8 @@ def run_demo(run_dir: str | Path = "runs/demo", cfg: DemoConfig | None = None,
                          + (f"; at its learned lr {learned['lr']:.3g} the distilled set scores "
                             f"{100 * learned['mean']:.2f} % (the reference's protocol)"
                             if learned else "")
-                         + f". The full set: {cfg.full_epochs} epochs at lr 0.01. "
+                         + f". The full set: {cfg.full_epochs} epochs at lr 0.01, batch "
+                         f"{ecfg.batch_train} (the experts' settings). "
                          + ("Distillation's forward passes in bfloat16 (--autocast bf16). "
                             if cfg.autocast == "bf16" else "")
                          + f"Total wall time {seconds:.0f} s.")}

@@ -471,12 +471,12 @@ class Distiller:
                                   progress=self.progress, comm=self.comm)
         if not self.comm.is_main:
             return None
+        record = read_jsonl(self.run_dir / "metrics.jsonl")
+        drift = (float((chosen.images - initial).norm() / initial.norm())
+                 if initial is not None else None)
         ok, message = verdict.judge(results, lambda base: verdict.diagnose(
-            [r["loss"] for r in read_jsonl(self.run_dir / "metrics.jsonl") if "loss" in r],
-            float((chosen.images - self.initial_images).norm() / self.initial_images.norm())
-            if initial is not None else None,
-            sum(1 for r in read_jsonl(self.run_dir / "metrics.jsonl") if r.get("diverged")),
-            self._expert_accuracy(), base))
+            [r["loss"] for r in record if "loss" in r], drift,
+            sum(1 for r in record if r.get("diverged")), self._expert_accuracy(), base))
         out = {"model": model, "chosen_iteration": chosen.meta.get("iteration"),
                "eval_lrs": list(cfg.eval_lrs), "sets": results, "beats_all": ok,
                "message": message}
