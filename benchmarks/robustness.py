@@ -102,6 +102,11 @@ def _fig(r: dict) -> dict:
     return {"test": r["mean"], "std": r["std"], "val": r["val_mean"], "lr": r["lr"]}
 
 
+def _cell(fig: dict) -> str:
+    """Test accuracy ± std (%) and, in brackets, the lr chosen on validation."""
+    return f"{100 * fig['test']:.1f} ± {100 * fig['std']:.1f} ({fig['lr']:.2g})"
+
+
 def table(rows: list[dict]) -> str:
     """The docs' table: test accuracy (%) at each set's lr chosen on validation."""
     lines = ["| data | ipc | model | distilled | class mean | random real | full data (experts) "
@@ -109,11 +114,9 @@ def table(rows: list[dict]) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         d, m, rr = r["distilled"], r["class_mean"], r["random_real"]
-        lines.append(f"| {r['row']} | {r['ipc']} | {r['model']} | {100 * d['test']:.1f} ± "
-                     f"{100 * d['std']:.1f} | {100 * m['test']:.1f} ± {100 * m['std']:.1f} | "
-                     f"{100 * rr['test']:.1f} ± {100 * rr['std']:.1f} | "
-                     f"{100 * r['full_data_experts']:.1f} | {100 * (d['test'] - m['test']):+.1f} | "
-                     f"{100 * (d['test'] - rr['test']):+.1f} |")
+        lines.append(f"| {r['row']} | {r['ipc']} | {r['model']} | {_cell(d)} | {_cell(m)} | "
+                     f"{_cell(rr)} | {100 * r['full_data_experts']:.1f} | "
+                     f"{100 * (d['test'] - m['test']):+.1f} | {100 * (d['test'] - rr['test']):+.1f} |")
     return "\n".join(lines)
 
 

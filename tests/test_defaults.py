@@ -51,6 +51,7 @@ def test_distill_defaults_by_ipc_and_by_what_was_given():
     assert _derived(lr_img=1000.0)["img_optimizer"] == "sgd"
     assert "lr_img" not in _derived(lr_img=1000.0)
     assert _derived(img_optimizer="sgd")["lr_img"] == 1000.0
+    assert _derived(lr_img=1000.0)["pix_init"] == "real"  # the reference's start with its step
     assert _derived(img_optimizer="adam") == {"lr_img": 0.01, "pix_init": "mean",
                                               "lr_teacher": ["auto"]}
     # texture canvases keep the reference's settings (auto needs whole images)

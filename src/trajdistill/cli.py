@@ -102,13 +102,17 @@ def _add_folder_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train_flags(p: argparse.ArgumentParser, no_aug: bool = True) -> None:
-    p.add_argument("--model", type=kinds.non_empty, help="network (ConvNet, ConvNetD4, ResNet18, ...)")
+    p.add_argument("--model", type=kinds.non_empty, help="network (ConvNet, ConvNetD4W32, "
+                   "ResNet18, ...; default derived from the resolution: ConvNetW32 at 32 px, "
+                   "ConvNetD4W32 at 64, ConvNetD5W32 at 128; distill: the buffer's)")
     p.add_argument("--dsa", type=_bool, default=None, help="differentiable augmentation (True/False)")
     p.add_argument("--dsa_strategy", type=kinds.dsa_strategy, default=None, help="DSA groups joined by _ (default "
                    "color_crop_cutout_flip_scale_rotate), or galaxy: full turns and both flips")
     if no_aug:  # distill has its own --no_aug: the reference's, for the unrolled student only
         p.add_argument("--no_aug", action="store_true", default=None, help="same as --dsa False")
-    p.add_argument("--batch_train", type=kinds.positive_int, default=None)
+    p.add_argument("--batch_train", type=kinds.positive_int, default=None,
+                   help="minibatch (buffer: derived, at least 32 steps an epoch within 32-256; "
+                   "evaluation networks: 256)")
 
 
 def _add_eval_flags(p: argparse.ArgumentParser) -> None:
@@ -306,7 +310,9 @@ def _add_distill_parser(sub) -> None:
     p.add_argument("--syn_steps", type=kinds.positive_int)
     p.add_argument("--expert_epochs", type=kinds.positive_int)
     p.add_argument("--max_start_epoch", type=kinds.positive_int)
-    p.add_argument("--lr_img", type=kinds.non_negative_float)
+    p.add_argument("--lr_img", type=kinds.non_negative_float,
+                   help="image lr (default derived: 0.01 with adam; alone it means the reference's "
+                   "SGD, as in the reference)")
     p.add_argument("--lr_lr", type=kinds.non_negative_float)
     p.add_argument("--lr_teacher", "--list", dest="lr_teacher", type=_lr_or_auto, nargs="+",
                    help="initial synthetic lr(s), or auto: derived from the buffer (the first "
@@ -319,11 +325,13 @@ def _add_distill_parser(sub) -> None:
     p.add_argument("--sigma", type=kinds.positive_float, help="STM threshold (default 5)")
     p.add_argument("--min_duration", type=kinds.positive_int)
     p.add_argument("--max_duration", "--T_max", dest="max_duration", type=kinds.positive_int)
-    p.add_argument("--pix_init", help="real (default), noise, correct (real images the "
+    p.add_argument("--pix_init", help="real, noise, correct (real images the "
                    "expert classifies correctly, DATM), mean (the class-mean image) or mean_noise "
-                   "(class mean plus noise)")
-    p.add_argument("--img_optimizer", choices=["sgd", "adam"], help="image optimiser: sgd "
-                   "(default, momentum 0.5) or adam (--lr_img is then the step per pixel, ~0.01)")
+                   "(class mean plus noise); default derived: mean at --ipc 1, real above and "
+                   "with the reference's SGD step")
+    p.add_argument("--img_optimizer", choices=["sgd", "adam"], help="image optimiser: adam "
+                   "(the derived default; --lr_img is the step per pixel, 0.01) or sgd (momentum "
+                   "0.5, the reference's; implied by --lr_img alone, default lr 1000)")
     p.add_argument("--loss_warn_it", type=kinds.non_negative_int, help="warn if the matching "
                    "loss has not fallen below 1 by this iteration (default 300; 0: never)")
     p.add_argument("--batch_syn", type=kinds.positive_int)

@@ -17,7 +17,7 @@ distillation (`trajdistill distill`)
   the gradient's scale (SGD at the reference's 1000 drifts several times the images' norm on
   data it was not tuned for, or diverges);
 - the initial images: the class mean at 1 image per class (the run starts from the baseline
-  it must beat), real images at more;
+  it must beat), real images at more, and with the reference's SGD step its real start;
 - the synthetic lr: `--lr_teacher auto` (lr_auto.py: syn_steps student steps travel as far as
   the expert did);
 - the model: the buffer's (found under --buffer_path, see experts.find_buffer).
@@ -102,6 +102,8 @@ def derive_distill(cfg) -> dict:
         out["pix_init"] = (
             derived("real", "texture canvases start as tiled real images (the reference)")
             if cfg.texture else
+            derived("real", "the reference's SGD image step: the reference's real start")
+            if optimiser == "sgd" else
             derived("mean", "1 image per class: the class mean, the baseline the set must beat")
             if cfg.ipc == 1 else
             derived("real", f"{cfg.ipc} images per class: real images, different in each slot"))

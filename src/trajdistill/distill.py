@@ -144,7 +144,7 @@ class Distiller:
                 cfg.stm and cfg.lr_mode == "independent-lr") else 1)
             how = cfg.derived.get("lr_teacher", {}).get("from", "--lr_teacher auto")
             cfg.derived["lr_teacher"] = derived(cfg.lr_teacher, f"{how}: measured {lr:.4g}, the "
-                                                "median over 3 experts x 5 start epochs")
+                                                "median over up to 3 experts x 5 start epochs")
         self._say_derived()
         self.log_lrs = [torch.tensor(math.log(v), device=self.device, requires_grad=True)
                         for v in cfg.lr_teacher]
