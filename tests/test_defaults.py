@@ -120,3 +120,24 @@ def test_the_reference_commands_keep_their_meaning(short_buffer, tmp_path):
     assert config["img_optimizer"] == "sgd" and config["lr_img"] == 100
     assert set(config["derived"]) == {"img_optimizer", "model"}  # the only buffer there
     assert config["derived"]["model"]["value"] == "ConvNetD2"
+
+
+def test_distill_finds_the_buffers_model(tmp_path):
+    from trajdistill.experts import BufferError, find_model
+
+    def make(*models):
+        for m in models:
+            (tmp_path / m).mkdir(parents=True, exist_ok=True)
+            (tmp_path / m / "buffer.json").write_text("{}")
+
+    assert find_model(tmp_path, "ConvNetW32")[0] == "ConvNetW32"  # none yet: the derived one
+    make("ConvNetD2")
+    model, why = find_model(tmp_path, "ConvNetW32")
+    assert model == "ConvNetD2" and "only buffer" in why
+    make("ConvNet")
+    assert find_model(tmp_path, "ConvNetW32")[0] == "ConvNet"  # the reference's, among several
+    make("ConvNetW32")
+    assert find_model(tmp_path, "ConvNetW32")[0] == "ConvNetW32"  # the derived one first
+    (tmp_path / "ConvNet").rename(tmp_path / "ConvNetAP")
+    with pytest.raises(BufferError, match="several models"):  # none derived, no ConvNet
+        find_model(tmp_path, "ConvNetD4W32")
