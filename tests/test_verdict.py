@@ -103,3 +103,22 @@ def test_final_eval_off_and_no_evaluation_write_no_verdict(digits_buffer):
                       progress=False)
         assert "verdict" not in d.run()
         assert not (root / name / "final.json").exists()
+
+
+def test_a_new_run_in_a_used_folder_starts_afresh(digits_buffer):
+    """Logs were opened for appending: a second run in the same folder added its records to
+    the first one's, and the report plotted both. A new run now starts its logs and removes
+    the last one's results; a resumed run keeps its own (test_resume.py)."""
+    splits, store, root = digits_buffer
+    run = root / "again"
+    for iterations, eval_it in ((3, 3), (2, 0)):
+        d = Distiller(DistillConfig(ipc=1, syn_steps=2, iterations=iterations, eval_it=eval_it,
+                                    num_eval=1, epoch_eval_train=2, eval_lrs=[0.01]),
+                      splits, store, run, progress=False)
+        d.run()
+        if eval_it:  # the first run chose a set and judged it
+            assert (run / "synthetic_best.pt").exists() and (run / "final.json").exists()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["it"] for r in rows] == [0, 1]
+    assert (run / "evals.jsonl").read_text() == ""  # the second run evaluated nothing
+    assert not (run / "synthetic_best.pt").exists() and not (run / "final.json").exists()

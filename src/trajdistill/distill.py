@@ -138,6 +138,7 @@ class Distiller:
                                                self._labeller, self._note)
         self.images = images.to(self.device).requires_grad_(True)
         self.initial_images = images.detach().cpu().clone()  # the start, for the verdict
+        self.resumed = False  # set by `resume`: its logs are kept (cut back to the checkpoint)
         if cfg.lr_teacher in ("auto", ["auto"]):
             lr = auto_teacher_lr(cfg, store, self.experts, self.student, self.images, self.labels)
             cfg.lr_teacher = [lr] * (cfg.init_epoch if (
@@ -290,6 +291,7 @@ class Distiller:
         if device is not None:  # torchrun on CUDA: this rank's own GPU
             cfg.device = device
         d = cls(cfg, splits, store, run_dir, progress, source=saved.get("source"), comm=comm)
+        d.resumed = True
         ckpt = run_dir / "checkpoint.pt"
         state = comm.broadcast_object(safe_load(ckpt) if comm.is_main and ckpt.exists() else None)
         if state is not None:
@@ -454,8 +456,8 @@ class Distiller:
         its lr chosen on validation (verdict.py); written to final.json. None when the run
         evaluates nothing (--eval_it 0), has no validation split, or --final_eval off (and for
         texture sets: canvases are not images of the baselines' kind)."""
-        cfg = self.cfg
-        if cfg.final_eval == "off" or not cfg.eval_it or self._val() is None or cfg.texture:
+        cfg, val = self.cfg, self._val()
+        if cfg.final_eval == "off" or not cfg.eval_it or val is None or cfg.texture:
             return None
         best = self.run_dir / "synthetic_best.pt"
         chosen = (SyntheticSet.load(best) if self.comm.is_main and best.exists() and
@@ -467,7 +469,7 @@ class Distiller:
         self._note(f"final comparison on validation: {', '.join(s.name for s in sets)}, each at "
                    f"the best of {len(cfg.eval_lrs)} lrs (--final_eval off skips it)")
         model = cfg.eval_models[0]
-        results = verdict.compare(sets, self.splits, model, self._eval_config(), self._val(),
+        results = verdict.compare(sets, self.splits, model, self._eval_config(), val,
                                   progress=self.progress, comm=self.comm)
         if not self.comm.is_main:
             return None
@@ -502,8 +504,16 @@ class Distiller:
         self.tracker = (Tracker.open(self.run_dir, asdict(cfg), wandb=cfg.wandb,
                                      tensorboard=cfg.tensorboard, name=cfg.wandb_name)
                         if main else Tracker())
-        metrics = open(self.run_dir / "metrics.jsonl", "a") if main else _Discard()
-        evals = open(self.run_dir / "evals.jsonl", "a") if main else _Discard()
+        # a new run in a folder that held another starts afresh (its logs and results would
+        # otherwise be read, plotted and compared with this one's); a resumed run, or a second
+        # run() of the same Distiller, continues its own
+        fresh = not self.resumed and self.iteration == cfg.prev_iter
+        if main and fresh:
+            for name in ("final.json", "synthetic_best.pt"):
+                (self.run_dir / name).unlink(missing_ok=True)
+        mode = "w" if fresh else "a"
+        metrics = open(self.run_dir / "metrics.jsonl", mode) if main else _Discard()
+        evals = open(self.run_dir / "evals.jsonl", mode) if main else _Discard()
         bar = progress_out.bar(range(self.iteration, cfg.iterations), desc="distill",
                                enabled=self.progress, report=True)
         try:
