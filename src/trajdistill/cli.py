@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from . import flags as kinds
 from .distributed import init_from_env, shutdown
 from .errors import ConfigError
-from .defaults import expert_model
+from .defaults import derived, expert_model
 from .experts import buffer_dir, data_folder, find_model
 from .verdict import EVAL_LRS
 from .precision import AUTOCAST_DTYPES, set_tf32, tf32_requested
@@ -206,7 +206,7 @@ def cmd_distill(args) -> None:
     kw["eval_models"] = eval_pool(o["eval_mode"], store.model)
     cfg = DistillConfig(**kw)
     if model_from:
-        cfg.derived["model"] = {"value": o["model"], "from": model_from}
+        cfg.derived["model"] = derived(o["model"], model_from)
     run_dir = Path(o.get("run_dir") or Path("runs") / (
         o.get("wandb_name") or f"{Path(o['dataset']).name}-{cfg.method}-ipc{cfg.ipc}-"
         f"{time.strftime('%Y%m%d-%H%M%S')}"))

@@ -20,7 +20,7 @@ distillation (`trajdistill distill`)
   it must beat), real images at more, and with the reference's SGD step its real start;
 - the synthetic lr: `--lr_teacher auto` (lr_auto.py: syn_steps student steps travel as far as
   the expert did);
-- the model: the buffer's (found under --buffer_path, see experts.find_buffer).
+- the model: the buffer's (found under --buffer_path, see experts.find_model).
 
 An explicit flag keeps the reference's meaning (`--lr_img 1000` alone still means SGD, as in
 the reference), and presets give the published settings explicitly. Each derived value and

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .distributed import SINGLE, Comm
 from .evaluate import EvalConfig, class_means, evaluate_sweep, random_real
 
 # The lrs every set of the final comparison is trained at (a distilled set's learned lr
@@ -44,7 +45,7 @@ def contenders(chosen, initial: torch.Tensor, splits, ipc: int, pix_init: str, s
     learned = chosen.lrs[0] if len(chosen.lrs) == 1 else None
     out = [Contender("distilled", chosen.images, chosen.targets(),
                      list(grid) + ([learned] if learned else []), chosen.syn_steps, learned)]
-    mean_start = pix_init == "mean" and ipc == 1 and initial is not None
+    mean_start = pix_init == "mean" and ipc == 1  # the start is the class-mean baseline
     if initial is not None and not mean_start:
         out.append(Contender(f"its start ({pix_init})", initial, chosen.labels, list(grid)))
     out.append(Contender("class mean", *class_means(splits), list(grid)))
@@ -54,13 +55,12 @@ def contenders(chosen, initial: torch.Tensor, splits, ipc: int, pix_init: str, s
 
 
 def compare(sets: list[Contender], splits, model: str, cfg: EvalConfig, val, progress=False,
-            comm=None) -> dict:
+            comm: Comm = SINGLE) -> dict:
     """{set name: {lr, val_mean, mean, std, sweep[, learned: {lr, val_mean, mean, std}]}}."""
-    kw = {"comm": comm} if comm is not None else {}
     out = {}
     for s in sets:
         r = evaluate_sweep(s.images, s.targets, splits, s.lrs, [model], cfg, val, s.syn_steps,
-                           progress=progress, **kw)[model]
+                           progress=progress, comm=comm)[model]
         out[s.name] = {k: r[k] for k in ("lr", "val_mean", "val_std", "mean", "std", "sweep")}
         if s.learned is not None:
             out[s.name]["learned"] = next(e for e in r["sweep"] if e["lr"] == s.learned)
