@@ -53,6 +53,10 @@ def env(tmp_path_factory):
                         "bad_slots_run": {"metrics.jsonl": '{"it": 0, "loss": 1.0, "lrs": [0.01], '
                                                            '"slots": [{"start_epoch": "x", "loss": 1.0}]}\n'},
                         "list_config_run": {"config.json": "[]"},
+                        "bad_final_run": {"metrics.jsonl": "", "final.json":
+                                          '{"message": "ok", "sets": {"distilled": {"lr": 0.01}}}'},
+                        "bad_derived_run": {"metrics.jsonl": "",
+                                            "config.json": '{"derived": {"lr_img": 0.01}}'},
                         "string_source_run": {"config.json": '{"source": "digits"}'}}.items():
         (root / name).mkdir()
         for file, text in files.items():
@@ -198,6 +202,8 @@ CASES = [
     (["report", "{root}/list_run"], "results.json: expected a JSON object"),
     (["report", "{root}/short_metrics_run"], "metrics.jsonl, record 1: 'loss'"),
     (["report", "{root}/bad_slots_run"], "metrics.jsonl, record 1: 'start_epoch'"),
+    (["report", "{root}/bad_final_run"], "final.json, set 'distilled': 'val_mean'"),
+    (["report", "{root}/bad_derived_run"], "config.json: 'derived' should map settings"),
     (DISTILL + ["--resume", "{root}/list_config_run"], "config.json: expected a JSON object"),
     (DISTILL + ["--resume", "{root}/string_source_run"], "config.json does not say"),
     # synthetic-set files with a field missing or non-finite (were a KeyError, or a silent

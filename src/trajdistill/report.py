@@ -461,12 +461,13 @@ def build_report(run_dir: str | Path, classes: list[str] | None = None,
     if syn is not None and is_galaxy_run(syn.data, config):
         # for astronomers the question is what the network saw in each class: that view first
         sections.sort(key=lambda sec: sec["title"] != CLASS_VIEW)
-    if config.get("derived"):
+    if _checked_derived(config.get("derived"), run / "config.json"):
         add("Derived settings", caption="Settings not given on the command line, derived from "
             "the data and the expert buffer (defaults.py), and what each was derived from.",
             body=_derived_table(config["derived"]), md=_derived_markdown(config["derived"]))
     table = results.get("table") or _table_from_evals(evals)
-    final = load_json(run / "final.json") if (run / "final.json").exists() else None
+    final = (_checked_final(load_json(run / "final.json"), run / "final.json")
+             if (run / "final.json").exists() else None)
     html_path = run / "report.html"
     note = selection_note(evals)
     html_path.write_text(_html(run, table, sections, results, config, syn, note, final))
@@ -585,6 +586,32 @@ def _checked_results(results: dict, path: Path) -> dict:
         _require(row, f"{path}, 'table' row {n}", {"val_mean": "a number", "val_std": "a number"},
                  optional=True)
     return results
+
+
+def _checked_final(final: dict, path: Path) -> dict:
+    """final.json (verdict.py): the message and every set's figures the report shows."""
+    _require(final, str(path), {"message": "a string", "sets": "an object"})
+    for name, r in final["sets"].items():
+        if not isinstance(r, dict):
+            raise FileFormatError(f"{path}: set {name!r} should be an object, got {r!r}")
+        _require(r, f"{path}, set {name!r}", {"lr": "a number", "val_mean": "a number",
+                                              "mean": "a number", "std": "a number"})
+        _require(r, f"{path}, set {name!r}", {"val_std": "a number", "learned": "an object"},
+                 optional=True)
+        if "learned" in r:
+            _require(r["learned"], f"{path}, set {name!r}, 'learned'", {
+                "lr": "a number", "val_mean": "a number", "mean": "a number", "std": "a number"})
+    return final
+
+
+def _checked_derived(derived, path: Path) -> dict:
+    """config.json's 'derived': {setting: {value, from}} (defaults.py), or nothing."""
+    if derived is None:
+        return {}
+    if not isinstance(derived, dict) or not all(isinstance(d, dict) for d in derived.values()):
+        raise FileFormatError(f"{path}: 'derived' should map settings to objects with 'value' "
+                              f"and 'from', got {derived!r}")
+    return derived
 
 
 def _per_class_rows(results: dict, best: dict | None, best_model: str | None):
