@@ -28,6 +28,25 @@ REFERENCE = {"lr_img": 1000.0, "lr_teacher": [0.01], "pix_init": "real"}
 
 
 @pytest.fixture(scope="session")
+def digits():
+    """The embedded 8 px digits (DatasetSplits), loaded once."""
+    from trajdistill.data import load_dataset
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def digits_buffers(tmp_path_factory, digits) -> Path:
+    """One small expert buffer the loop's tests share: 2 ConvNetD2 experts x 4 epochs on the
+    digits, at ROOT/digits/ConvNetD2 (the command line's layout: `--buffer_path ROOT`).
+    Read-only: a test that adds experts or writes beside them makes its own."""
+    from trajdistill.experts import ExpertConfig, train_experts
+    root = tmp_path_factory.mktemp("digits_buffers")
+    train_experts(digits, ExpertConfig(model="ConvNetD2", train_epochs=4, num_experts=2),
+                  root / "digits" / "ConvNetD2", progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """/work/shared/data: the real test files (see its README). Copy before writing."""
     if not SHARED_DATA.is_dir():

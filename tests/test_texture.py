@@ -8,7 +8,7 @@ from PIL import Image
 
 from trajdistill.cli import main
 from trajdistill.data import load_dataset
-from trajdistill.distill import ConfigError, DistillConfig, Distiller, open_buffer, validate
+from trajdistill.distill import ConfigError, DistillConfig, Distiller, open_buffer, resolve
 from trajdistill.experts import ExpertConfig, train_experts
 from trajdistill.texture import TextureSpec, real_canvases, tiled, windows
 from trajdistill.training import train_epoch
@@ -91,9 +91,9 @@ def test_texture_refused_with_zca_and_warned_with_real_init(setup):
     splits, store, root = setup
     zca = load_dataset("digits", zca=True)
     with pytest.raises(ConfigError, match="--texture cannot be used with --zca"):
-        validate(DistillConfig(texture=True, pix_init="noise"), zca, store)
+        resolve(DistillConfig(texture=True, pix_init="noise"), zca, store)
     with pytest.raises(ConfigError, match="--texture cannot be used with --soft_labels"):
-        validate(DistillConfig(texture=True, pix_init="noise", soft_labels=True), splits, store)
+        resolve(DistillConfig(texture=True, pix_init="noise", soft_labels=True), splits, store)
     with pytest.warns(UserWarning, match="--texture with --pix_init real"):
         d = Distiller(DistillConfig(texture=True, pix_init="real", iterations=1), splits, store,
                       root / "real", progress=False)

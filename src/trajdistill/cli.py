@@ -34,22 +34,12 @@ from .distributed import init_from_env, shutdown
 from .errors import ConfigError
 from .defaults import derived, expert_model
 from .experts import buffer_dir, data_folder, find_model
+from .evaluate import EVAL_MODES
 from .verdict import EVAL_LRS
 from .precision import AUTOCAST_DTYPES, set_tf32, tf32_requested
 from .presets import BUFFER_PRESETS, PRESETS, preset
 from .reference_flags import add_reference_flags
 from .reference_flags import translate as translate_reference_flags
-
-
-def _bool(s: str) -> bool:
-    if str(s).lower() in ("true", "1", "yes"):
-        return True
-    if str(s).lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {s!r}")
-
-
-EVAL_MODES = ["S", "C", "M", "W", "D", "A", "P", "N"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -105,7 +95,7 @@ def _add_train_flags(p: argparse.ArgumentParser, no_aug: bool = True) -> None:
     p.add_argument("--model", type=kinds.non_empty, help="network (ConvNet, ConvNetD4W32, "
                    "ResNet18, ...; default derived from the resolution: ConvNetW32 at 32 px, "
                    "ConvNetD4W32 at 64, ConvNetD5W32 at 128; distill: the buffer's)")
-    p.add_argument("--dsa", type=_bool, default=None, help="differentiable augmentation (True/False)")
+    p.add_argument("--dsa", type=kinds.boolean, default=None, help="differentiable augmentation (True/False)")
     p.add_argument("--dsa_strategy", type=kinds.dsa_strategy, default=None, help="DSA groups joined by _ (default "
                    "color_crop_cutout_flip_scale_rotate), or galaxy: full turns and both flips")
     if no_aug:  # distill has its own --no_aug: the reference's, for the unrolled student only
@@ -183,7 +173,6 @@ def cmd_buffer(args) -> None:
 
 def cmd_distill(args) -> None:
     from .distill import DistillConfig, Distiller, open_buffer
-    from .evaluate import eval_pool
     if args.resume:
         return _resume_distill(args)
     o = _resolve(args, {"buffer_path": "./buffers", "eval_mode": "S"}, PRESETS,
@@ -203,10 +192,9 @@ def cmd_distill(args) -> None:
     kw = {k: v for k, v in o.items() if k in names}
     if "Iteration" in o:
         kw["iterations"] = o["Iteration"]
-    kw["eval_models"] = eval_pool(o["eval_mode"], store.model)
-    cfg = DistillConfig(**kw)
     if model_from:
-        cfg.derived["model"] = derived(o["model"], model_from)
+        kw["derived"] = {"model": derived(o["model"], model_from)}
+    cfg = DistillConfig(**kw)
     run_dir = Path(o.get("run_dir") or Path("runs") / (
         o.get("wandb_name") or f"{Path(o['dataset']).name}-{cfg.method}-ipc{cfg.ipc}-"
         f"{time.strftime('%Y%m%d-%H%M%S')}"))
@@ -317,7 +305,7 @@ def _add_distill_parser(sub) -> None:
     p.add_argument("--lr_teacher", "--list", dest="lr_teacher", type=_lr_or_auto, nargs="+",
                    help="initial synthetic lr(s), or auto: derived from the buffer (the first "
                    "unrolled steps travel about as far as expert_epochs of an expert)")
-    p.add_argument("--learn_lr", type=_bool, help="learn the synthetic lr (default True)")
+    p.add_argument("--learn_lr", type=kinds.boolean, help="learn the synthetic lr (default True)")
     p.add_argument("--lr_mode", choices=["global-lr", "independent-lr"],
                    help="global-lr (default) or independent-lr")
     p.add_argument("--sample_method", choices=["cycle", "random"], help="cycle (default) or random")
@@ -634,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a synthetic set file (synthetic_best.pt)")
     _add_data_flags(p)
     _add_eval_flags(p)
-    p.add_argument("--dsa", type=_bool, default=None)
+    p.add_argument("--dsa", type=kinds.boolean, default=None)
     p.add_argument("--dsa_strategy", type=kinds.dsa_strategy, default=None,
                    help="DSA groups, or galaxy (see distill)")
     p.add_argument("--batch_train", type=kinds.positive_int)

@@ -24,11 +24,10 @@ from .data.base import DatasetSplits
 from .distributed import SINGLE, Comm
 from .errors import ConfigError
 from .evaluate import EvalConfig, evaluate_set
-from .experts import BufferError, TrajectoryStore
+from .experts import BufferError, TrajectoryStore, open_buffer  # noqa: F401 (API)
 from .guard import DivergenceError, Guard, apply_or_roll_back, non_finite  # noqa: F401 (API)
-from .defaults import derived
-from .distill_config import DistillConfig, default_iterations, stop_lr_img, validate  # noqa: F401
-from .initial import Labeller, auto_teacher_lr, initial_images
+from .distill_config import DistillConfig, default_iterations, resolve, stop_lr_img  # noqa: F401
+from .initial import Labeller, initial_images
 from .io import atomic_save, atomic_write_text, load_json, read_jsonl, safe_load, write_json
 from .matching import GRADIENT_METHODS, MatchProblem, kept_steps, matching_loss, plan_unroll
 from .meta_batch import Combined, Slot, SlotResult, combine, draw_slots
@@ -46,20 +45,6 @@ from .validation import validation_indices
 # still loads (those entries are ignored, so its continuation draws differently).
 CHECKPOINT_FORMAT = "trajdistill.checkpoint/2"
 READABLE_FORMATS = ("trajdistill.checkpoint/1", CHECKPOINT_FORMAT)
-
-
-def open_buffer(buffer_dir: str | Path, splits: DatasetSplits) -> TrajectoryStore:
-    """Open a trajectory store and refuse it unless it was made from this exact data."""
-    store = TrajectoryStore.open(buffer_dir)
-    store.check_data(splits.describe())
-    mine, theirs = splits.preprocess.state_dict(), store.preprocess.state_dict()
-    if not _same_preprocess(mine, theirs):
-        raise BufferError(f"expert buffer {store.root} was trained with another input "
-                          "normalisation/ZCA than this data gives; rebuild the buffer or pass the "
-                          "same --zca and data")
-    if not store.indices():
-        raise BufferError(f"expert buffer {store.root} holds no finished expert yet")
-    return store
 
 
 class _Discard:
@@ -104,15 +89,6 @@ def _short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _same_preprocess(a: dict, b: dict) -> bool:
-    if not (torch.allclose(torch.tensor(a["mean"]), torch.tensor(b["mean"]), atol=1e-5)
-            and torch.allclose(torch.tensor(a["std"]), torch.tensor(b["std"]), atol=1e-5)):
-        return False
-    if (a["zca"] is None) != (b["zca"] is None):
-        return False
-    return a["zca"] is None or torch.allclose(a["zca"]["transform"], b["zca"]["transform"], atol=1e-4)
-
-
 class Distiller:
     """Learnable state + loop. `run()` distills; `state_dict()` is everything to resume."""
 
@@ -120,7 +96,7 @@ class Distiller:
                  run_dir: str | Path, progress: bool = True, source: dict | None = None,
                  comm: Comm = SINGLE):
         self.comm = comm  # torchrun's ranks (distributed.py); SINGLE: this process alone
-        self.cfg = validate(cfg, splits, store)
+        self.cfg = cfg = resolve(cfg, splits, store)  # a settled copy; the caller's is untouched
         self.source = source or {}  # where data and buffer came from (for --resume)
         self.splits, self.store, self.progress = splits, store, progress and comm.is_main
         self.run_dir = Path(run_dir)
@@ -139,13 +115,6 @@ class Distiller:
         self.images = images.to(self.device).requires_grad_(True)
         self.initial_images = images.detach().cpu().clone()  # the start, for the verdict
         self.resumed = False  # set by `resume`: its logs are kept (cut back to the checkpoint)
-        if cfg.lr_teacher in ("auto", ["auto"]):
-            lr = auto_teacher_lr(cfg, store, self.experts, self.student, self.images, self.labels)
-            cfg.lr_teacher = [lr] * (cfg.init_epoch if (
-                cfg.stm and cfg.lr_mode == "independent-lr") else 1)
-            how = cfg.derived.get("lr_teacher", {}).get("from", "--lr_teacher auto")
-            cfg.derived["lr_teacher"] = derived(cfg.lr_teacher, f"{how}: measured {lr:.4g}, the "
-                                                "median over up to 3 experts x 5 start epochs")
         self._say_derived()
         self.log_lrs = [torch.tensor(math.log(v), device=self.device, requires_grad=True)
                         for v in cfg.lr_teacher]

@@ -1,21 +1,26 @@
 """What a distillation is asked to do (`DistillConfig`) and whether it can be done.
 
-`validate` fills the defaults that depend on the data and the expert buffer (max_start_epoch,
-the validation split's size, the evaluation models, the STM iteration bound) and refuses,
-with one message naming the flag, every setting that cannot work: the same kinds and ranges
-the command line checks where it parses, for configurations built in Python.
+`resolve(cfg, splits, store)` returns a new, fully settled config: every default that depends
+on the data and the expert buffer filled in (the derived lrs and start, max_start_epoch, the
+validation split's size, the evaluation models, the STM iteration bound, the measured
+`--lr_teacher auto`), and every setting that cannot work refused with one message naming the
+flag: the same kinds and ranges the command line checks where it parses, for configurations
+built in Python. Nothing changes a config after it: the caller's stays as it was, and
+config.json holds exactly the resolved one that ran (resolving it again gives it back).
 """
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 from .augment import DEFAULT_STRATEGY
 from .data.base import DatasetSplits
-from .defaults import derive_distill
+from .defaults import derive_distill, derived
 from .errors import ConfigError
-from .evaluate import BATCHED_CHOICES
+from .evaluate import BATCHED_CHOICES, eval_pool
 from .experts import TrajectoryStore
 from .flags import check_config
 from .initial import LABEL_INITS, PIX_INITS
@@ -54,7 +59,8 @@ class DistillConfig:
     batch_syn: int | None = None        # default: the whole synthetic set
     iterations: int | None = None      # default: see `default_iterations`
     eval_it: int = 200
-    eval_models: list[str] = field(default_factory=list)  # default: the experts' model
+    eval_models: list[str] = field(default_factory=list)  # default: eval_mode's pool
+    eval_mode: str = "S"                # the reference's pools (evaluate.eval_pool); S: the experts' model
     num_eval: int = 5
     epoch_eval_train: int = 1000
     batch_train: int = 256              # minibatch of the evaluation networks (as the reference)
@@ -112,7 +118,7 @@ class DistillConfig:
     # lr_img multiplies the raw gradient; adam: lr_img is about the step per pixel and
     # iteration in normalised units, whatever the gradient's scale ---
     img_optimizer: str | None = None    # adam, unless --lr_img alone asks for the reference's SGD
-    # the settings that were derived, {field: {"value", "from"}} (filled by validate)
+    # the settings that were derived, {field: {"value", "from"}} (filled by resolve)
     derived: dict = field(default_factory=dict)
 
     @property
@@ -203,19 +209,47 @@ def stop_lr_img(cfg: DistillConfig) -> float:
 
 
 def derive(cfg: DistillConfig) -> DistillConfig:
-    """Set every field left None to its derived default and record why (defaults.py)."""
-    for name, d in derive_distill(cfg).items():
-        setattr(cfg, name, d["value"])
-        cfg.derived[name] = d
-    return cfg
+    """A copy with every field left None set to its derived default, and why (defaults.py)."""
+    new = derive_distill(cfg)
+    return replace(cfg, **{k: d["value"] for k, d in new.items()},
+                   derived={**cfg.derived, **new})
 
 
-def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) -> DistillConfig:
-    """Fill defaults from the data and the buffer and refuse impossible settings with a
-    clear message."""
+# measures --lr_teacher auto for a settled config (initial.measure_teacher_lr)
+TeacherLr = Callable[[DistillConfig, DatasetSplits, TrajectoryStore], float]
+
+
+def resolve(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore,
+            teacher_lr: TeacherLr | None = None) -> DistillConfig:
+    """A new config with every default filled from the data and the buffer; impossible
+    settings refused with a clear message. `cfg` itself is not changed.
+
+    `--lr_teacher auto` is measured by `teacher_lr` (default: initial.measure_teacher_lr,
+    on the images the run starts from) once everything else is settled."""
     if cfg.img_optimizer is not None and cfg.img_optimizer not in IMG_OPTIMIZERS:
         raise ConfigError(f"--img_optimizer must be sgd or adam, got {cfg.img_optimizer!r}")
-    derive(cfg)
+    cfg = derive(copy.deepcopy(cfg))
+    cfg = _settle(cfg, splits, store)
+    if cfg.lr_teacher not in ("auto", ["auto"]):
+        return cfg
+    if teacher_lr is None:
+        from .initial import measure_teacher_lr as teacher_lr
+    lr = teacher_lr(cfg, splits, store)
+    how = cfg.derived.get("lr_teacher", {}).get("from", "--lr_teacher auto")
+    return replace(cfg, lr_teacher=[lr] * _lr_count(cfg), derived={
+        **cfg.derived, "lr_teacher": derived(
+            [lr] * _lr_count(cfg), f"{how}: measured {lr:.4g}, the median over up to 3 experts "
+            "x 5 start epochs")})
+
+
+def _lr_count(cfg: DistillConfig) -> int:
+    """How many synthetic lrs a run starts with: one per initial stage with STM's
+    independent-lr, else one."""
+    return cfg.init_epoch if (cfg.stm and cfg.lr_mode == "independent-lr") else 1
+
+
+def _settle(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) -> DistillConfig:
+    """Check `cfg` (a private copy) and fill what depends on the data and the buffer."""
     _check_kinds(cfg, splits)
     if str(cfg.method).upper() not in METHOD_NAMES:
         raise ConfigError(f"--method must be STM (stage-MTT) or original-MTT, got {cfg.method!r}")
@@ -256,11 +290,11 @@ def validate(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) 
                           f"{store.root} (and max_start_epoch >= 1)")
     _validate_windows(cfg)
     _validate_split(cfg, splits)
-    n_lr = cfg.init_epoch if (cfg.stm and cfg.lr_mode == "independent-lr") else 1
+    n_lr = _lr_count(cfg)
     if cfg.lr_teacher in ("auto", ["auto"]):
         if cfg.texture:  # the rule needs whole images through the student, not canvases
             raise ConfigError("--lr_teacher auto does not work with --texture; give a number")
-        return _validate_rest(cfg, splits, store)  # Distiller resolves it from the buffer
+        return _validate_rest(cfg, splits, store)  # measured last, by `resolve`
     if "auto" in cfg.lr_teacher:
         raise ConfigError(f"--lr_teacher auto stands alone (one value), got {cfg.lr_teacher}")
     if len(cfg.lr_teacher) == 1 and n_lr > 1:
@@ -281,7 +315,7 @@ def _validate_rest(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryS
                           "training images")
     _validate_texture(cfg, splits)
     if not cfg.eval_models:
-        cfg.eval_models = [store.model]
+        cfg.eval_models = eval_pool(cfg.eval_mode, store.model)
     if cfg.iterations is None:
         cfg.iterations = default_iterations(cfg)
     if cfg.prev_iter and cfg.prev_iter >= cfg.iterations:

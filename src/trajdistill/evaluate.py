@@ -317,6 +317,10 @@ def class_means(splits: DatasetSplits) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ----------------------------------------------------------------------------- model pools
 
+# the reference's --eval_mode letters
+EVAL_MODES = ("S", "C", "M", "W", "D", "A", "P", "N")
+
+
 def eval_pool(mode: str, model: str) -> list[str]:
     """The evaluation architectures of the reference's --eval_mode letters."""
     pools = {

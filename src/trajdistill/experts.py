@@ -7,6 +7,10 @@ A buffer directory holds
 Files are written to a temporary name and renamed, so a killed job never leaves a
 half-written trajectory behind, and a re-run resumes at the first missing expert.
 Everything is read with `torch.load(weights_only=True)`: no code runs on load.
+
+The store is one concept here: where a buffer lives (`buffer_dir`, `data_folder`, and
+`find_model` for a distillation that names no model), opening it for a dataset and refusing it
+unless it was made from exactly that data (`open_buffer`), and reading its trajectories.
 """
 from __future__ import annotations
 
@@ -215,6 +219,29 @@ class TrajectoryStore:
         if problems:
             raise BufferError(f"expert buffer {self.root} was made from other data:\n  "
                               + "\n  ".join(problems))
+
+
+def open_buffer(buffer_dir: str | Path, splits: DatasetSplits) -> TrajectoryStore:
+    """Open a trajectory store and refuse it unless it was made from this exact data."""
+    store = TrajectoryStore.open(buffer_dir)
+    store.check_data(splits.describe())
+    mine, theirs = splits.preprocess.state_dict(), store.preprocess.state_dict()
+    if not _same_preprocess(mine, theirs):
+        raise BufferError(f"expert buffer {store.root} was trained with another input "
+                          "normalisation/ZCA than this data gives; rebuild the buffer or pass the "
+                          "same --zca and data")
+    if not store.indices():
+        raise BufferError(f"expert buffer {store.root} holds no finished expert yet")
+    return store
+
+
+def _same_preprocess(a: dict, b: dict) -> bool:
+    if not (torch.allclose(torch.tensor(a["mean"]), torch.tensor(b["mean"]), atol=1e-5)
+            and torch.allclose(torch.tensor(a["std"]), torch.tensor(b["std"]), atol=1e-5)):
+        return False
+    if (a["zca"] is None) != (b["zca"] is None):
+        return False
+    return a["zca"] is None or torch.allclose(a["zca"]["transform"], b["zca"]["transform"], atol=1e-4)
 
 
 def _differences(have: dict, want: dict, prefix: str = "") -> list[str]:

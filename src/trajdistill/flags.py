@@ -24,6 +24,15 @@ def _number(text: str, kind, what: str):
     return value
 
 
+def boolean(text: str) -> bool:
+    """True/False, 1/0, yes/no (any case), as the reference's boolean flags take them."""
+    if str(text).lower() in ("true", "1", "yes"):
+        return True
+    if str(text).lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+
+
 def positive_int(text: str) -> int:
     value = _number(text, int, "a positive integer")
     if value < 1:

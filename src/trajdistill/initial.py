@@ -26,8 +26,9 @@ from .evaluate import class_means
 from .experts import TrajectoryStore
 from .io import safe_load
 from .lr_auto import auto_lr, spread
-from .models import FlatModel
+from .models import FlatModel, build_model
 from .texture import real_canvases
+from .validation import validation_indices
 
 PIX_INITS = ("real", "noise", "correct", "mean", "mean_noise")
 LABEL_INITS = ("expert",)
@@ -137,3 +138,20 @@ def auto_teacher_lr(cfg, store: TrajectoryStore, experts: list[int], student: Fl
     trajectories = [store.load(i) for i in experts[:3]]
     return auto_lr(student, trajectories, spread(first, last, 5), cfg.expert_epochs,
                    images.detach(), labels, cfg.syn_steps)
+
+
+def measure_teacher_lr(cfg, splits: DatasetSplits, store: TrajectoryStore) -> float:
+    """--lr_teacher auto for a settled config, on the images the run will start from (the
+    same seed draws the same set). The global RNG is left as it was: building the student
+    here must not change what the run draws later."""
+    with torch.random.fork_rng(devices=[]):
+        device = torch.device(cfg.device)
+        c, h, w = splits.image_shape
+        student = FlatModel.wrap(build_model(store.model, c, splits.num_classes, (h, w)).to(device))
+        experts = store.indices()[:cfg.max_experts] if cfg.max_experts else store.indices()
+        val_idx = validation_indices(splits.train.labels, splits.num_classes, cfg.val_size)
+        images, _ = initial_images(cfg, splits, val_idx, torch.Generator().manual_seed(cfg.seed),
+                                   lambda: Labeller.of(student, store, experts, device),
+                                   lambda text: None)  # the run itself says it
+        labels = torch.arange(splits.num_classes).repeat_interleave(cfg.ipc).to(device)
+        return auto_teacher_lr(cfg, store, experts, student, images.to(device), labels)

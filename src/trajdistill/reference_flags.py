@@ -35,23 +35,14 @@ _NO_MEANING = {
 }
 
 
-def reference_bool(text: str) -> bool:
-    """`--no_aug True` / `--no_aug False` (bare `--no_aug` means True)."""
-    if str(text).lower() in ("true", "1", "yes"):
-        return True
-    if str(text).lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
-
-
 def add_reference_flags(p: argparse.ArgumentParser) -> None:
-    from .flags import non_negative_int, positive_int
+    from .flags import boolean, non_negative_int, positive_int
     g = p.add_argument_group("flags of the reference STM distill.py")
     g.add_argument("--fix_lr_teacher", action="store_true", default=None,
                    help="never update the synthetic lr (same as --learn_lr False)")
     g.add_argument("--algorithm", choices=LR_MODES,
                    help="global-lr or independent-lr (same as --lr_mode)")
-    g.add_argument("--no_aug", nargs="?", const=True, type=reference_bool, default=None,
+    g.add_argument("--no_aug", nargs="?", const=True, type=boolean, default=None,
                    help="True: no augmentation in the unrolled student; evaluation keeps DSA "
                    "(as the reference; --dsa False switches both off)")
     g.add_argument("--max_files", type=positive_int,
