@@ -56,5 +56,8 @@ def shared_data() -> Path:
 
 def pytest_configure(config):
     config.addinivalue_line(
+        "markers", "slow: runs the command line in subprocesses (kill and resume, torchrun, "
+        "the console); CI runs them too, deselect locally with -m 'not slow'")
+    config.addinivalue_line(
         "markers", "compile: compiles with torch.compile (about a minute with a cold inductor "
         "cache; deselect with -m 'not compile')")

@@ -114,9 +114,11 @@ def test_cuda_graphs_follow_the_device_and_refuse_what_cannot_be(setup):
     off = Distiller(DistillConfig(**base, cuda_graphs="off"), splits, store, root / "g_off",
                     progress=False)
     assert not off._problem(store.load(0), 1, torch.Generator()).cuda_graphs
-    compiled = Distiller(DistillConfig(**base, compile=True), splits, store, root / "g_c",
-                         progress=False)
-    assert not compiled._cuda_graphs
+    # the rule itself, on every device kind (not only the one this suite runs on)
+    from trajdistill.cuda_graphs import wanted
+    assert wanted("auto", "cuda", False) and wanted("on", "cuda", False)
+    assert not wanted("auto", "cuda", True)  # --compile runs the steps its own way
+    assert not wanted("off", "cuda", False) and not wanted("auto", "cpu", False)
     bad = [dict(cuda_graphs="maybe")]
     if DEVICE == "cpu":
         bad.append(dict(cuda_graphs="on"))

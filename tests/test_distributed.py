@@ -10,6 +10,8 @@ import torch
 
 from trajdistill.experts import TrajectoryStore
 
+pytestmark = pytest.mark.slow  # subprocesses and torchrun: still run by .ci/run
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 ARGS = ["buffer", "--dataset", "digits", "--model", "ConvNetD2", "--train_epochs", "2",
         "--num_experts", "3", "--device", "cpu", "--quiet"]
@@ -79,13 +81,14 @@ def test_torchrun_distill_equals_single_process(tmp_path):
     """STM with soft labels, M = 2 on 1 and on 2 ranks; evaluation shared out (3 networks
     on 2 ranks) gathers the accuracies one process measures."""
     flags = ["--num_trajectories", "2", "--Iteration", "6", "--soft_labels", "--eval_it", "6",
-             "--num_eval", "3", "--epoch_eval_train", "15", "--val_size", "50"]
+             "--num_eval", "3", "--epoch_eval_train", "15", "--val_size", "50",
+             "--init_epoch", "2"]  # a first stage of two start epochs: the slots differ
     _distill(SINGLE, tmp_path, "one", *flags)
     out = _distill(TORCHRUN, tmp_path, "two", *flags)
     metrics = _same_run(tmp_path / "one", tmp_path / "two")
     assert all(len(r["slots"]) == 2 and "heldout" in r for r in metrics)
     # slot m of iteration t uses start epoch (2t + m) mod cap and both experts every iteration
-    assert [[s["start_epoch"] for s in r["slots"]] for r in metrics] == [[0, 0]] * 6
+    assert [[s["start_epoch"] for s in r["slots"]] for r in metrics] == [[0, 1]] * 6
     assert all(sorted(s["expert"] for s in r["slots"]) == [0, 1] for r in metrics)
     ea, eb = read_jsonl(tmp_path / "one" / "evals.jsonl"), read_jsonl(tmp_path / "two" / "evals.jsonl")
     assert ea[0]["ConvNetD2"]["accuracies"] == pytest.approx(eb[0]["ConvNetD2"]["accuracies"], abs=1e-3)

@@ -51,6 +51,16 @@ def test_reference_flags_refuse_the_runaway_image_step_and_keep_the_initial_stat
     assert d.opt_img.state_dict()["state"] == {} and d.opt_lrs[0].state_dict()["state"] == {}
 
 
+def test_the_refusal_quotes_the_image_lr_the_update_used(short_buffer, tmp_path):
+    """STM's fine-tuning lowers the image lr below --lr_img: a refusal names the lr that made
+    the step, not the flag's starting value."""
+    d = _distiller(short_buffer, tmp_path)
+    for g in d.opt_img.param_groups:
+        g["lr"] = 512.0  # as fine-tuning's decays would leave it
+    record = d.step()
+    assert "the image lr is now 512)" in record["diverged"]
+
+
 def test_an_lr_that_jumps_by_orders_of_magnitude_is_refused_naming_lr_lr(short_buffer, tmp_path):
     """Images frozen (lr_img 0) and a larger lr step (lr_lr 0.1): the lr update from the first
     loss would take the lr from 0.01 to ~1e-12 -- finite, and the start of a divergence. It is

@@ -82,3 +82,15 @@ def test_every_relative_link_points_at_something_that_exists():
                 broken.append(f"{doc.relative_to(ROOT)}: {target} (no such heading)")
     assert checked > 20  # the pattern finds the links at all
     assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+def test_every_module_has_its_line_in_the_package_map():
+    """docs/architecture.md names every module of src/trajdistill (a module added or split
+    gets its line), and no module that is gone."""
+    package = ROOT / "src" / "trajdistill"
+    modules = {str(p.relative_to(package)) for p in package.rglob("*.py")
+               if p.name != "__init__.py" and p.name != "__main__.py"}
+    named = set(re.findall(r"^\| `([\w/]+\.py)` \|", (ROOT / "docs" / "architecture.md").read_text(),
+                           re.M))
+    assert modules - named == set(), "modules missing from docs/architecture.md"
+    assert named - modules == set(), "docs/architecture.md names modules that do not exist"

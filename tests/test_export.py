@@ -11,7 +11,7 @@ from trajdistill.cli import main
 from trajdistill.data.base import Preprocess
 from trajdistill.data.zca import ZCA
 from trajdistill.export import export_synthetic, load_export
-from trajdistill.report import synthetic_display, to_uint8_hwc
+from trajdistill.display import synthetic_display, to_uint8_hwc
 from trajdistill.synthetic import SyntheticSet
 
 CLASSES = ["air plane", "car", "bird/owl"]  # odd names become safe folder names

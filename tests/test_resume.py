@@ -53,6 +53,7 @@ def kill_when(proc, ready, timeout=120):
     proc.wait()
 
 
+@pytest.mark.slow
 def test_killed_distillation_resumes_to_the_uninterrupted_result(buffers, tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(cli(*DISTILL, "--buffer_path", buffers, "--run_dir", whole), env=ENV, check=True)
@@ -79,6 +80,7 @@ def test_killed_distillation_resumes_to_the_uninterrupted_result(buffers, tmp_pa
     assert sa["cap"] == sb["cap"] and sa["history"] == pytest.approx(sb["history"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_killed_expert_training_resumes_and_leaves_no_half_file(tmp_path):
     args = ["buffer", "--dataset", "digits", "--model", "ConvNetD2", "--train_epochs", "3",
             "--num_experts", "3", "--device", DEVICE, "--quiet"]
@@ -195,7 +197,7 @@ def test_seed_flags_prev_iter_and_load_syn_image_continue_a_run(buffers, tmp_pat
                       tmp_path / f"second_{source.stem}", progress=False)
         assert torch.equal(d.images.detach(), first.images.detach())
         d.run()
-        rows = [json.loads(l) for l in (d.run_dir / "metrics.jsonl").read_text().splitlines()]
+        rows = [json.loads(l) for l in d.run_dir.metrics_path.read_text().splitlines()]
         assert [r["it"] for r in rows] == [4, 5]
     with pytest.raises(Exception, match="expected an image tensor of shape"):
         torch.save(torch.zeros(3, 1, 8, 8), tmp_path / "wrong.pt")

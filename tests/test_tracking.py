@@ -136,3 +136,29 @@ def test_wandb_offline_run(tmp_path, monkeypatch):
     _feed(Tracker.open(tmp_path, {"ipc": 1, "lr_teacher": [0.01]}, wandb=True, name="test-run"))
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_the_stub_sees_every_record_a_real_distillation_writes(digits, digits_buffers, tmp_path,
+                                                              monkeypatch):
+    """Not hand-written records: a tiny real STM run's metrics.jsonl and evals.jsonl, as the
+    tracker receives them, with nothing dropped or renamed."""
+    from trajdistill import distill
+    from trajdistill.distill import DistillConfig, Distiller, open_buffer
+    from trajdistill.io import read_jsonl
+    stub = Stub()
+    monkeypatch.setattr(distill.Tracker, "open", classmethod(lambda cls, *a, **k: Tracker([stub])))
+    store = open_buffer(digits_buffers / "digits" / "ConvNetD2", digits)
+    cfg = DistillConfig(ipc=1, syn_steps=3, iterations=8, eval_it=4, num_eval=1,
+                        epoch_eval_train=5, final_eval="off", lr_teacher=[0.01], min_duration=2)
+    Distiller(cfg, digits, store, tmp_path / "run", progress=False).run()
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    evals = read_jsonl(tmp_path / "run" / "evals.jsonl")
+    logged = {step: values for step, values in stub.scalar_log if "loss" in values}
+    assert sorted(logged) == [r["it"] for r in metrics]
+    for r in metrics:
+        assert logged[r["it"]]["loss"] == r["loss"] and logged[r["it"]]["lr/0"] == r["lrs"][0]
+        assert logged[r["it"]]["heldout"] == r["heldout"] and logged[r["it"]]["cap"] == r["cap"]
+    accs = [values["accuracy/ConvNetD2"] for _, values in stub.scalar_log
+            if "accuracy/ConvNetD2" in values]
+    assert accs == [e["ConvNetD2"]["mean"] for e in evals] and len(accs) == 3  # it 0, 4, 8
+    assert len(stub.images) == 3 and stub.closed

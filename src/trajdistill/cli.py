@@ -33,7 +33,9 @@ from . import flags as kinds
 from .distributed import init_from_env, shutdown
 from .errors import ConfigError
 from .defaults import derived, expert_model
+from .distill_config import DistillConfig
 from .experts import buffer_dir, data_folder, find_model
+from .run_dir import RunDirectory
 from .evaluate import EVAL_MODES
 from .verdict import EVAL_LRS
 from .precision import AUTOCAST_DTYPES, set_tf32, tf32_requested
@@ -137,15 +139,30 @@ def _load_splits(o: dict):
 
 # ----------------------------------------------------------------------------- buffer
 
-# --model and --batch_train, when not given, are derived from the data (defaults.py)
-BUFFER_DEFAULTS = {"train_epochs": 50, "num_experts": 10, "lr_teacher": [0.01],
-                   "mom": 0.0, "l2": 0.0, "dsa": True, "decay": False,
-                   "buffer_path": "./buffers", "seed": 0}
+BUFFER_PATH = "./buffers"
+
+
+def _buffer_defaults() -> dict:
+    """ExpertConfig's own defaults (--model and --batch_train: None, derived from the data)."""
+    from .experts import ExpertConfig
+    d = ExpertConfig()
+    return {"train_epochs": d.train_epochs, "num_experts": d.num_experts,
+            "lr_teacher": [d.lr_teacher], "mom": d.mom, "l2": d.l2, "dsa": d.dsa,
+            "decay": d.decay, "seed": d.seed, "buffer_path": BUFFER_PATH}
+
+
+def _eval_defaults(**more) -> dict:
+    """EvalConfig's own defaults, under the command line's names."""
+    from .evaluate import EvalConfig
+    d = EvalConfig()
+    return {"eval_mode": DistillConfig.eval_mode, "num_eval": d.num_eval,
+            "epoch_eval_train": d.epoch_eval_train, "dsa": d.dsa, "batch_train": d.batch_train,
+            "seed": d.seed, "eval_batched": d.batched, **more}
 
 
 def cmd_buffer(args) -> None:
     from .experts import ExpertConfig, train_experts
-    o = _resolve(args, BUFFER_DEFAULTS, BUFFER_PRESETS)
+    o = _resolve(args, _buffer_defaults(), BUFFER_PRESETS)
     if len(o["lr_teacher"]) != 1:
         raise ConfigError(f"--lr_teacher: experts train with one lr, got {len(o['lr_teacher'])}")
     splits = _load_splits(o)
@@ -175,7 +192,7 @@ def cmd_distill(args) -> None:
     from .distill import DistillConfig, Distiller, open_buffer
     if args.resume:
         return _resume_distill(args)
-    o = _resolve(args, {"buffer_path": "./buffers", "eval_mode": "S"}, PRESETS,
+    o = _resolve(args, {"buffer_path": BUFFER_PATH}, PRESETS,
                  no_aug_is_no_dsa=False)
     o = translate_reference_flags(o, torch.cuda.is_available(), explicit_device=bool(args.device))
     splits = _load_splits(o)
@@ -198,7 +215,7 @@ def cmd_distill(args) -> None:
     run_dir = Path(o.get("run_dir") or Path("runs") / (
         o.get("wandb_name") or f"{Path(o['dataset']).name}-{cfg.method}-ipc{cfg.ipc}-"
         f"{time.strftime('%Y%m%d-%H%M%S')}"))
-    if comm.is_main and (run_dir / "checkpoint.pt").exists():
+    if comm.is_main and RunDirectory(run_dir).holds_run():
         raise ConfigError(f"{run_dir} already holds a run; continue it with "
                          f"`distill --resume {run_dir}` or choose another --run_dir")
     source = {"dataset": o["dataset"], "data_path": o.get("data_path"), "zca": bool(o.get("zca")),
@@ -211,12 +228,11 @@ def cmd_distill(args) -> None:
 
 def _resume_distill(args) -> None:
     from .distill import Distiller, open_buffer
-    from .io import load_json
-    run_dir = Path(args.resume)
-    saved = load_json(run_dir / "config.json")
+    run_dir = RunDirectory(args.resume)
+    saved = run_dir.config()
     src = saved.get("source") or {}
     if not isinstance(src, dict) or not src.get("dataset") or not src.get("buffer_dir"):
-        raise ConfigError(f"{run_dir}/config.json does not say which data and expert buffer "
+        raise ConfigError(f"{run_dir.config_path} does not say which data and expert buffer "
                           "the run used ('source': dataset, buffer_dir)")
     splits = _load_splits(src)
     # --device moves a run (a GPU run onto the CPU, say); the result depends on the device
@@ -229,7 +245,7 @@ def _resume_distill(args) -> None:
     except ConfigError as e:  # the run's own settings: name the file they came from
         if str(run_dir) in str(e):  # (already names its file, e.g. checkpoint.pt)
             raise
-        raise ConfigError(f"{run_dir}/config.json: {e}") from None
+        raise ConfigError(f"{run_dir.config_path}: {e}") from None
     if args.Iteration is not None and args.Iteration <= distiller.iteration:
         raise ConfigError(f"--Iteration {args.Iteration}: {run_dir} is already at iteration "
                           f"{distiller.iteration}; give more to extend it")
@@ -243,7 +259,7 @@ def _finish(distiller, splits) -> None:
     best = distiller.run()
     shutdown(distiller.comm)  # the other ranks are done: the report is rank 0's alone
     if distiller.comm.is_main:
-        html = build_report(distiller.run_dir, splits=splits)
+        html = build_report(distiller.run_dir.path, splits=splits)
         print(f"{best_summary(best)}; run directory {distiller.run_dir}; report {html}")
         if best.get("verdict"):  # the last line: whether the set beats what it must beat
             print(best["verdict"])
@@ -327,13 +343,13 @@ def _add_distill_parser(sub) -> None:
                    help="(expert, start epoch) pairs matched per iteration, their gradients "
                    "averaged into one update (default 1); under torchrun the ranks share them")
     p.add_argument("--Iteration", type=kinds.positive_int, help="iterations at most (STM default: "
-                   "none before its own stop, see README 'When a run ends'; original-MTT: 5000)")
+                   "none before its own stop, see docs/methods.md 'When a run ends'; original-MTT: 5000)")
     p.add_argument("--eval_it", type=kinds.non_negative_int)
     p.add_argument("--gradient", choices=["lean", "unroll"],
                    help="lean (default, memory of one step) or unroll (reference)")
     p.add_argument("--compile", action="store_true", default=None,
                    help="run the lean gradient's and the held-out loss's steps through "
-                   "torch.compile: same gradient (float64 1e-15), 1.2-1.3x faster on CPU, about a "
+                   "torch.compile: same gradient (float64 1e-15), 1.1-1.3x faster on CPU, about a "
                    "minute of compilation per process (seconds with a warm inductor cache)")
     p.add_argument("--gradient_memory", type=kinds.non_negative_float, metavar="GB",
                    help="let the lean walk keep the graphs of its last unrolled steps in up to "
@@ -347,7 +363,7 @@ def _add_distill_parser(sub) -> None:
                    help="bf16: run the student's forward passes of the matching in bfloat16 "
                    "(torch.autocast; weights, gradients and loss stay float32): 1.2-1.4x faster "
                    "per step on a CPU with bfloat16 instructions, and inexact (the gradient moves "
-                   "1.5-3.6x as far from float64 as float32's own; README). Default off")
+                   "1.5-3.6x as far from float64 as float32's own; docs/performance.md). Default off")
     p.add_argument("--max_experts", type=kinds.positive_int)
     p.add_argument("--checkpoint_every", type=kinds.positive_int)
     p.add_argument("--max_failures", type=kinds.positive_int,
@@ -414,8 +430,7 @@ def cmd_evaluate(args) -> None:
 
     from .evaluate import EvalConfig, eval_pool, evaluate_set
     from .synthetic import SyntheticSet
-    o = _resolve(args, {"eval_mode": "S", "num_eval": 5, "epoch_eval_train": 1000, "dsa": True,
-                        "batch_train": 256, "seed": 0, "eval_batched": "auto"})
+    o = _resolve(args, _eval_defaults())
     from .texture import spec_of
     syn = SyntheticSet.load(o["syn"])
     texture = spec_of(syn.meta)  # a texture set: canvases, trained on through windows
@@ -424,11 +439,9 @@ def cmd_evaluate(args) -> None:
         raise ConfigError(f"--zca: {o['syn']} was distilled without ZCA, and evaluation uses the "
                           "set's own transform; drop --zca")
     splits = _load_splits({**o, "zca": syn.data.get("zca")})
-    want = texture.canvas_shape(splits.image_shape) if texture else splits.image_shape
-    if list(want) != list(syn.images.shape[1:]) or splits.classes != syn.data["classes"]:
-        raise ConfigError(f"{o['syn']} was distilled from {syn.data['dataset']} "
-                         f"{syn.data['image_shape']} with classes {syn.data['classes']}; "
-                         f"{o['dataset']} gives {list(splits.image_shape)} with {splits.classes}")
+    why = syn.mismatch(splits.image_shape, splits.classes)
+    if why:
+        raise ConfigError(f"--dataset {o['dataset']}: {why} ({o['syn']})")
     # the test set goes through the synthetic set's own transform (its ZCA included)
     splits = replace(splits, preprocess=syn.preprocess)
     comm, device = init_from_env(o["device"])  # torchrun: networks shared out
@@ -464,9 +477,8 @@ def cmd_evaluate(args) -> None:
 
 def cmd_baseline(args) -> None:
     from .evaluate import EvalConfig, class_means, eval_pool, evaluate_set, random_real
-    o = _resolve(args, {"kind": "random", "ipc": 1, "eval_mode": "S",
-                        "num_eval": 5, "epoch_eval_train": None, "dsa": True,
-                        "batch_train": 256, "seed": 0, "eval_batched": "auto"})
+    # --epoch_eval_train: 1000, or 50 for the whole training set (its networks are dearer)
+    o = _resolve(args, _eval_defaults(kind="random", ipc=1, epoch_eval_train=None))
     if args.ipc is not None and o["kind"] != "random":
         raise ConfigError(f"--ipc is for --kind random; --kind {o['kind']} uses "
                           f"{'one mean image' if o['kind'] == 'mean' else 'every image'} per class")
@@ -479,7 +491,7 @@ def cmd_baseline(args) -> None:
         images, labels = splits.train.images, splits.train.labels
     else:
         raise ConfigError(f"--kind must be random, mean or full, got {o['kind']!r}")
-    epochs = o["epoch_eval_train"] or (50 if o["kind"] == "full" else 1000)
+    epochs = o["epoch_eval_train"] or (50 if o["kind"] == "full" else EvalConfig.epoch_eval_train)
     comm, device = init_from_env(o["device"])  # torchrun: networks shared out
     cfg = EvalConfig(num_eval=o["num_eval"], epoch_eval_train=epochs, batch_train=o["batch_train"],
                      dsa=o["dsa"], device=device, seed=o["seed"], batched=o["eval_batched"],
@@ -572,12 +584,9 @@ def cmd_report(args) -> None:
         splits = _load_splits({"dataset": args.dataset, "data_path": args.data_path,
                                "subset": args.subset, "zca": zca,
                                **{k: getattr(args, k) for k in DATA_OPTIONS}})
-        if syn is not None and (list(splits.image_shape) != list(syn.data.get("image_shape", []))
-                                or splits.classes != syn.data.get("classes")):
-            raise ConfigError(f"--dataset {args.dataset}: gives {list(splits.image_shape)} images "
-                              f"of {splits.num_classes} classes, but {found[0]} was distilled from "
-                              f"{syn.data.get('dataset')} {syn.data.get('image_shape')} with "
-                              f"{len(syn.data.get('classes') or [])} classes")
+        why = syn.mismatch(splits.image_shape, splits.classes) if syn is not None else None
+        if why:
+            raise ConfigError(f"--dataset {args.dataset}: {why} ({found[0]})")
     print(build_report(args.run_dir, splits=splits))
 
 
@@ -606,13 +615,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(p)
     p.add_argument("--preset", type=kinds.non_empty,
                    help=f"expert settings: {', '.join(sorted(BUFFER_PRESETS))}")
-    p.add_argument("--train_epochs", type=kinds.positive_int)
-    p.add_argument("--num_experts", type=kinds.positive_int)
-    p.add_argument("--lr_teacher", type=kinds.positive_float, nargs="+")
-    p.add_argument("--mom", type=kinds.non_negative_float)
-    p.add_argument("--l2", type=kinds.non_negative_float)
-    p.add_argument("--decay", action="store_true", default=None)
-    p.add_argument("--buffer_path", type=kinds.output_dir)
+    d = _buffer_defaults()
+    p.add_argument("--train_epochs", type=kinds.positive_int,
+                   help=f"epochs of each expert's trajectory (default {d['train_epochs']})")
+    p.add_argument("--num_experts", type=kinds.positive_int,
+                   help=f"experts to train (default {d['num_experts']}); a re-run adds the missing ones")
+    p.add_argument("--lr_teacher", type=kinds.positive_float, nargs="+",
+                   help=f"the experts' SGD lr (default {d['lr_teacher'][0]})")
+    p.add_argument("--mom", type=kinds.non_negative_float,
+                   help=f"the experts' SGD momentum (default {d['mom']})")
+    p.add_argument("--l2", type=kinds.non_negative_float,
+                   help=f"the experts' weight decay (default {d['l2']})")
+    p.add_argument("--decay", action="store_true", default=None,
+                   help="divide the experts' lr by 10 just past half-way through training")
+    p.add_argument("--buffer_path", type=kinds.output_dir,
+                   help=f"where buffers go: BUFFER_PATH/DATASET/MODEL (default {BUFFER_PATH})")
     p.set_defaults(func=cmd_buffer)
 
     _add_distill_parser(sub)
@@ -628,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_train", type=kinds.positive_int)
     p.add_argument("--out", type=kinds.output_file, help="write the results as JSON here")
     p.add_argument("--eval_batched", choices=["auto", "on", "off"],
-                   help="train the num_eval networks together (vmap); auto: on GPUs only")
+                   help="train the num_eval networks together (vmap); auto: on CUDA only")
     p.add_argument("--lr", type=_lr_or_learned, nargs="+",
                    help="train with this lr instead of choosing it on validation (the default: "
                    "the best of 0.01 0.003 0.001 0.0003 0.0001 and the learned lr); several "
@@ -647,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(p)
     _add_eval_flags(p)
     p.add_argument("--eval_batched", choices=["auto", "on", "off"],
-                   help="train the num_eval networks together (vmap); auto: on GPUs only")
+                   help="train the num_eval networks together (vmap); auto: on CUDA only")
     p.add_argument("--out", type=kinds.output_file, help="write the results as JSON here")
     _add_sweep_flag(p)
     p.set_defaults(func=cmd_baseline)

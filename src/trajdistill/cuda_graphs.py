@@ -29,6 +29,13 @@ import torch
 WARMUP_CALLS = 2  # eager calls on a side stream before recording (cuDNN/cuBLAS set-up)
 
 
+def wanted(mode: str, device_type: str, compiled: bool) -> bool:
+    """--cuda_graphs: on, or auto (the default) wherever there is CUDA and --compile does not
+    run the steps its own way; off never. (resolve refuses on without CUDA or with --compile.)"""
+    mode = str(mode).lower()
+    return device_type == "cuda" and (mode == "on" or (mode == "auto" and not compiled))
+
+
 class _Recording:
     """One recorded call and its fixed input and output buffers."""
 

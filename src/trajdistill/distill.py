@@ -11,7 +11,6 @@ rank holds the same state and takes the same decisions; rank 0 alone writes.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, fields
@@ -28,15 +27,16 @@ from .experts import BufferError, TrajectoryStore, open_buffer  # noqa: F401 (AP
 from .guard import DivergenceError, Guard, apply_or_roll_back, non_finite  # noqa: F401 (API)
 from .distill_config import DistillConfig, default_iterations, resolve, stop_lr_img  # noqa: F401
 from .initial import Labeller, initial_images
-from .io import atomic_save, atomic_write_text, load_json, read_jsonl, safe_load, write_json
 from .matching import GRADIENT_METHODS, MatchProblem, kept_steps, matching_loss, plan_unroll
 from .meta_batch import Combined, Slot, SlotResult, combine, draw_slots
 from .models import FlatModel, build_model
 from .precision import AUTOCAST_DTYPES
 from .schedule import AlignedStart, StageMachine, UniformStart
 from .synthetic import SyntheticSet
+from .records import eval_record, score, slot_fields
+from .run_dir import RunDirectory
 from .tracking import Tracker
-from . import verdict
+from . import cuda_graphs, verdict
 from .validation import validation_indices
 
 
@@ -45,41 +45,6 @@ from .validation import validation_indices
 # still loads (those entries are ignored, so its continuation draws differently).
 CHECKPOINT_FORMAT = "trajdistill.checkpoint/2"
 READABLE_FORMATS = ("trajdistill.checkpoint/1", CHECKPOINT_FORMAT)
-
-
-class _Discard:
-    """The log files of ranks other than 0: they write nothing."""
-
-    def write(self, text: str) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _truncate_jsonl(path: Path, keep) -> None:
-    """Keep the records a resumed run has not redone (a line cut by a kill ends the file)."""
-    if path.exists():
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in read_jsonl(path) if keep(r)))
-
-
-def _slot_record(slots: list[Slot], matched: Combined) -> dict:
-    """What metrics.jsonl says of the meta-batch: one slot's expert and start epoch as
-    before, or every slot's; loss_epoch_<e> is the mean loss of the slots that started at e."""
-    if len(slots) == 1:
-        out = {"expert": slots[0].expert, "start_epoch": slots[0].start_epoch}
-    else:
-        out = {"slots": [{"expert": s.expert, "start_epoch": s.start_epoch, "loss": loss}
-                         for s, loss in zip(slots, matched.losses)]}
-        if matched.heldouts is not None:
-            out["heldouts"] = matched.heldouts
-    for e in sorted({s.start_epoch for s in slots}):
-        losses = [loss for s, loss in zip(slots, matched.losses) if s.start_epoch == e]
-        out[f"loss_epoch_{e}"] = sum(losses) / len(losses)
-    return out
 
 
 def _short(value) -> str:
@@ -99,7 +64,7 @@ class Distiller:
         self.cfg = cfg = resolve(cfg, splits, store)  # a settled copy; the caller's is untouched
         self.source = source or {}  # where data and buffer came from (for --resume)
         self.splits, self.store, self.progress = splits, store, progress and comm.is_main
-        self.run_dir = Path(run_dir)
+        self.run_dir = RunDirectory(run_dir, writer=comm.is_main)
         self.device = torch.device(cfg.device)
         c, h, w = splits.image_shape
         self.student = FlatModel.wrap(build_model(store.model, c, splits.num_classes, (h, w))
@@ -134,9 +99,7 @@ class Distiller:
         self.guard = Guard(cfg.max_failures, cfg.loss_threshold, cfg.loss_warn_it, self._note)
         self.grad_fn = GRADIENT_METHODS[cfg.gradient]
         self._kept: int | None = None  # --gradient_memory's kept steps, once measured
-        mode = str(cfg.cuda_graphs).lower()  # auto: on CUDA, unless --compile runs the steps
-        self._cuda_graphs = self.device.type == "cuda" and (
-            mode == "on" or (mode == "auto" and not cfg.compile))
+        self._cuda_graphs = cuda_graphs.wanted(cfg.cuda_graphs, self.device.type, cfg.compile)
         if comm.active:  # every rank starts from rank 0's state (identical by construction)
             self.load_state_dict(comm.broadcast_object(self.state_dict()), "rank 0's state")
             if cfg.num_trajectories < comm.world:
@@ -246,30 +209,27 @@ class Distiller:
         self.guard.failures = s.get("failures", 0)
 
     @classmethod
-    def resume(cls, run_dir: str | Path, splits: DatasetSplits, store: TrajectoryStore,
-               progress: bool = True, iterations: int | None = None,
+    def resume(cls, run_dir: str | Path | RunDirectory, splits: DatasetSplits,
+               store: TrajectoryStore, progress: bool = True, iterations: int | None = None,
                comm: Comm = SINGLE, device: str | None = None) -> "Distiller":
         """Continue a run from its last checkpoint; logs are cut back to that point.
         Under torchrun rank 0 reads the run directory and sends it to the other ranks."""
-        run_dir = Path(run_dir)
-        saved = comm.broadcast_object(load_json(run_dir / "config.json") if comm.is_main else None)
+        files = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
+        saved = comm.broadcast_object(files.config() if comm.is_main else None)
         names = {f.name for f in fields(DistillConfig)}
         cfg = DistillConfig(**{k: v for k, v in saved.items() if k in names})
         if iterations is not None:
             cfg.iterations = iterations
         if device is not None:  # torchrun on CUDA: this rank's own GPU
             cfg.device = device
-        d = cls(cfg, splits, store, run_dir, progress, source=saved.get("source"), comm=comm)
+        d = cls(cfg, splits, store, files.path, progress, source=saved.get("source"), comm=comm)
         d.resumed = True
-        ckpt = run_dir / "checkpoint.pt"
-        state = comm.broadcast_object(safe_load(ckpt) if comm.is_main and ckpt.exists() else None)
+        state = comm.broadcast_object(files.checkpoint() if comm.is_main else None)
         if state is not None:
-            d.load_state_dict(state, str(ckpt))
+            d.load_state_dict(state, str(files.checkpoint_path))
         else:
-            d._note(f"{ckpt} not written yet: starting {run_dir} from the beginning")
-        if comm.is_main:
-            _truncate_jsonl(run_dir / "metrics.jsonl", lambda r: r.get("it", -1) < d.iteration)
-            _truncate_jsonl(run_dir / "evals.jsonl", lambda r: r.get("it", -1) <= d.iteration)
+            d._note(f"{files.checkpoint_path} not written yet: starting {files} from the beginning")
+        d.run_dir.cut_logs(d.iteration)
         return d
 
     # ------------------------------------------------------------------ one iteration
@@ -330,7 +290,7 @@ class Distiller:
         parts = [self._match_slot(slots[m], heldout) for m in self.comm.my_share(len(slots))]
         matched = combine(parts, len(slots), len(self.log_lrs), self.images, self.label_logits,
                           heldout, self.comm)
-        record = {"it": self.iteration, **_slot_record(slots, matched)}
+        record = {"it": self.iteration, **slot_fields(slots, matched)}
         if heldout:  # this rank's share
             record["heldout_seconds"] = sum(p.heldout_seconds for p in parts)
         record["loss"] = matched.loss
@@ -338,7 +298,7 @@ class Distiller:
         trouble = non_finite(matched)
         if not trouble and not self.guard.above_threshold(matched.loss, record):
             trouble = apply_or_roll_back(self._learnables(), lambda: self._apply(matched),
-                                         cfg.lr_img, cfg.lr_lr)
+                                         self.opt_img.param_groups[0]["lr"], cfg.lr_lr)
         if trouble:
             self.guard.refuse(record, trouble)
         else:
@@ -428,9 +388,8 @@ class Distiller:
         cfg, val = self.cfg, self._val()
         if cfg.final_eval == "off" or not cfg.eval_it or val is None or cfg.texture:
             return None
-        best = self.run_dir / "synthetic_best.pt"
-        chosen = (SyntheticSet.load(best) if self.comm.is_main and best.exists() and
-                  self.best.get("iteration") is not None else self.synthetic_set())
+        chosen = ((self.run_dir.best() if self.comm.is_main and self.best.get("iteration")
+                   is not None else None) or self.synthetic_set())
         chosen = self.comm.broadcast_object(chosen) if self.comm.active else chosen
         initial = None if cfg.load_syn_image else self.initial_images
         sets = verdict.contenders(chosen, initial, self.splits, cfg.ipc, cfg.pix_init, cfg.seed,
@@ -442,7 +401,7 @@ class Distiller:
                                   progress=self.progress, comm=self.comm)
         if not self.comm.is_main:
             return None
-        record = read_jsonl(self.run_dir / "metrics.jsonl")
+        record = self.run_dir.metrics()
         drift = (float((chosen.images - initial).norm() / initial.norm())
                  if initial is not None else None)
         ok, message = verdict.judge(results, lambda base: verdict.diagnose(
@@ -451,7 +410,7 @@ class Distiller:
         out = {"model": model, "chosen_iteration": chosen.meta.get("iteration"),
                "eval_lrs": list(cfg.eval_lrs), "sets": results, "beats_all": ok,
                "message": message}
-        write_json(self.run_dir / "final.json", out)
+        self.run_dir.write_final(out)
         return out
 
     def _expert_accuracy(self) -> float | None:
@@ -461,28 +420,20 @@ class Distiller:
 
     def checkpoint(self) -> None:
         if self.comm.is_main:
-            atomic_save(self.state_dict(), self.run_dir / "checkpoint.pt")
-            self.synthetic_set().save(self.run_dir / "synthetic_last.pt")
+            self.run_dir.save_checkpoint(self.state_dict(), self.synthetic_set())
 
     def run(self) -> dict:
         """Distill to the end; rank 0 writes the run directory, the other ranks compute."""
         cfg, main = self.cfg, self.comm.is_main
-        if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(self.run_dir / "config.json", {**asdict(cfg), "source": self.source})
-        self.tracker = (Tracker.open(self.run_dir, asdict(cfg), wandb=cfg.wandb,
+        self.run_dir.write_config(cfg, self.source)
+        self.tracker = (Tracker.open(self.run_dir.path, asdict(cfg), wandb=cfg.wandb,
                                      tensorboard=cfg.tensorboard, name=cfg.wandb_name)
                         if main else Tracker())
         # a new run in a folder that held another starts afresh (its logs and results would
         # otherwise be read, plotted and compared with this one's); a resumed run, or a second
         # run() of the same Distiller, continues its own
-        fresh = not self.resumed and self.iteration == cfg.prev_iter
-        if main and fresh:
-            for name in ("final.json", "synthetic_best.pt"):
-                (self.run_dir / name).unlink(missing_ok=True)
-        mode = "w" if fresh else "a"
-        metrics = open(self.run_dir / "metrics.jsonl", mode) if main else _Discard()
-        evals = open(self.run_dir / "evals.jsonl", mode) if main else _Discard()
+        metrics, evals = self.run_dir.open_logs(
+            fresh=not self.resumed and self.iteration == cfg.prev_iter)
         bar = progress_out.bar(range(self.iteration, cfg.iterations), desc="distill",
                                enabled=self.progress, report=True)
         try:
@@ -491,9 +442,9 @@ class Distiller:
             for _ in bar:
                 record = self.step()
                 self.guard.warn_if_stuck(record)
-                metrics.write(json.dumps(record) + "\n")
+                metrics.write(record)
                 self.tracker.log(record, record["it"])
-                self.guard.check(self.checkpoint, str(self.run_dir / "checkpoint.pt"))
+                self.guard.check(self.checkpoint, str(self.run_dir.checkpoint_path))
                 bar.set_postfix(loss=f"{record['loss']:.3f}", cap=record.get("cap", "-"))
                 done = record.get("finished", False) or self.iteration >= cfg.iterations
                 if cfg.eval_it and (self.iteration % cfg.eval_it == 0 or done):
@@ -515,10 +466,8 @@ class Distiller:
 
     def _evaluate_and_log(self, evals) -> None:
         result = self.evaluate()
-        main = result[self.cfg.eval_models[0]]
-        key = "val_mean" if self.cfg.select_on == "val" else "mean"
-        evals.write(json.dumps({"it": self.iteration, "lrs": self.lrs(),
-                                "selected_on": self.cfg.select_on, **result}) + "\n")
+        record = eval_record(self.iteration, self.lrs(), self.cfg.select_on, result)
+        evals.write(record)
         evals.flush()
         self.tracker.log_eval(result, self.iteration)
         if self.comm.is_main:
@@ -527,10 +476,11 @@ class Distiller:
             f"{m} " + (f"val {100 * r['val_mean']:.2f} ± {100 * r['val_std']:.2f} %, "
                        if "val_mean" in r else "") +
             f"test {100 * r['mean']:.2f} ± {100 * r['std']:.2f} %" for m, r in result.items()))
-        if main[key] > self.best.get("selected", self.best["accuracy"]):
-            self.best = {"selected": main[key], "selected_on": self.cfg.select_on,
+        # the one rule (records.py): the first model's selection accuracy, the earliest on a tie
+        if score(record) > self.best.get("selected", self.best["accuracy"]):
+            main = result[self.cfg.eval_models[0]]
+            self.best = {"selected": score(record), "selected_on": self.cfg.select_on,
                          "accuracy": main["mean"], "std": main["std"],
                          "val_accuracy": main.get("val_mean"), "val_std": main.get("val_std"),
                          "iteration": self.iteration}
-            if self.comm.is_main:
-                self.synthetic_set().save(self.run_dir / "synthetic_best.pt")
+            self.run_dir.save_best(self.synthetic_set())

@@ -67,7 +67,7 @@ class DistillConfig:
     dsa: bool = True
     dsa_strategy: str = DEFAULT_STRATEGY
     gradient: str = "lean"              # or "unroll"
-    compile: bool = False               # lean walk + held-out loss via torch.compile (README, speed)
+    compile: bool = False               # lean walk + held-out loss via torch.compile (docs/performance.md)
     gradient_memory: float = 0.0        # GB of step graphs the lean walk may keep (the hybrid)
     cuda_graphs: str = "auto"           # lean walk's steps as CUDA graphs: auto (on CUDA)|on|off
     autocast: str = "off"               # bf16: the student's forward passes in bfloat16 (inexact)
@@ -90,7 +90,7 @@ class DistillConfig:
     label_init: str = "expert"          # the final epoch of an expert's logits on the images
     lr_y: float = 2.0                   # SGD momentum 0.9 on the logits (DATM CIFAR-10 ipc10)
     loss_threshold: float | None = None  # DATM: no update when the matching loss exceeds it
-    # difficulty-aligned start windows (DATM, issue 10); see schedule.py and README
+    # difficulty-aligned start windows (DATM, issue 10); see schedule.py and docs/methods.md
     start_schedule: str = "method"      # "method": MTT uniform / STM stages; "aligned": DATM
     min_start_epoch: int = 0            # lower end of every window (STM's cap counts from it)
     current_max_start_epoch: int | None = None  # aligned: the first upper end (default: middle)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from .evaluate import EvalConfig, lr_schedule
 from .io import atomic_save, write_json
-from .report import CLIP_STD, synthetic_display, synthetic_grid, to_uint8_hwc
+from .display import CLIP_STD, synthetic_display, synthetic_grid, to_uint8_hwc
 from .synthetic import FORMAT, SyntheticSet
 
 EXPORT_FORMAT = "trajdistill.export/1"

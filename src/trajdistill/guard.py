@@ -80,7 +80,7 @@ def _unsound(learnables: list[Learnable], before: list[torch.Tensor], lr_img: fl
             step = float((t.detach() - old).norm() / old.norm())
             if step > MAX_IMAGE_STEP:
                 return (f"the image update is {step:.3g} times the images' own norm (more than "
-                        f"{MAX_IMAGE_STEP:g}); lower --lr_img (now {lr_img:g})")
+                        f"{MAX_IMAGE_STEP:g}); lower --lr_img (the image lr is now {lr_img:g})")
         elif name.startswith("lr "):
             old_log, new_log = float(old), float(t.detach())
             if abs(new_log - old_log) > math.log(MAX_LR_FACTOR):  # log space: exp() may overflow

@@ -23,12 +23,12 @@ Both give the same loss and gradients up to floating-point summation order
 
 With `MatchProblem.compile` the lean walk's per-chunk gradient and Hessian-vector products
 (and the held-out loss's gradients) run through torch.compile (`CompiledSteps`): the same
-gradient (float64: 1e-15), 1.2-1.3x faster on CPU, about a minute of compilation per process.
+gradient (float64: 1e-15), 1.1-1.3x faster on CPU, about a minute of compilation per process.
 
 With `MatchProblem.autocast` (torch.bfloat16) the student's forward passes run under
 torch.autocast: an inexact opt-in (`distill --autocast bf16`), 1.2-1.4x faster per step on a
 CPU with bfloat16 instructions, whose gradient drifts 1.5-3.6x as far from float64 as float32's
-own (README, speed section). Everything else (the loss, theta, the adjoint) stays float32.
+own (docs/performance.md). Everything else (the loss, theta, the adjoint) stays float32.
 
 Soft labels (DATM): when `MatchProblem.labels` is a float (N, classes) tensor of logits Y,
 each step's loss is the soft cross-entropy -sum(softmax(Y_b) * log_softmax(f(x_b))) / batch,
@@ -145,7 +145,7 @@ class CompiledSteps:
 
         def hvp(theta, x, y, n, v, soft: bool):
             # reverse-over-reverse (vjp of grad), like the eager walk; forward-over-reverse
-            # (jvp of grad) was as exact but slower on CPU (README, speed section)
+            # (jvp of grad) was as exact but slower on CPU (docs/performance.md)
             if soft:
                 g, pull = func.vjp(lambda th, xx, yy: func.grad(loss)(th, xx, yy, n), theta, x, y)
             else:

@@ -59,8 +59,8 @@ for (_ds, _ipc, _steps, _ee, _lr_img, _lr_lr, _bsyn, _lr_y, _thr, _min, _cur, _m
 
 # --- galaxies (issue 14): gz1 (../shared/data/gz1, a flat folder + labels CSV) as elliptical /
 # spiral / edge-on at 32 px, the central half of each cut-out. The data flags are filled, the
-# folder is the user's: `--preset GZ1-ipc1 --dataset PATH/gz1`. Settings measured in README
-# ("Galaxies"): start at the class means, the synthetic lr from the buffer (lr_teacher auto),
+# folder is the user's: `--preset GZ1-ipc1 --dataset PATH/gz1`. Settings measured in
+# docs/results.md ("Galaxies"): start at the class means, the synthetic lr from the buffer (lr_teacher auto),
 # Adam on the images (a bounded step per pixel: the images stay close to the class means
 # instead of drifting several times their norm) and the galaxy DSA.
 GZ1_DATA = {"labels": "gz1_labels.csv", "id_column": "OBJID", "label_column": "CLASS",

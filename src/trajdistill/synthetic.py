@@ -74,6 +74,15 @@ class SyntheticSet:
         """What networks trained on this set learn: the label logits, or the class indices."""
         return self.soft_labels if self.soft_labels is not None else self.labels
 
+    def mismatch(self, image_shape, classes: list[str]) -> str | None:
+        """Why this set does not fit data of `image_shape` and `classes` (the data it is
+        evaluated on or shown beside); None when it fits."""
+        shape, mine = list(self.data.get("image_shape") or []), self.data.get("classes")
+        if shape == list(image_shape) and mine == list(classes):
+            return None
+        return (f"gives {list(image_shape)} images of classes {list(classes)}, but the set was "
+                f"distilled from {self.data.get('dataset')} {shape} images of classes {mine}")
+
     def pixels(self) -> torch.Tensor:
         """Images back in [0,1] pixel space (ZCA inverted), unclipped."""
         return self.preprocess.inverse(self.images)

@@ -212,7 +212,7 @@ class Tracker:
         """The synthetic set as a grid, exactly as the report shows it."""
         if not self.backends:
             return
-        from .report import synthetic_grid
+        from .display import synthetic_grid
         n = len(classes) if classes else int(syn.labels.max()) + 1
         grid, ipc = synthetic_grid(syn, n)
         caption = f"iteration {step}, {ipc} per class, lr(s) " + ", ".join(f"{v:.3g}" for v in syn.lrs)

@@ -5,7 +5,7 @@ looking at the test set.
 The evaluation networks train on the synthetic set only, so these images are unseen by them.
 Real initialisation (`--pix_init real` / `correct`) never copies a validation image into the
 set. The experts, trained beforehand by `trajdistill buffer` on the whole training set and
-shared between runs, are left as they are (documented in README).
+shared between runs, are left as they are (docs/methods.md, 'Choosing the best set').
 """
 from __future__ import annotations
 

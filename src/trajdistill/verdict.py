@@ -20,7 +20,7 @@ from .distributed import SINGLE, Comm
 from .evaluate import EvalConfig, class_means, evaluate_sweep, random_real
 
 # The lrs every set of the final comparison is trained at (a distilled set's learned lr
-# competes too): the range where the galaxy, digit and CIFAR sets measured in README did best.
+# competes too): the range where the galaxy, digit and CIFAR sets measured in docs/results.md did best.
 EVAL_LRS = (0.01, 0.003, 0.001, 0.0003, 0.0001)
 FINAL_EVALS = ("sweep", "off")
 DRIFT_LIMIT = 1.0        # ||X - X0|| / ||X0|| beyond this: the images left what they started as
