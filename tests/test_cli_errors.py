@@ -355,8 +355,14 @@ def test_python_eval_configs_are_checked_before_any_training(kw, lrs, flag):
 
 
 def _console(*argv: str, **kw) -> subprocess.Popen:
+    # a suite started in the background (`./test.sh &`) inherits SIGINT ignored, and a Python
+    # started with it ignored never raises KeyboardInterrupt: the console's child gets the
+    # terminal's default back, as a command typed at a prompt has it
+    default_sigint = None if sys.platform == "win32" else (
+        lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return subprocess.Popen([sys.executable, "-m", "trajdistill.cli", *argv], text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=default_sigint,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}, **kw)
 
 

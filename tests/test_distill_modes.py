@@ -2,20 +2,14 @@
 import pytest
 import torch
 
-from trajdistill.data import load_dataset
 from trajdistill.distill import ConfigError, DistillConfig, Distiller, open_buffer
-from trajdistill.experts import ExpertConfig, train_experts
 
 from conftest import DEVICE, REFERENCE  # TRAJDISTILL_TEST_DEVICE
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("modes")
-    splits = load_dataset("digits")
-    train_experts(splits, ExpertConfig(model="ConvNetD2", train_epochs=4, num_experts=1),
-                  root / "buffer", progress=False)
-    return splits, open_buffer(root / "buffer", splits), root
+def setup(digits, digits_buffers, tmp_path_factory):
+    return digits, open_buffer(digits_buffers / "digits" / "ConvNetD2", digits), tmp_path_factory.mktemp("modes")
 
 
 def test_independent_lr_adds_a_stage_lr_on_level_up(setup):

@@ -7,22 +7,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trajdistill.data import load_dataset
 from trajdistill.distill import ConfigError, DistillConfig, Distiller, open_buffer
 from trajdistill.initial import MEAN_NOISE_STD
 from trajdistill.evaluate import class_means
-from trajdistill.experts import ExpertConfig, train_experts
 from trajdistill.lr_auto import auto_lr, spread
 from trajdistill.models import FlatModel, build_model
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("galaxy")
-    splits = load_dataset("digits")
-    train_experts(splits, ExpertConfig(model="ConvNetD2", train_epochs=3, num_experts=2),
-                  root / "buffer", progress=False)
-    return splits, open_buffer(root / "buffer", splits), root
+def setup(digits, digits_buffers, tmp_path_factory):
+    return digits, open_buffer(digits_buffers / "digits" / "ConvNetD2", digits), tmp_path_factory.mktemp("galaxy")
 
 
 def test_pix_init_mean_starts_at_the_class_means_and_mean_noise_near_them(setup):

@@ -535,3 +535,49 @@ def test_recordings_are_kept_apart_by_autocast(stand_in_graphs):
     for got, want in zip(graphed, eager):
         assert rel(got.grad_images, want.grad_images) < 1e-6
     assert rel(eager[1].grad_images, eager[0].grad_images) > 1e-3
+
+
+def test_plain_unroll_is_sgd_on_the_network_module():
+    """The reference itself, checked independently of step_input / step_loss (which every
+    identity above shares): the network as a torch.nn.Module trained by torch.optim.SGD on the
+    plan's minibatches and augmentation draws must end where plain_unroll's student ends, and
+    plain_unroll's gradients must be the central differences of that independent loss."""
+    import copy
+
+    from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+    from trajdistill import augment
+
+    problem, images = make_problem(name="ConvNetW8", shape=(3, 8, 8), classes=3, ipc=2,
+                                   steps=4, batch=4)
+    plan = problem.plan
+
+    def sgd_loss(imgs: torch.Tensor, lr: float) -> float:
+        net = copy.deepcopy(problem.student.module)
+        vector_to_parameters(problem.start.clone(), net.parameters())
+        opt = torch.optim.SGD(net.parameters(), lr=lr)
+        for idx, aug in zip(plan.batches, plan.augs):
+            x = imgs[idx.to(imgs.device)]
+            if aug is not None:
+                x = augment.apply(x, {k: augment.to_like(t, x) for k, t in aug.items()})
+            opt.zero_grad()
+            F.cross_entropy(net(x), problem.labels[idx.to(imgs.device)]).backward()
+            opt.step()
+        theta = parameters_to_vector(net.parameters()).detach()
+        return float((theta - problem.target).pow(2).sum()
+                     / (problem.start - problem.target).pow(2).sum())
+
+    lr = 0.1
+    ours = plain_unroll(problem, images, torch.tensor(math.log(lr), dtype=torch.float64,
+                                                      device=DEVICE))
+    assert ours.loss == pytest.approx(sgd_loss(images, lr), rel=1e-10)
+    h = 1e-5
+    fd = (sgd_loss(images, lr * math.exp(h)) - sgd_loss(images, lr * math.exp(-h))) / (2 * h)
+    assert ours.grad_log_lr.item() == pytest.approx(fd, rel=1e-6)
+    for pixel in [(0, 0, 3, 4), (5, 2, 1, 6)]:
+        up, down = images.clone(), images.clone()
+        up[pixel] += h
+        down[pixel] -= h
+        fd = (sgd_loss(up, lr) - sgd_loss(down, lr)) / (2 * h)
+        assert fd != 0
+        assert ours.grad_images[pixel].item() == pytest.approx(fd, rel=1e-6, abs=1e-10)

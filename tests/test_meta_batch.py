@@ -7,10 +7,8 @@ import random
 import pytest
 import torch
 
-from trajdistill.data import load_dataset
 from trajdistill.distill import ConfigError, DistillConfig, Distiller, open_buffer
 from trajdistill.distributed import SINGLE
-from trajdistill.experts import ExpertConfig, train_experts
 from trajdistill.matching import MatchProblem, MatchResult, plain_unroll, plan_unroll
 from trajdistill.meta_batch import SlotResult, combine, draw_slots, slot_expert, slot_seed
 from trajdistill.schedule import StageMachine, UniformStart
@@ -59,12 +57,8 @@ def test_combine_averages_over_the_meta_batch():
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("meta")
-    splits = load_dataset("digits")
-    train_experts(splits, ExpertConfig(model="ConvNetD2", train_epochs=3, num_experts=2),
-                  root / "buffer", progress=False)
-    return splits, open_buffer(root / "buffer", splits), root
+def setup(digits, digits_buffers, tmp_path_factory):
+    return digits, open_buffer(digits_buffers / "digits" / "ConvNetD2", digits), tmp_path_factory.mktemp("meta")
 
 
 @pytest.mark.parametrize("slots", [1, 3])

@@ -10,9 +10,7 @@ import torch
 from PIL import Image
 
 from trajdistill.cli import main
-from trajdistill.data import load_dataset
 from trajdistill.distill import DistillConfig, Distiller, open_buffer
-from trajdistill.experts import ExpertConfig, train_experts
 from trajdistill.io import read_jsonl
 from trajdistill.display import display_images
 from trajdistill.plots import stage_events
@@ -26,13 +24,11 @@ FIGURES = ["synthetic.png", "classes.png", "accuracy.png", "matching.png", "stag
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(digits, digits_buffers, tmp_path_factory):
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("report")
-    splits = load_dataset("digits")
-    train_experts(splits, ExpertConfig(model="ConvNetD2", train_epochs=3, num_experts=1),
-                  root / "buffer", progress=False)
-    store = open_buffer(root / "buffer", splits)
+    splits = digits
+    store = open_buffer(digits_buffers / "digits" / "ConvNetD2", digits)
     cfg = DistillConfig(ipc=2, syn_steps=5, iterations=30, lr_img=30, lr_teacher=[0.01],
                         eval_it=15, num_eval=1, epoch_eval_train=20, pix_init="noise",
                         min_duration=10, checkpoint_every=15)

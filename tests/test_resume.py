@@ -13,7 +13,7 @@ import torch
 
 from trajdistill.data import load_dataset
 from trajdistill.distill import ConfigError, DistillConfig, Distiller, DivergenceError, open_buffer
-from trajdistill.experts import ExpertConfig, TrajectoryStore, train_experts
+from trajdistill.experts import TrajectoryStore
 from trajdistill.io import FileFormatError, safe_load
 from trajdistill.matching import MatchResult
 
@@ -30,12 +30,8 @@ def cli(*args):
 
 
 @pytest.fixture(scope="module")
-def buffers(tmp_path_factory):
-    root = tmp_path_factory.mktemp("buffers")
-    splits = load_dataset("digits")
-    train_experts(splits, ExpertConfig(model="ConvNetD2", train_epochs=4, num_experts=2),
-                  root / "digits" / "ConvNetD2", progress=False)
-    return root
+def buffers(digits_buffers):
+    return digits_buffers  # 2 ConvNetD2 experts x 4 epochs at ROOT/digits/ConvNetD2 (read-only)
 
 
 def lines(path: Path) -> int:

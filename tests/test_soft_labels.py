@@ -8,9 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from trajdistill.cli import main
-from trajdistill.data import load_dataset
 from trajdistill.distill import ConfigError, DistillConfig, Distiller, open_buffer
-from trajdistill.experts import ExpertConfig, train_experts
 from trajdistill.export import export_synthetic, load_export
 from trajdistill.matching import MatchResult
 from trajdistill.report import build_report, soft_label_rows
@@ -23,12 +21,8 @@ SOFT = dict(ipc=1, syn_steps=3, eval_it=0, soft_labels=True, lr_y=5.0, lr_img=30
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("soft")
-    splits = load_dataset("digits")
-    train_experts(splits, ExpertConfig(model="ConvNetD2", train_epochs=4, num_experts=2),
-                  root / "digits" / "ConvNetD2", progress=False)
-    return splits, open_buffer(root / "digits" / "ConvNetD2", splits), root
+def setup(digits, digits_buffers):
+    return digits, open_buffer(digits_buffers / "digits" / "ConvNetD2", digits), digits_buffers
 
 
 def test_soft_cross_entropy_equals_torch_probability_targets():

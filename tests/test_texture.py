@@ -9,7 +9,6 @@ from PIL import Image
 from trajdistill.cli import main
 from trajdistill.data import load_dataset
 from trajdistill.distill import ConfigError, DistillConfig, Distiller, open_buffer, resolve
-from trajdistill.experts import ExpertConfig, train_experts
 from trajdistill.texture import TextureSpec, real_canvases, tiled, windows
 from trajdistill.training import train_epoch
 
@@ -63,12 +62,10 @@ def test_evaluation_trains_on_windows():
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(digits, digits_buffers, tmp_path_factory):
     root = tmp_path_factory.mktemp("texture")
-    splits = load_dataset("digits")
-    train_experts(splits, ExpertConfig(model="ConvNetD2", train_epochs=3, num_experts=1),
-                  root / "buffers" / "digits" / "ConvNetD2", progress=False)
-    return splits, open_buffer(root / "buffers" / "digits" / "ConvNetD2", splits), root
+    (root / "buffers").symlink_to(digits_buffers)  # the CLI test's --buffer_path; read-only
+    return digits, open_buffer(digits_buffers / "digits" / "ConvNetD2", digits), root
 
 
 def test_texture_distillation_learns_canvases(setup):

@@ -4,9 +4,7 @@ import pytest
 import torch
 
 from trajdistill.cli import best_summary
-from trajdistill.data import load_dataset
 from trajdistill.distill import ConfigError, DistillConfig, Distiller, open_buffer
-from trajdistill.experts import ExpertConfig, train_experts
 from trajdistill.io import read_jsonl
 from trajdistill.report import build_report
 from trajdistill.validation import default_val_size, validation_indices
@@ -32,12 +30,8 @@ def test_indices_are_fixed_cover_every_class_and_differ_by_seed():
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("val")
-    splits = load_dataset("digits")
-    train_experts(splits, ExpertConfig(model="ConvNetD2", train_epochs=3, num_experts=1),
-                  root / "buf", progress=False)
-    return splits, open_buffer(root / "buf", splits)
+def setup(digits, digits_buffers):
+    return digits, open_buffer(digits_buffers / "digits" / "ConvNetD2", digits)
 
 
 def test_no_validation_image_is_copied_into_the_set(setup, tmp_path):
@@ -61,7 +55,7 @@ def test_best_set_is_chosen_on_the_requested_accuracy(setup, tmp_path, select_on
     # the start (iteration 0) is evaluated too: a run may end worse than it began
     assert [e["it"] for e in evals] == [0, 2, 4, 6]
     assert all(e["selected_on"] == select_on for e in evals)
-    m = cfg.eval_models[0]
+    m = d.cfg.eval_models[0]  # the resolved config (the caller's is left as it was)
     for e in evals:  # validation and test side by side, one value per network
         assert len(e[m]["val_accuracies"]) == len(e[m]["accuracies"]) == 2
         assert 0 <= e[m]["val_mean"] <= 1

@@ -22,7 +22,7 @@ Both give the same loss and gradients up to floating-point summation order
 (tests/test_matching.py: 1e-8 relative in float64, 1e-4 in float32).
 
 With `MatchProblem.compile` the lean walk's per-chunk gradient and Hessian-vector products
-(and the held-out loss's gradients) run through torch.compile (`CompiledSteps`): the same
+(and the held-out loss's gradients) run through torch.compile (kernels.Compiled): the same
 gradient (float64: 1e-15), 1.1-1.3x faster on CPU, about a minute of compilation per process.
 
 With `MatchProblem.autocast` (torch.bfloat16) the student's forward passes run under
@@ -38,7 +38,6 @@ whole unroll exactly like dL/dX. With integer labels grad_labels is None.
 from __future__ import annotations
 
 import warnings
-import weakref
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -46,8 +45,9 @@ import torch
 import torch.nn.functional as F
 
 from . import augment as dsa
-from . import cuda_graphs, texture
+from . import kernels, texture
 from .models import FlatModel
+from .training import is_soft as soft_labels, summed_cross_entropy
 
 
 # lean walk: images per network call = CHUNK_PIXELS // (H * W) (25 for 32x32, 1 for 128x128).
@@ -92,82 +92,6 @@ def plan_unroll(num_images: int, syn_steps: int, batch_syn: int, image_hw: tuple
     return UnrollPlan(batches, augs, shifts, tuple(image_hw) if shifts is not None else None)
 
 
-def soft_labels(labels: torch.Tensor) -> bool:
-    """Float (N, classes) logits are soft labels; integer (N,) class indices are hard ones."""
-    return labels.is_floating_point()
-
-
-def summed_cross_entropy(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy summed over the batch: hard targets are class indices, soft targets
-    are probabilities (softmax of the label logits)."""
-    if target.is_floating_point():
-        return -(target * F.log_softmax(out, dim=1)).sum()
-    return F.cross_entropy(out, target, reduction="sum")
-
-
-# ----------------------------------------------------------------------------- compiled steps
-
-class CompiledSteps:
-    """`torch.compile`d per-chunk step functions of one student (`MatchProblem.compile`).
-
-    torch.compile cannot differentiate a compiled graph twice (a double backward through a
-    compiled forward raises "torch.compile with aot_autograd does not currently support double
-    backward"), so the Hessian-vector products are written functionally with torch.func and
-    the whole second-order computation is traced into one graph, called without autograd:
-
-        grad(theta, x, y, n)      = dloss/dtheta                             (first order)
-        hvp(theta, x, y, n, v)    = (g, d(g.v)/dtheta, d(g.v)/dx[, d(g.v)/dy])
-
-    with loss = summed_cross_entropy(f(x; theta), y) / n. The augmentation and the softmax of
-    soft labels stay outside (eager): the walk back pulls d(g.v)/dx and d(g.v)/dy through
-    them with autograd, as the eager walk does. Shapes are static (dynamic=False): each chunk
-    size compiles once (a run has at most a few: the chunk and the remainders); past
-    torch._dynamo.config.recompile_limit (8) shapes x networks in one process, dynamo warns and
-    runs the function eagerly (the same gradient, uncompiled). Chunks are
-    passed contiguous: DSA's crop leaves channels-last strides, which would recompile (strides
-    are guarded) and which dynamo's fake group_norm cannot view ("Cannot view a tensor with
-    shape [2, 16, 16, 16] and strides (4096, 1, 256, 16) as a tensor with shape (1, 32, 256)").
-
-    Networks with batch statistics (ConvNetBN, ...) keep the eager walk: their running-stat
-    updates mutate module buffers inside the grad transform, which torch.func refuses
-    ("attempted to call in-place operation (aten::add_.Tensor) that would mutate a captured
-    Tensor").
-    """
-
-    def __init__(self, student: FlatModel):
-        from torch import func
-
-        def loss(theta, x, y, n):
-            return summed_cross_entropy(student(theta, x), y) / n
-
-        def grad(theta, x, y, n):
-            return func.grad(loss)(theta, x, y, n)
-
-        def hvp(theta, x, y, n, v, soft: bool):
-            # reverse-over-reverse (vjp of grad), like the eager walk; forward-over-reverse
-            # (jvp of grad) was as exact but slower on CPU (docs/performance.md)
-            if soft:
-                g, pull = func.vjp(lambda th, xx, yy: func.grad(loss)(th, xx, yy, n), theta, x, y)
-            else:
-                g, pull = func.vjp(lambda th, xx: func.grad(loss)(th, xx, y, n), theta, x)
-            return (g, *pull(v))
-
-        opts = dict(dynamic=False, fullgraph=True)
-        self.grad = torch.compile(grad, **opts)
-        self.hvp = torch.compile(hvp, **opts)
-
-
-_COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, CompiledSteps]" = weakref.WeakKeyDictionary()
-
-
-def compiled_steps(student: FlatModel) -> CompiledSteps:
-    """The compiled step functions of a student, made once per network."""
-    steps = _COMPILED.get(student.module)
-    if steps is None:
-        steps = _COMPILED[student.module] = CompiledSteps(student)
-    return steps
-
-
 @dataclass
 class MatchProblem:
     """One matching problem: the student, where it starts, where the expert went."""
@@ -179,7 +103,7 @@ class MatchProblem:
     plan: UnrollPlan
     # images per network call in the lean walk; None: automatic (see `chunk_size`), 0: no chunks
     chunk: int | None = None
-    # lean walk and held-out loss through torch.compile'd step functions (`CompiledSteps`);
+    # lean walk and held-out loss through torch.compile'd step functions (kernels.Compiled);
     # ignored (eager, one warning) for networks with batch statistics
     compile: bool = False
     # the hybrid (--gradient_memory): the last keep_steps unrolled steps keep their autograd
@@ -262,7 +186,7 @@ class MatchProblem:
 
     @property
     def compiled(self) -> bool:
-        """Whether the step functions go through `CompiledSteps`."""
+        """Whether the step functions go through torch.compile (kernels.Compiled)."""
         if self.compile and not self.student.batch_independent:
             warnings.warn("compile: networks with batch statistics keep the eager lean walk "
                           "(torch.func cannot trace their running-stat updates)", stacklevel=3)
@@ -273,80 +197,22 @@ class MatchProblem:
             return False
         return self.compile
 
+    @property
+    def kernel(self) -> kernels.StepKernel:
+        """How step_grad and step_hvp are computed (kernels.py): the same settings give the
+        same kernel for every problem of a run."""
+        return kernels.choose(graphed=self.graphed, compiled=self.compiled)
+
     def step_grad(self, theta: torch.Tensor, images: torch.Tensor, i: int) -> torch.Tensor:
         """First-order gradient of step i's loss at theta (no graph kept), chunked."""
-        if self.graphed:
-            out = cuda_graphs.graphs_of(self.student).call(self, "grad", theta, images, i)
-            if out is not None:
-                return out
-        with torch.no_grad():
-            x, y = self.step_input(images, i)
-        compiled = self.compiled
-        theta = theta.detach().requires_grad_(not compiled)
-        n = x.shape[0]
-        size = self.chunk_size(n, x.shape)
-        total = None
-        for xc, yc in zip(x.split(size), y.split(size)):
-            if compiled:
-                with torch.no_grad():
-                    g = compiled_steps(self.student).grad(theta, xc.contiguous(), yc.contiguous(),
-                                                          self._count(n, x))
-            else:
-                loss = summed_cross_entropy(self.network(theta, xc), yc) / n
-                g, = torch.autograd.grad(loss, theta)
-            total = g if total is None else total.add_(g)
-        return total
-
-    @staticmethod
-    def _count(n: int, like: torch.Tensor) -> torch.Tensor:
-        """The minibatch size as a 0-dim tensor: an input of the compiled graphs, not a
-        constant baked into them (no recompilation for another value)."""
-        return torch.tensor(float(n), dtype=like.dtype, device=like.device)
+        return self.kernel.grad(self, theta, images, i)
 
     def step_hvp(self, theta: torch.Tensor, images: torch.Tensor, i: int, v: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Step i's gradient g at theta and the products of v with its derivatives:
         (g, d(g.v)/dtheta = H v, d(g.v)/dimages, d(g.v)/dlabels or None for hard labels),
         recomputing the step's graph chunk by chunk."""
-        if self.graphed:
-            out = cuda_graphs.graphs_of(self.student).call(self, "hvp", theta, images, i, v)
-            if out is not None:
-                return out
-        x_leaf = images.detach().requires_grad_(True)
-        soft = soft_labels(self.labels)
-        y_leaf = self.labels.detach().requires_grad_(soft)
-        x, y = self.step_input(x_leaf, i, y_leaf)   # augmentation, softmax: cheap, kept whole
-        xa, ya = x.detach(), y.detach()
-        theta = theta.detach().requires_grad_(True)
-        n = xa.shape[0]
-        size = self.chunk_size(n, xa.shape)
-        g_sum = hv_sum = None
-        hx_parts, hy_parts = [], []
-        compiled = self.compiled
-        for xc, yc in zip(xa.split(size), ya.split(size)):
-            if compiled:
-                with torch.no_grad():
-                    g, hv, hx, *hy = compiled_steps(self.student).hvp(
-                        theta.detach(), xc.contiguous(), yc.contiguous(), self._count(n, xa),
-                        v.contiguous(), soft)
-                g_sum = g if g_sum is None else g_sum.add_(g)
-                hv_sum = hv if hv_sum is None else hv_sum.add_(hv)
-                hx_parts.append(hx)
-                hy_parts += hy
-                continue
-            xc = xc.requires_grad_(True)
-            yc = yc.requires_grad_(soft)
-            loss = summed_cross_entropy(self.network(theta, xc), yc) / n
-            g, = torch.autograd.grad(loss, theta, create_graph=True)
-            hv, hx, *hy = torch.autograd.grad(g, (theta, xc, *([yc] if soft else [])), grad_outputs=v)
-            g = g.detach()
-            g_sum = g if g_sum is None else g_sum.add_(g)
-            hv_sum = hv if hv_sum is None else hv_sum.add_(hv)
-            hx_parts.append(hx)
-            hy_parts += hy
-        himg, = torch.autograd.grad(x, x_leaf, grad_outputs=torch.cat(hx_parts))
-        hlab = torch.autograd.grad(y, y_leaf, grad_outputs=torch.cat(hy_parts))[0] if soft else None
-        return g_sum, hv_sum, himg, hlab
+        return self.kernel.hvp(self, theta, images, i, v)
 
     def normaliser(self) -> torch.Tensor:
         return (self.start - self.target).pow(2).sum()

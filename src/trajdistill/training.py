@@ -30,12 +30,20 @@ def is_soft(labels: torch.Tensor) -> bool:
     return labels.is_floating_point()
 
 
+def summed_cross_entropy(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over the batch: hard targets are class indices, soft targets
+    are probabilities (the softmax of label logits)."""
+    if target.is_floating_point():
+        return -(target * F.log_softmax(out, dim=1)).sum()
+    return F.cross_entropy(out, target, reduction="sum")
+
+
 def set_loss(out: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """The training loss on a set: cross-entropy on class indices (optionally class-weighted),
     or the soft cross-entropy -sum(softmax(y) * log_softmax(out)) / batch on label logits
     (the loss the unrolled student of the distillation used)."""
     if is_soft(y):
-        return -(F.softmax(y, dim=1) * F.log_softmax(out, dim=1)).sum() / out.shape[0]
+        return summed_cross_entropy(out, F.softmax(y, dim=1)) / out.shape[0]
     return F.cross_entropy(out, y, weight=weights)
 
 

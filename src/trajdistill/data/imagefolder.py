@@ -23,17 +23,28 @@ from PIL import Image
 from .. import progress
 from .base import DataError, DatasetSplits, ImageDataset, Preprocess, channel_stats
 from .cache import cached_images
-from ..gzoo2.images import central_half
 
 TEST_SPLIT_NAMES = ("test", "val", "validation")  # validation/: the Keras/Kaggle name
 
 # How an image becomes a square of the target side: "center" (shorter side to the side,
 # then the central square, as ImageNet) or "center-half" (the central half of the image in
-# each dimension, then an area resize: the Galaxy Zoo cut-out crop of gzoo2.images).
+# each dimension, then an area resize: the Galaxy Zoo cut-out crop, which gzoo2.images shares).
 CROPS = ("center", "center-half")
 
 
 # ---------------------------------------------------------------- single images
+
+def _half_box(w: int, h: int) -> tuple[int, int, int, int]:
+    cw, ch = w // 2, h // 2
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return left, top, cw, ch
+
+
+def central_half(img: Image.Image) -> Image.Image:
+    """The middle half in each dimension: 212x212 out of a 424x424 cut-out."""
+    left, top, cw, ch = _half_box(*img.size)
+    return img.crop((left, top, left + cw, top + ch))
+
 
 def resize_center_crop(im: Image.Image, side: int) -> Image.Image:
     """Shorter side to `side`, then the central `side` x `side` square."""

@@ -1,6 +1,7 @@
 """Datasets by name: `load_dataset("CIFAR10", data_path)` -> DatasetSplits.
 
-Each loader is registered under its name (case-insensitive). A name that is not
+Each loader is registered under its name (case-insensitive); the built-in ones by
+data/builtin.py, which the package imports (this module imports no loader). A name that is not
 registered but is an existing directory is read as an image folder (train/<class>/,
 test/<class>/), or, with a `labels=` CSV, as a flat folder of images named by id.
 """
@@ -23,13 +24,11 @@ def register(name: str):
 
 
 def dataset_names() -> list[str]:
-    _import_loaders()
     return sorted(_LOADERS)
 
 
 def load_dataset(name: str, data_path: str | None = None, zca: bool = False, **options) -> DatasetSplits:
     """Load a dataset by name (see `dataset_names()`), offline, from `data_path`."""
-    _import_loaders()
     name = str(name)  # a Path to an image folder is welcome too
     fn = _LOADERS.get(name.lower())
     if fn is None:
@@ -45,8 +44,3 @@ def load_dataset(name: str, data_path: str | None = None, zca: bool = False, **o
         from .zca_apply import with_zca
         splits = with_zca(splits)
     return splits
-
-
-def _import_loaders() -> None:
-    """Import every loader module once so their @register lines run."""
-    from . import builtin  # noqa: F401

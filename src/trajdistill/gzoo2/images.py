@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.base import DataError
+from ..data.imagefolder import _half_box, central_half
 
 
 def decode(data: bytes) -> Image.Image:
@@ -25,18 +26,6 @@ def decode(data: bytes) -> Image.Image:
     img = Image.open(io.BytesIO(data))
     img.load()
     return img.convert("RGB")
-
-
-def _half_box(w: int, h: int) -> tuple[int, int, int, int]:
-    cw, ch = w // 2, h // 2
-    left, top = (w - cw) // 2, (h - ch) // 2
-    return left, top, cw, ch
-
-
-def central_half(img: Image.Image) -> Image.Image:
-    """The middle half in each dimension: 212x212 out of a 424x424 cut-out."""
-    left, top, cw, ch = _half_box(*img.size)
-    return img.crop((left, top, left + cw, top + ch))
 
 
 def rotated_central_half(img: Image.Image, angle: float) -> Image.Image:
