@@ -15,6 +15,11 @@ Modes:
     lean    the lean walk back (trajdistill.matching.lean_unroll, the default)
     stm     a whole STM iteration: held-out next-epoch loss (matching_loss, no graph) + the
             lean gradient + the image / lr SGD updates; `heldout_share` = held-out / total
+    stm_unroll  a whole STM iteration with the plain unroll's gradient
+    stm_auto    a whole STM iteration with `distill`'s default gradient (--gradient auto,
+            trajdistill/gradient_choice.py): the plain unroll where its graph fits a quarter of
+            the available memory on a CPU, else the lean walk (on CUDA: graphed); `gradient`
+            says which ran, `unroll_graph_gb` what the unroll would keep
     lean_hybrid, stm_hybrid       the same with --gradient_memory (--gradient-memory GB, default
             8): the last steps that fit keep their graphs (MatchProblem.keep_steps)
     lean_graphed, stm_graphed     the same with the steps replayed as recorded CUDA graphs
@@ -24,7 +29,7 @@ Modes:
             forward passes in bfloat16 (MatchProblem.autocast, `distill --autocast bf16`:
             inexact, see precision_drift.py); `autocast` says which
     lean_compiled, stm_compiled   the same through torch.compile'd step functions
-            (MatchProblem.compile, matching.CompiledSteps); `compile_seconds` = the warm-up
+            (MatchProblem.compile, kernels.CompiledSteps); `compile_seconds` = the warm-up
             iteration (compilation of every graph + two steps), `fxgraph_cache` = inductor's
             FX graph cache hits / misses in that process (TORCHINDUCTOR_CACHE_DIR, default
             /tmp/torchinductor_$USER: a second process with a warm cache compiles faster)
@@ -73,7 +78,7 @@ CONFIGS = {  # name: (ipc, syn_steps, batch_syn)
 }
 DEFAULT_CONFIGS = ["A", "B10", "C", "B40", "B80"]  # B20 is A: the sweep is B10, A, B40, B80
 MODES = ["unroll", "lean", "stm"]  # the default; the compiled modes are asked for by name
-ALL_MODES = MODES + ["lean_compiled", "stm_compiled", "lean_hybrid", "stm_hybrid",
+ALL_MODES = MODES + ["stm_unroll", "stm_auto", "lean_compiled", "stm_compiled", "lean_hybrid", "stm_hybrid",
                      "lean_graphed", "stm_graphed", "lean_bf16", "stm_bf16",
                      "lean_graphed_bf16", "stm_graphed_bf16"]
 NUM_CLASSES, IMAGE = 10, (3, 32, 32)
@@ -159,7 +164,16 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
             p.keep_steps = kept["steps"]
         return p
 
-    grad_fn = GRADIENT_METHODS["unroll" if mode == "unroll" else "lean"]
+    method = "unroll" if mode == "unroll" or "unroll" in variants else "lean"
+    if "auto" in variants:  # distill's own rule (gradient_choice.py), on this problem
+        from trajdistill.gradient_choice import MEMORY_SHARE, available_bytes
+        from trajdistill.matching import step_graph_bytes
+        need = step_graph_bytes(problem(1, start), images, log_lr.detach().exp()) * syn_steps
+        free = available_bytes(dev)
+        graphed = cuda
+        method = ("unroll" if not cuda and free is not None and need <= MEMORY_SHARE * free
+                  else "lean")
+    grad_fn = GRADIENT_METHODS[method]
 
     def sync():
         if cuda:
@@ -203,6 +217,9 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
            "seconds_all": [round(w, 3) for w in walls],
            "cpu_seconds": round(statistics.median(cpus), 3), "autocast": autocast}
     out["warmup_seconds"] = round(warmup, 3)
+    out["gradient"] = method
+    if "auto" in variants:
+        out["unroll_graph_gb"] = round(need / 2**30, 3)
     if cuda:
         out["tf32"] = torch.backends.cudnn.allow_tf32
     if compiled:

@@ -345,8 +345,10 @@ def _add_distill_parser(sub) -> None:
     p.add_argument("--Iteration", type=kinds.positive_int, help="iterations at most (STM default: "
                    "none before its own stop, see docs/methods.md 'When a run ends'; original-MTT: 5000)")
     p.add_argument("--eval_it", type=kinds.non_negative_int)
-    p.add_argument("--gradient", choices=["lean", "unroll"],
-                   help="lean (default, memory of one step) or unroll (reference)")
+    p.add_argument("--gradient", choices=["auto", "lean", "unroll"],
+                   help="the exact gradient's method: auto (default: the plain unroll where its "
+                   "graph fits a quarter of the free memory, on CPUs; the lean walk elsewhere and "
+                   "on CUDA), lean (memory of one step) or unroll (the reference's)")
     p.add_argument("--compile", action="store_true", default=None,
                    help="run the lean gradient's and the held-out loss's steps through "
                    "torch.compile: same gradient (float64 1e-15), 1.1-1.3x faster on CPU, about a "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
@@ -62,6 +62,9 @@ class Distiller:
                  comm: Comm = SINGLE):
         self.comm = comm  # torchrun's ranks (distributed.py); SINGLE: this process alone
         self.cfg = cfg = resolve(cfg, splits, store)  # a settled copy; the caller's is untouched
+        if comm.active:  # every rank takes rank 0's measured choices (free memory differs)
+            self.cfg = cfg = replace(cfg, **comm.broadcast_object(
+                {"gradient": cfg.gradient, "lr_teacher": cfg.lr_teacher, "derived": cfg.derived}))
         self.source = source or {}  # where data and buffer came from (for --resume)
         self.splits, self.store, self.progress = splits, store, progress and comm.is_main
         self.run_dir = RunDirectory(run_dir, writer=comm.is_main)

@@ -66,7 +66,7 @@ class DistillConfig:
     batch_train: int = 256              # minibatch of the evaluation networks (as the reference)
     dsa: bool = True
     dsa_strategy: str = DEFAULT_STRATEGY
-    gradient: str = "lean"              # or "unroll"
+    gradient: str = "auto"              # by memory (gradient_choice.py); or lean, or unroll
     compile: bool = False               # lean walk + held-out loss via torch.compile (docs/performance.md)
     gradient_memory: float = 0.0        # GB of step graphs the lean walk may keep (the hybrid)
     cuda_graphs: str = "auto"           # lean walk's steps as CUDA graphs: auto (on CUDA)|on|off
@@ -217,21 +217,37 @@ def derive(cfg: DistillConfig) -> DistillConfig:
 
 # measures --lr_teacher auto for a settled config (initial.measure_teacher_lr)
 TeacherLr = Callable[[DistillConfig, DatasetSplits, TrajectoryStore], float]
+# chooses --gradient auto's method for a settled config: (method, why) (gradient_choice.choose)
+GradientChoice = Callable[[DistillConfig, DatasetSplits, TrajectoryStore], tuple[str, str]]
+GRADIENTS = ("auto", *GRADIENT_METHODS)
 
 
 def resolve(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore,
-            teacher_lr: TeacherLr | None = None) -> DistillConfig:
+            teacher_lr: TeacherLr | None = None,
+            gradient: GradientChoice | None = None) -> DistillConfig:
     """A new config with every default filled from the data and the buffer; impossible
     settings refused with a clear message. `cfg` itself is not changed.
 
-    `--lr_teacher auto` is measured by `teacher_lr` (default: initial.measure_teacher_lr,
-    on the images the run starts from) once everything else is settled."""
+    Once everything else is settled, `--lr_teacher auto` is measured by `teacher_lr`
+    (default: initial.measure_teacher_lr, on the images the run starts from) and `--gradient
+    auto` chosen by `gradient` (default: gradient_choice.choose, by memory)."""
     if cfg.img_optimizer is not None and cfg.img_optimizer not in IMG_OPTIMIZERS:
         raise ConfigError(f"--img_optimizer must be sgd or adam, got {cfg.img_optimizer!r}")
     cfg = derive(copy.deepcopy(cfg))
     cfg = _settle(cfg, splits, store)
-    if cfg.lr_teacher not in ("auto", ["auto"]):
-        return cfg
+    if cfg.lr_teacher in ("auto", ["auto"]):
+        cfg = _measured_lr(cfg, splits, store, teacher_lr)
+    if cfg.gradient == "auto":
+        if gradient is None:
+            from .gradient_choice import choose as gradient
+        method, why = gradient(cfg, splits, store)
+        cfg = replace(cfg, gradient=method, derived={
+            **cfg.derived, "gradient": derived(method, f"--gradient auto: {why}")})
+    return cfg
+
+
+def _measured_lr(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore,
+                 teacher_lr: TeacherLr | None) -> DistillConfig:
     if teacher_lr is None:
         from .initial import measure_teacher_lr as teacher_lr
     lr = teacher_lr(cfg, splits, store)
@@ -254,9 +270,9 @@ def _settle(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) -
     if str(cfg.method).upper() not in METHOD_NAMES:
         raise ConfigError(f"--method must be STM (stage-MTT) or original-MTT, got {cfg.method!r}")
     cfg.method = METHOD_NAMES[cfg.method.upper()]
-    if cfg.gradient not in GRADIENT_METHODS:
-        raise ConfigError(f"--gradient must be one of {sorted(GRADIENT_METHODS)}, got {cfg.gradient!r}")
-    if cfg.gradient_memory and cfg.gradient != "lean":
+    if cfg.gradient not in GRADIENTS:
+        raise ConfigError(f"--gradient must be one of {', '.join(GRADIENTS)}, got {cfg.gradient!r}")
+    if cfg.gradient_memory and cfg.gradient == "unroll":
         raise ConfigError("--gradient_memory sets how much of the lean walk keeps its graphs; "
                           f"--gradient {cfg.gradient} keeps them all: drop one of the two")
     if str(cfg.cuda_graphs).lower() == "on":
