@@ -54,6 +54,13 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def cifar_zca(shared_data):
+    """The real CIFAR-10 subset, ZCA-whitened (the fit, a 3072 x 3072 eigendecomposition, once)."""
+    from trajdistill.data import load_dataset
+    return load_dataset("CIFAR10", shared_data / "cifar10-subset", zca=True)
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: runs the command line in subprocesses (kill and resume, torchrun, "

@@ -17,11 +17,6 @@ from trajdistill.data.zca_apply import with_zca
 EPS = 0.1
 
 
-@pytest.fixture(scope="module")
-def cifar_zca(shared_data):
-    return load_dataset("CIFAR10", shared_data / "cifar10-subset", zca=True)
-
-
 def covariance(x: torch.Tensor) -> torch.Tensor:
     x = x.reshape(x.shape[0], -1).double()
     xc = x - x.mean(0)

@@ -7,15 +7,15 @@ import torch
 
 import trajdistill.evaluate as evaluate_module
 from trajdistill.cli import main
-from trajdistill.data import load_dataset
 from trajdistill.synthetic import SyntheticSet
 
 from conftest import DEVICE  # TRAJDISTILL_TEST_DEVICE
 
 
-def test_evaluate_uses_the_synthetic_sets_zca_even_without_the_flag(shared_data, tmp_path, monkeypatch):
+def test_evaluate_uses_the_synthetic_sets_zca_even_without_the_flag(shared_data, cifar_zca,
+                                                                    tmp_path, monkeypatch):
     path = shared_data / "cifar10-subset" / "cifar-10-python.tar.gz"
-    splits = load_dataset("CIFAR10", path, zca=True)
+    splits = cifar_zca
     idx = torch.cat([splits.train.indices_of(c)[:1] for c in range(10)])
     syn = SyntheticSet(splits.preprocess(splits.train.images[idx]), splits.train.labels[idx], [0.01],
                        splits.preprocess, splits.describe(), "ConvNet")
