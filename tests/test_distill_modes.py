@@ -62,7 +62,7 @@ def test_compile_flag_reaches_the_matching_problems(setup):
     for flag in (False, True):
         d = Distiller(DistillConfig(ipc=1, syn_steps=3, iterations=1, eval_it=0, compile=flag),
                       splits, store, root / f"compile{flag}", progress=False)
-        assert d._problem(store.load(0), 1, torch.Generator()).compile is flag
+        assert d.problem(store.load(0), 1, torch.Generator()).compile is flag
 
 
 def test_gradient_memory_keeps_steps_and_changes_nothing_else(setup, capsys):
@@ -73,16 +73,16 @@ def test_gradient_memory_keeps_steps_and_changes_nothing_else(setup, capsys):
     splits, store, root = setup
     base = dict(ipc=2, syn_steps=6, iterations=3, eval_it=0, seed=3, device=DEVICE)
     lean = Distiller(DistillConfig(**base), splits, store, root / "lean", progress=False)
-    per_step = step_graph_bytes(lean._problem(store.load(0), 1, torch.Generator()),
+    per_step = step_graph_bytes(lean.problem(store.load(0), 1, torch.Generator()),
                                 lean.images, lean.log_lrs[0].exp())
     budget = 2.5 * per_step / 2**30                  # room for 2 steps' graphs
     hybrid = Distiller(DistillConfig(**base, gradient_memory=budget), splits, store,
                        root / "hybrid", progress=True)
-    assert hybrid._problem(store.load(0), 1, torch.Generator()).keep_steps == 2
+    assert hybrid.problem(store.load(0), 1, torch.Generator()).keep_steps == 2
     assert "the last 2 of 6 unrolled steps keep their graphs" in capsys.readouterr().err
     big = Distiller(DistillConfig(**base, gradient_memory=1000.0), splits, store,
                     root / "big", progress=False)
-    assert big._problem(store.load(0), 1, torch.Generator()).keep_steps == 6
+    assert big.problem(store.load(0), 1, torch.Generator()).keep_steps == 6
     x0 = lean.images.detach().clone()
     lean.run()
     hybrid.run()
@@ -103,11 +103,11 @@ def test_cuda_graphs_follow_the_device_and_refuse_what_cannot_be(setup):
     splits, store, root = setup
     base = dict(ipc=1, syn_steps=2, iterations=1, eval_it=0, device=DEVICE)
     auto = Distiller(DistillConfig(**base), splits, store, root / "g_auto", progress=False)
-    problem = auto._problem(store.load(0), 1, torch.Generator())
+    problem = auto.problem(store.load(0), 1, torch.Generator())
     assert problem.cuda_graphs == problem.graphed == DEVICE.startswith("cuda")
     off = Distiller(DistillConfig(**base, cuda_graphs="off"), splits, store, root / "g_off",
                     progress=False)
-    assert not off._problem(store.load(0), 1, torch.Generator()).cuda_graphs
+    assert not off.problem(store.load(0), 1, torch.Generator()).cuda_graphs
     # the rule itself, on every device kind (not only the one this suite runs on)
     from trajdistill.cuda_graphs import wanted
     assert wanted("auto", "cuda", False) and wanted("on", "cuda", False)
@@ -135,7 +135,7 @@ def test_autocast_reaches_the_matching_problems_and_refuses_compile(setup):
     for word, dtype in (("off", None), ("bf16", torch.bfloat16)):
         d = Distiller(DistillConfig(**base, autocast=word), splits, store, root / f"ac_{word}",
                       progress=False)
-        assert d._problem(store.load(0), 1, torch.Generator()).autocast is dtype
+        assert d.problem(store.load(0), 1, torch.Generator()).autocast is dtype
     for extra in (dict(autocast="bf16", compile=True), dict(autocast="fp16")):
         with pytest.raises(ConfigError, match="--autocast"):
             Distiller(DistillConfig(**base, **extra), splits, store, root / "ac_bad",

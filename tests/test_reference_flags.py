@@ -108,9 +108,9 @@ def _distiller(buffer, tmp_path, **kw):
 def test_no_aug_switches_off_the_students_augmentation_only(buffer, tmp_path, monkeypatch):
     d = _distiller(buffer, tmp_path, no_aug=True, num_eval=1, epoch_eval_train=1)
     traj = d.store.load(d.experts[0])
-    assert all(a is None for a in d._problem(traj, 0, torch.Generator()).plan.augs)
+    assert all(a is None for a in d.problem(traj, 0, torch.Generator()).plan.augs)
     with_aug = _distiller(buffer, tmp_path, num_eval=1, epoch_eval_train=1)
-    assert all(a is not None for a in with_aug._problem(traj, 0, torch.Generator()).plan.augs)
+    assert all(a is not None for a in with_aug.problem(traj, 0, torch.Generator()).plan.augs)
     seen = {}
 
     def fake_evaluate_set(images, labels, splits, lrs, models, cfg, **kw):

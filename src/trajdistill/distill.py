@@ -236,8 +236,10 @@ class Distiller:
         return d
 
     # ------------------------------------------------------------------ one iteration
-    def _problem(self, trajectory: torch.Tensor, start_epoch: int,
-                 generator: torch.Generator) -> MatchProblem:
+    def problem(self, trajectory: torch.Tensor, start_epoch: int,
+                generator: torch.Generator) -> MatchProblem:
+        """The matching problem of one slot: the student from `start_epoch` of `trajectory`
+        towards expert_epochs later, on the current images, its plan drawn from `generator`."""
         cfg = self.cfg
         start = trajectory[start_epoch].to(self.device, torch.float32)
         target = trajectory[start_epoch + cfg.expert_epochs].to(self.device, torch.float32)
@@ -276,12 +278,12 @@ class Distiller:
         trajectory = self.store.load(slot.expert)
         held, t0 = None, time.perf_counter()
         if heldout:
-            held = matching_loss(self._problem(trajectory, self.schedule.heldout_epoch,
+            held = matching_loss(self.problem(trajectory, self.schedule.heldout_epoch,
                                                slot.generator),
                                  self.images, self.log_lrs[-1].detach().exp())
         heldout_seconds = time.perf_counter() - t0
         k = self._lr_index(slot.start_epoch)
-        result = self.grad_fn(self._problem(trajectory, slot.start_epoch, slot.generator),
+        result = self.grad_fn(self.problem(trajectory, slot.start_epoch, slot.generator),
                               self.images, self.log_lrs[k])
         return SlotResult(slot.index, result, held, k, heldout_seconds)
 
