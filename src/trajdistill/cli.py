@@ -446,6 +446,9 @@ def cmd_evaluate(args) -> None:
         raise ConfigError(f"--dataset {o['dataset']}: {why} ({o['syn']})")
     # the test set goes through the synthetic set's own transform (its ZCA included)
     splits = replace(splits, preprocess=syn.preprocess)
+    if o.get("protocol") == "ddranking":
+        return _evaluate_ddranking(o, syn, splits)
+    _refuse_ddranking_flags(o)
     comm, device = init_from_env(o["device"])  # torchrun: networks shared out
     cfg = EvalConfig(num_eval=o["num_eval"], epoch_eval_train=o["epoch_eval_train"],
                      batch_train=o["batch_train"], dsa=o["dsa"], device=device, seed=o["seed"],
@@ -475,6 +478,69 @@ def cmd_evaluate(args) -> None:
         if o.get("out"):
             Path(o["out"]).write_text(json.dumps({"lrs": list(lrs), **result}, indent=2))
     shutdown(comm)
+
+
+DDRANKING_ONLY = ("real_accuracy", "real_epochs", "teacher", "lrs_lambda", "ars_lambda")
+
+
+def _refuse_ddranking_flags(o: dict) -> None:
+    given = [f"--{k}" for k in DDRANKING_ONLY if o.get(k) is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: for --protocol ddranking only")
+
+
+def _evaluate_ddranking(o: dict, syn, splits) -> None:
+    """--protocol ddranking: DD-Ranking's scores of the set (ddranking.py), written to
+    --out or ddranking.json beside the set; a run directory's report is rebuilt with them."""
+    from . import ddranking as ddr
+    from .io import write_json
+    from .texture import spec_of
+    if spec_of(syn.meta) is not None:
+        raise ConfigError(f"--protocol ddranking: {o['syn']} is a texture set (canvases); "
+                          "DD-Ranking evaluates whole images of the data's size")
+    for flag in ("eval_mode", "lr_sweep"):  # the default pool, S, is one network: its own
+        if o.get(flag) is not None and (flag != "eval_mode" or o["eval_mode"] != "S"):
+            raise ConfigError(f"--{flag}: --protocol ddranking fixes its network and lr grid; drop it")
+    lr = o.get("lr") or ["learned"]
+    if len(lr) != 1:
+        raise ConfigError(f"--lr: DD-Ranking trains at one lr (its syn_lr), got {len(lr)}")
+    if o.get("dsa") is False:
+        raise ConfigError("--dsa False: DD-Ranking's scores compare with and without "
+                          "augmentation themselves; drop it")
+    cfg = ddr.DDRankingConfig(
+        num_eval=o["num_eval"], epochs=o["epoch_eval_train"], batch=o["batch_train"],
+        syn_lr=None if lr == ["learned"] else lr[0],
+        lrs_lambda=ddr.LAMBDA if o.get("lrs_lambda") is None else o["lrs_lambda"],
+        ars_lambda=ddr.LAMBDA if o.get("ars_lambda") is None else o["ars_lambda"],
+        real_accuracy=None if o.get("real_accuracy") is None else o["real_accuracy"] / 100,
+        real_epochs=o.get("real_epochs") or ddr.REAL_EPOCHS, device=o["device"], seed=o["seed"],
+        **_strategy(o))
+    cfg.check()
+    syn_dir = Path(o["syn"]).parent
+    teacher = None
+    if syn.soft_labels is not None:
+        teacher = ddr.buffer_teacher(o.get("teacher") or _run_buffer(syn_dir), splits, o["device"])
+    result = ddr.evaluate_ddranking(syn, splits, cfg, teacher, progress=not o.get("quiet"),
+                                    say=None if o.get("quiet") else print)
+    result["set"] = str(o["syn"])
+    out = Path(o.get("out") or syn_dir / ddr.RESULTS_FILE)
+    write_json(out, result)
+    print("\n".join(ddr.summary_lines(result)))
+    print(f"results: {out}")
+    if out.parent == syn_dir and (syn_dir / "config.json").exists():  # a run directory
+        from .report import build_report
+        print(f"report: {build_report(syn_dir)}")
+
+
+def _run_buffer(run_dir: Path) -> str:
+    """The expert buffer a run directory's set was distilled from (config.json's source)."""
+    from .io import load_json
+    config = run_dir / "config.json"
+    source = load_json(config).get("source") if config.exists() else None
+    if not isinstance(source, dict) or not source.get("buffer_dir"):
+        raise ConfigError("--teacher: a soft-label set is compared with random real images "
+                          "labelled by the expert that labelled it; give its expert buffer")
+    return source["buffer_dir"]
 
 
 def cmd_baseline(args) -> None:
@@ -518,6 +584,25 @@ def cmd_baseline(args) -> None:
                                                   "lr": None if sweep else o["lr"],
                                                   "epochs": epochs, **result}, indent=2))
     shutdown(comm)
+
+
+def _add_ddranking_flags(p) -> None:
+    p.add_argument("--protocol", choices=["trajdistill", "ddranking"],
+                   help="trajdistill (default): this package's protocol; ddranking: "
+                   "DD-Ranking's scores LRS (HLR, IOR) and ARS under its protocol, written to "
+                   "ddranking.json beside the set (docs/ddranking.md)")
+    p.add_argument("--real_accuracy", type=kinds.positive_float, metavar="PERCENT",
+                   help="ddranking: the whole training set's hard-label accuracy, if known "
+                   "(DD-Ranking's cache); default: measured every round")
+    p.add_argument("--real_epochs", type=kinds.positive_int,
+                   help="ddranking: epochs of the whole-training-set networks (default 200)")
+    p.add_argument("--teacher", type=kinds.existing_dir, metavar="BUFFER_DIR",
+                   help="ddranking, soft-label sets: the expert buffer whose first expert "
+                   "labels the random real images (default: the run's own buffer)")
+    p.add_argument("--lrs_lambda", type=kinds.non_negative_float,
+                   help="ddranking: the weight w of IOR against HLR in LRS (default 0.5)")
+    p.add_argument("--ars_lambda", type=kinds.non_negative_float,
+                   help="ddranking: the weight of the gain with augmentation in ARS (default 0.5)")
 
 
 def _add_sweep_flag(p) -> None:
@@ -593,7 +678,13 @@ def cmd_report(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from .export import export_synthetic
+    from .export import export_ddranking, export_synthetic
+    if args.format == "ddranking":
+        out = export_ddranking(args.syn, args.out_dir)
+        print(f"exported {args.syn} to {out} for DD-Ranking (images.pt, hard_labels.pt, "
+              "labels.pt for soft labels, lr.pt, image_folder/, ddranking_config.json, "
+              "metadata.json, README.txt)")
+        return
     out = export_synthetic(args.syn, args.out_dir)
     print(f"exported {args.syn} to {out} (images/, grid.png, synthetic.pt, metadata.json, README.txt)")
 
@@ -654,6 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "values are a per-stage list, scheduled as an independent-lr set's; "
                    "'learned': the set's own lr(s), the reference's protocol")
     _add_sweep_flag(p)
+    _add_ddranking_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("baseline", help="random real images, class means, or the full set")
@@ -686,6 +778,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("syn", type=kinds.existing_file,
                    help="a synthetic set file (RUN_DIR/synthetic_best.pt)")
     p.add_argument("out_dir", type=kinds.output_dir)
+    p.add_argument("--format", choices=["trajdistill", "ddranking"], default="trajdistill",
+                   help="trajdistill (default): PNGs, synthetic.pt, README; ddranking: the "
+                   "tensors DD-Ranking's evaluators take (docs/ddranking.md)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded digits, in minutes")

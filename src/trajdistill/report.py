@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import records
+from . import ddranking, records
 from .data.base import DatasetSplits
 from .display import CLIP_STD, save_class_comparison, save_synthetic_grid
 from .io import FileFormatError, load_json, read_jsonl
@@ -126,6 +126,12 @@ def build_report(run_dir: str | Path, classes: list[str] | None = None,
     table = results.get("table") or _table_from_evals(evals)
     final = (checked_final(load_json(run / "final.json"), run / "final.json")
              if (run / "final.json").exists() else None)
+    if (run / ddranking.RESULTS_FILE).exists():
+        path = run / ddranking.RESULTS_FILE
+        scored = ddranking.checked_results(load_json(path), path)
+        own = _own_figure(final, best, best_model)
+        add("DD-Ranking scores", caption=_ddranking_caption(scored, own),
+            body=_ddranking_html(scored), md=_ddranking_markdown(scored))
     html_path = run / "report.html"
     note = selection_note(evals)
     html_path.write_text(_html(run, table, sections, results, config, syn, note, final))
@@ -164,6 +170,76 @@ def _final_markdown(final: dict) -> list[str]:
              "| set | lr | validation (%) | test (%) |", "| --- | --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _final_rows(final)]
     return lines + [""]
+
+
+# ----------------------------------------------------------------------------- DD-Ranking
+
+DDRANKING_ROWS = (  # (key in scores/accuracies, shown as, percentage points?, meaning)
+    ("LRS", "LRS", False, "label-robust score, 0-100: (e^alpha - e^-1)/(e - e^-1), "
+     "alpha = w IOR - (1 - w) HLR"),
+    ("HLR", "HLR (%)", True, "acc(real, hard) - acc(syn, hard): lower is better"),
+    ("IOR", "IOR (%)", True, "acc(syn, own evaluation) - acc(random real, the same)"),
+    ("ARS", "ARS", False, "augmentation-robust score, 0-100, of beta = gamma (gain with "
+     "augmentation) + (1 - gamma) (gain without)"),
+    ("aug_gain", "gain over random, augmented (%)", True, "acc(syn, aug) - acc(random, aug)"),
+    ("no_aug_gain", "gain over random, no augmentation (%)", True,
+     "acc(syn, no aug) - acc(random, no aug)"),
+    ("real_hard", "acc(real, hard) (%)", True, "the whole training set, class labels"),
+    ("syn_hard", "acc(syn, hard) (%)", True, "the set with class labels"),
+    ("syn_aug", "acc(syn, own evaluation) (%)", True, "its labels and lr, augmented"),
+    ("rdm_aug", "acc(random, own evaluation) (%)", True, "random real images, same size"),
+    ("syn_naug", "acc(syn, no augmentation) (%)", True, ""),
+    ("rdm_naug", "acc(random, no augmentation) (%)", True, ""),
+)
+
+
+def _ddranking_rows(result: dict) -> list[tuple[str, str, str]]:
+    """(name, mean ± std over rounds, meaning) per score and accuracy."""
+    rows = []
+    for key, name, percent, meaning in DDRANKING_ROWS:
+        d = result["scores"].get(key) or result["accuracies"].get(key)
+        scale = 100 if percent else 1
+        rows.append((name, f"{scale * d['mean']:.2f} ± {scale * d['std']:.2f}", meaning))
+    return rows
+
+
+def _own_figure(final: dict | None, best: dict | None, best_model: str | None) -> str:
+    """This package's own figure for the set, to read beside DD-Ranking's."""
+    if final:
+        rows = _final_rows(final)
+        return "; ".join(f"{a}: {d} % at lr {b}" for a, b, _, d in rows)
+    if best is not None:
+        e = best[best_model]
+        return (f"{best_model}, iteration {best['it']}: {100 * e['mean']:.2f} ± "
+                f"{100 * e['std']:.2f} %")
+    return ""
+
+
+def _ddranking_caption(result: dict, own: str) -> str:
+    p = result["protocol"]
+    text = (f"DD-Ranking's scores of {result.get('set', 'the set')} ({result.get('labels')} "
+            f"labels) under its protocol: {result.get('ddranking_model')}, {p.get('epochs')} "
+            f"epochs (lr x0.1 half way), the set at its learned lr, random real images (and a "
+            f"set without one lr) at the best test accuracy of the lr grid {p.get('lr_grid')}, "
+            f"mean ± std over {p.get('rounds')} rounds; w = "
+            f"{p.get('lrs_lambda')}, gamma = {p.get('ars_lambda')}. ")
+    if own:
+        text += f"This package's own protocol for the set: {own}. "
+    diffs = result.get("differences") or []
+    if diffs:
+        text += "Differences from DD-Ranking's evaluator: " + "; ".join(diffs) + "."
+    return text
+
+
+def _ddranking_html(result: dict) -> str:
+    rows = "".join(f"<tr><td>{html.escape(a)}</td><td>{b}</td><td>{html.escape(c)}</td></tr>"
+                   for a, b, c in _ddranking_rows(result))
+    return f"<table><tr><th>score</th><th>mean ± std</th><th>what it is</th></tr>{rows}</table>"
+
+
+def _ddranking_markdown(result: dict) -> str:
+    return "\n".join(["| score | mean ± std | what it is |", "| --- | --- | --- |"]
+                     + [f"| {a} | {b} | {c} |" for a, b, c in _ddranking_rows(result)])
 
 
 def _derived_table(derived: dict) -> str:
