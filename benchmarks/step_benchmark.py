@@ -120,8 +120,6 @@ def cpu_seconds() -> float:
 def run_one(config: str, mode: str, repeats: int, device: str, threads: int, seed: int,
             chunk: int | None = None, steps_override: int | None = None,
             gradient_memory: float = 8.0) -> dict:
-    from trajdistill.allocator import keep_large_blocks
-    malloc = "keep" if keep_large_blocks() else "default"  # as the command line does
     import torch
 
     from trajdistill.augment import DEFAULT_STRATEGY
@@ -220,7 +218,6 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
            "cpu_seconds": round(statistics.median(cpus), 3), "autocast": autocast}
     out["warmup_seconds"] = round(warmup, 3)
     out["gradient"] = method
-    out["malloc"] = malloc
     if "auto" in variants:
         out["unroll_graph_gb"] = round(need / 2**30, 3)
     if cuda:
@@ -290,10 +287,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="OMP_WAIT_POLICY of the children unless already set (PASSIVE: waiting "
                          "OpenMP threads sleep instead of spinning; on a shared machine spinning "
                          "threads made small ops up to 5x slower)")
-    ap.add_argument("--malloc", default="keep",
-                    help="keep (the command line's: large blocks reused from the heap, "
-                         "trajdistill/allocator.py), default (glibc's own), or keep,default: "
-                         "each mode under both, alternated")
     ap.add_argument("--out", type=kinds.output_file, default=None, help="also append the JSON lines to this file")
     ap.add_argument("--one", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -310,14 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     limit = args.max_unroll_gb if args.max_unroll_gb is not None else 0.8 * available_gb()
     out = open(args.out, "a") if args.out else None
     failed = 0
-    mallocs = args.malloc.split(",")
-    if not set(mallocs) <= {"keep", "default"}:
-        ap.error(f"--malloc: expected keep, default or keep,default, got {args.malloc!r}")
     for k, config in enumerate(configs):
         ipc, steps, batch = CONFIGS[config]
         order = modes[k % len(modes):] + modes[:k % len(modes)]  # rotate the order
         seconds = {}
-        for mode, malloc in [(m, a) for m in order for a in mallocs]:
+        for mode in order:
             repeats = args.repeats
             if mode == "unroll" and steps >= 40 and args.unroll_repeats:
                 repeats = args.unroll_repeats
@@ -336,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.steps:
                     cmd += ["--steps", str(args.steps)]
                 cmd += ["--gradient-memory", str(args.gradient_memory)]
-                env = dict(os.environ, TRAJDISTILL_MALLOC=malloc)
+                env = dict(os.environ)
                 env.setdefault("OMP_WAIT_POLICY", args.omp_wait_policy)
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -346,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                     failed += 1
                     line = {"config": config, "mode": mode, "failed": True,
                             "returncode": proc.returncode, "stderr": proc.stderr[-2000:]}
-            if "seconds" in line and malloc == mallocs[0]:
+            if "seconds" in line:
                 seconds[mode] = line["seconds"]
             emit(line, out)
         if "unroll" in seconds and len(seconds) > 1:

@@ -118,7 +118,8 @@ def test_the_reference_commands_keep_their_meaning(short_buffer, tmp_path):
                  "--quiet"]) in (0, None)
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["img_optimizer"] == "sgd" and config["lr_img"] == 100
-    assert set(config["derived"]) == {"img_optimizer", "model"}  # the only buffer there
+    # the only buffer there, and --gradient auto's method (the reference's own is the unroll)
+    assert set(config["derived"]) == {"img_optimizer", "model", "gradient"}
     assert config["derived"]["model"]["value"] == "ConvNetD2"
 
 

@@ -29,11 +29,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from .allocator import keep_large_blocks  # noqa: E402
-
-# a step's large activations reused from the heap, not mmapped afresh every step (allocator.py)
-keep_large_blocks()
-
 from . import flags as kinds
 from .distributed import init_from_env, shutdown
 from .errors import ConfigError
