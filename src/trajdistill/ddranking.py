@@ -169,7 +169,8 @@ class DDRankingConfig:
 
 @dataclass
 class Measure:
-    """What one round trains: a set, its targets, and the lrs to try."""
+    """How a round measures an accuracy: fresh networks of the protocol's model through
+    evaluate_set, on the data `splits` (seen through the set's own transform)."""
     splits: DatasetSplits
     model: str
     cfg: DDRankingConfig
