@@ -20,9 +20,8 @@ import torch
 from . import cuda_graphs
 from .data.base import DatasetSplits
 from .experts import TrajectoryStore
-from .initial import syn_shape
+from .initial import run_student, syn_shape
 from .matching import MatchProblem, plan_unroll, step_graph_bytes
-from .models import FlatModel, build_model
 
 MEMORY_SHARE = 0.25  # of the memory available when the run starts: data, evaluation and the
 # rest of the process keep the other three quarters
@@ -51,8 +50,7 @@ def unroll_bytes(cfg, splits: DatasetSplits, store: TrajectoryStore) -> int:
     network and minibatch shapes) times syn_steps. The global RNG is left as it was."""
     with torch.random.fork_rng(devices=[]):
         device = torch.device(cfg.device)
-        c, h, w = splits.image_shape
-        student = FlatModel.wrap(build_model(store.model, c, splits.num_classes, (h, w)).to(device))
+        student = run_student(cfg, splits, store)
         n = splits.num_classes * cfg.ipc
         images = torch.zeros(n, *syn_shape(cfg, splits), device=device)
         labels = (torch.zeros(n, splits.num_classes, device=device) if cfg.soft_labels else

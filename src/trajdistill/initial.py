@@ -140,14 +140,21 @@ def auto_teacher_lr(cfg, store: TrajectoryStore, experts: list[int], student: Fl
                    images.detach(), labels, cfg.syn_steps)
 
 
+def run_student(cfg, splits: DatasetSplits, store: TrajectoryStore) -> FlatModel:
+    """The run's student network (the buffer's model) on the run's device. Its initial weights
+    draw from the global RNG: a measurement made before the run builds it under fork_rng."""
+    c, h, w = splits.image_shape
+    return FlatModel.wrap(build_model(store.model, c, splits.num_classes, (h, w))
+                          .to(torch.device(cfg.device)))
+
+
 def measure_teacher_lr(cfg, splits: DatasetSplits, store: TrajectoryStore) -> float:
     """--lr_teacher auto for a settled config, on the images the run will start from (the
     same seed draws the same set). The global RNG is left as it was: building the student
     here must not change what the run draws later."""
     with torch.random.fork_rng(devices=[]):
         device = torch.device(cfg.device)
-        c, h, w = splits.image_shape
-        student = FlatModel.wrap(build_model(store.model, c, splits.num_classes, (h, w)).to(device))
+        student = run_student(cfg, splits, store)
         experts = store.indices()[:cfg.max_experts] if cfg.max_experts else store.indices()
         val_idx = validation_indices(splits.train.labels, splits.num_classes, cfg.val_size)
         images, _ = initial_images(cfg, splits, val_idx, torch.Generator().manual_seed(cfg.seed),
