@@ -8,6 +8,7 @@ from trajdistill.data import load_dataset
 from trajdistill.distill import DistillConfig, Distiller, open_buffer
 from trajdistill.experts import ExpertConfig, train_experts
 from trajdistill.report import build_report
+from trajdistill import evaluate
 from trajdistill.verdict import diagnose, judge
 
 
@@ -44,6 +45,43 @@ def test_diagnose_names_the_causes_the_record_shows():
     assert any("experts are weak (test accuracy 52.0 %" in c for c in causes)
 
 
+def _sweep_with_peak(monkeypatch, grid, peak, beyond=evaluate.EDGE_STEPS):
+    """evaluate_sweep over a stand-in trainer whose validation accuracy falls with the
+    distance (in decades) of its lr from `peak`; returns (lrs tried, lr chosen)."""
+    import math
+    trained = []
+
+    def fake(images, labels, splits, lrs, models, cfg, syn_steps, progress, val, comm):
+        trained.append(lrs[0])
+        acc = 1 - abs(math.log10(lrs[0] / peak)) / 10
+        return {m: {"val_mean": acc, "mean": acc, "std": 0.0} for m in models}
+    monkeypatch.setattr(evaluate, "evaluate_set", fake)
+    r = evaluate.evaluate_sweep(None, None, None, grid, ["M"], None, val=(0, [1]),
+                                beyond=beyond)["M"]
+    assert [e["lr"] for e in r["sweep"]] == sorted(trained, reverse=True)
+    return trained, r["lr"]
+
+
+def test_a_sweep_looks_past_the_end_of_its_grid_where_the_best_lr_lies(monkeypatch):
+    grid = [1e-2, 1e-3, 1e-4]  # mean step: a factor of 10
+    # the best inside the grid: the grid alone
+    assert _sweep_with_peak(monkeypatch, grid, 1e-3) == (grid, 1e-3)
+    # best at the low end: one decade lower wins, the next does not
+    tried, chosen = _sweep_with_peak(monkeypatch, grid, 1e-5)
+    assert tried == pytest.approx(grid + [1e-5, 1e-6]) and chosen == pytest.approx(1e-5)
+    # far below: two steps at most
+    tried, chosen = _sweep_with_peak(monkeypatch, grid, 1e-9)
+    assert tried == pytest.approx(grid + [1e-5, 1e-6]) and chosen == pytest.approx(1e-6)
+    # at the high end: upwards, until the best is no longer the end
+    tried, chosen = _sweep_with_peak(monkeypatch, grid, 0.05)
+    assert tried == pytest.approx(grid + [0.1, 1.0]) and chosen == pytest.approx(0.1)
+    tried, chosen = _sweep_with_peak(monkeypatch, grid, 0.02)  # 0.1 loses: no second step
+    assert tried == pytest.approx(grid + [0.1]) and chosen == pytest.approx(0.01)
+    # an explicit list (beyond=0) is only that list; one lr has no spacing to step by
+    assert _sweep_with_peak(monkeypatch, grid, 1e-9, beyond=0) == (grid, 1e-4)
+    assert _sweep_with_peak(monkeypatch, [1e-2], 1e-9) == ([1e-2], 1e-2)
+
+
 @pytest.fixture(scope="module")
 def digits_buffer(tmp_path_factory):
     root = tmp_path_factory.mktemp("verdict")
@@ -68,7 +106,9 @@ def test_a_run_compares_its_chosen_set_with_its_start_and_the_baselines(digits_b
     learned = d.lrs()[0]
     assert final["eval_lrs"] == [0.01, 0.001]
     lrs = {e["lr"] for e in final["sets"]["distilled"]["sweep"]}
-    assert lrs == {0.01, 0.001, learned}  # the learned lr competes
+    assert {0.01, 0.001, learned} <= lrs  # the learned lr competes
+    low, high = min(0.001, learned), max(0.01, learned)
+    assert all(lr < low or lr > high for lr in lrs - {0.01, 0.001, learned})  # past the ends
     assert final["sets"]["distilled"]["learned"]["lr"] == learned
     for name, r in final["sets"].items():
         assert r["lr"] == max(r["sweep"], key=lambda e: e["val_mean"])["lr"], name

@@ -36,7 +36,7 @@ from .defaults import derived, expert_model
 from .distill_config import DistillConfig
 from .experts import buffer_dir, data_folder, find_model
 from .run_dir import RunDirectory
-from .evaluate import EVAL_MODES
+from .evaluate import EDGE_STEPS, EVAL_MODES
 from .verdict import EVAL_LRS
 from .precision import AUTOCAST_DTYPES, set_tf32, tf32_requested
 from .presets import BUFFER_PRESETS, PRESETS, preset
@@ -406,7 +406,8 @@ def _add_distill_parser(sub) -> None:
                    "(sweep, the default; final.json and the report), or not (off)")
     p.add_argument("--eval_lrs", type=kinds.positive_float, nargs="+", metavar="LR",
                    help="the lrs of the final comparison (default 0.01 0.003 0.001 0.0003 "
-                   "0.0001; a distilled set's learned lr competes too)")
+                   "0.0001; a distilled set's learned lr competes too; a set that does best "
+                   "at an end is also tried up to 2 grid steps past it)")
     p.add_argument("--resume", metavar="RUN_DIR", type=kinds.writable_dir,
                    help="continue a run from its last checkpoint "
                    "(its own settings; --Iteration may extend it)")
@@ -466,7 +467,8 @@ def cmd_evaluate(args) -> None:
         learned = list(syn.lrs) if len(syn.lrs) == 1 else []  # competes with the swept lrs
         result = _sweep(syn.images, syn.targets(), splits, sweep + learned,
                         models, cfg, syn.syn_steps, o, comm,
-                        lr_given=bool(o.get("lr")) and bool(o.get("lr_sweep")))
+                        lr_given=bool(o.get("lr")) and bool(o.get("lr_sweep")),
+                        beyond=0 if o.get("lr_sweep") else EDGE_STEPS)
     else:
         result = evaluate_set(syn.images, syn.targets(), splits, lrs, models, cfg,
                               syn.syn_steps, progress=not o.get("quiet"), comm=comm)
@@ -573,7 +575,8 @@ def cmd_baseline(args) -> None:
     o["lr"] = 0.01 if args.lr is None else args.lr
     if sweep:
         result = _sweep(images, labels, splits, sweep, models, cfg, 0, o, comm,
-                        lr_given=args.lr is not None and bool(o.get("lr_sweep")))
+                        lr_given=args.lr is not None and bool(o.get("lr_sweep")),
+                        beyond=0 if o.get("lr_sweep") else EDGE_STEPS)
     else:
         result = evaluate_set(images, labels, splits, [o["lr"]], models, cfg,
                               progress=not o.get("quiet"), comm=comm)
@@ -613,15 +616,16 @@ def _add_sweep_flag(p) -> None:
 
 
 def _sweep(images, labels, splits, candidates, models, cfg, syn_steps, o, comm,
-           lr_given: bool) -> dict:
-    """--lr_sweep: every candidate lr on the default validation split; prints one line per lr."""
+           lr_given: bool, beyond: int) -> dict:
+    """The lr chosen on the default validation split among the candidates (and, for the
+    default grid, up to `beyond` lrs past its ends); prints one line per lr."""
     from .evaluate import evaluate_sweep
     if lr_given:
         raise ConfigError("--lr and --lr_sweep: give one (--lr_sweep picks the lr itself)")
     from .validation import default_validation
     val = default_validation(splits.train.labels, splits.train.images, splits.num_classes)
     result = evaluate_sweep(images, labels, splits, candidates, models, cfg, val, syn_steps,
-                            progress=not o.get("quiet"), comm=comm)
+                            progress=not o.get("quiet"), comm=comm, beyond=beyond)
     if comm.is_main:
         for model, r in result.items():
             for e in r["sweep"]:

@@ -251,26 +251,61 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, splits: DatasetSpli
     return out
 
 
+# how far a sweep may go past an end of its grid when a set does best there (in steps of the
+# grid's own mean spacing): gz1's sets chose the grid's lowest lr, the digits' class mean its
+# highest (docs/defaults.md); the grid is a guess, not a bound on the answer
+EDGE_STEPS = 2
+
+
 def evaluate_sweep(images: torch.Tensor, labels: torch.Tensor, splits: DatasetSplits,
                    candidates: list[float], models: list[str], cfg: EvalConfig, val,
-                   syn_steps: int = 0, progress: bool = True, comm: Comm = SINGLE) -> dict:
+                   syn_steps: int = 0, progress: bool = True, comm: Comm = SINGLE,
+                   beyond: int = 0) -> dict:
     """`--lr_sweep`: evaluate a set at each candidate lr (one lr, the default schedule) and
     keep, per model, the lr whose networks score best on the validation images `val`; the
-    test set only reports. {model: {the chosen lr's evaluate_set result, lr, sweep: [{lr,
-    val_mean, mean, std} per distinct candidate, largest lr first]}}."""
+    test set only reports. While a model does best at the smallest or largest lr tried, up
+    to `beyond` more lrs are tried past that end, each one mean grid step further
+    (`edge_lr`). {model: {the chosen lr's evaluate_set result, lr, sweep: [{lr, val_mean,
+    mean, std} per lr tried, largest lr first]}}."""
     if val is None or len(val[1]) == 0:
         raise ConfigError("--lr_sweep chooses the lr on the validation split, and this dataset "
                           "leaves none")
-    candidates = sorted(set(candidates), reverse=True)
-    runs = {lr: evaluate_set(images, labels, splits, [lr], models, cfg, syn_steps,
-                             progress=progress, val=val, comm=comm) for lr in candidates}
+    grid = sorted(set(candidates), reverse=True)
+
+    def run(lr):
+        return evaluate_set(images, labels, splits, [lr], models, cfg, syn_steps,
+                            progress=progress, val=val, comm=comm)
+
+    def best(model):  # a tie goes to the larger lr
+        return max(sorted(runs, reverse=True), key=lambda lr: runs[lr][model]["val_mean"])
+
+    runs = {lr: run(lr) for lr in grid}
+    for _ in range(beyond):
+        more = {edge_lr(grid, sorted(runs), best(m)) for m in models} - {None}
+        if not more:
+            break
+        runs.update({lr: run(lr) for lr in sorted(more, reverse=True)})
+    tried = sorted(runs, reverse=True)
     out = {}
     for model in models:
-        best = max(candidates, key=lambda lr: runs[lr][model]["val_mean"])
-        out[model] = {**runs[best][model], "lr": best, "sweep": [
+        chosen = best(model)
+        out[model] = {**runs[chosen][model], "lr": chosen, "sweep": [
             {"lr": lr, "val_mean": runs[lr][model]["val_mean"], "mean": runs[lr][model]["mean"],
-             "std": runs[lr][model]["std"]} for lr in candidates]}
+             "std": runs[lr][model]["std"]} for lr in tried]}
     return out
+
+
+def edge_lr(grid: list[float], tried: list[float], best: float) -> float | None:
+    """The next lr past an end of `tried` when `best` is that end, one step of the grid's
+    mean ratio (geometric) beyond it; None when `best` lies inside or the grid has one lr."""
+    if len(grid) < 2:
+        return None
+    step = (max(grid) / min(grid)) ** (1 / (len(grid) - 1))
+    if best == max(tried):
+        return best * step
+    if best == min(tried):
+        return best / step
+    return None
 
 
 def summarise(results) -> dict:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .distributed import SINGLE, Comm
-from .evaluate import EvalConfig, class_means, evaluate_sweep, random_real
+from .evaluate import EDGE_STEPS, EvalConfig, class_means, evaluate_sweep, random_real
 
 # The lrs every set of the final comparison is trained at (a distilled set's learned lr
 # competes too): the range where the galaxy, digit and CIFAR sets measured in docs/results.md did best.
@@ -60,7 +60,7 @@ def compare(sets: list[Contender], splits, model: str, cfg: EvalConfig, val, pro
     out = {}
     for s in sets:
         r = evaluate_sweep(s.images, s.targets, splits, s.lrs, [model], cfg, val, s.syn_steps,
-                           progress=progress, comm=comm)[model]
+                           progress=progress, comm=comm, beyond=EDGE_STEPS)[model]
         out[s.name] = {k: r[k] for k in ("lr", "val_mean", "val_std", "mean", "std", "sweep")}
         if s.learned is not None:
             out[s.name]["learned"] = next(e for e in r["sweep"] if e["lr"] == s.learned)
