@@ -65,6 +65,27 @@ def test_compile_flag_reaches_the_matching_problems(setup):
         assert d.problem(store.load(0), 1, torch.Generator()).compile is flag
 
 
+def test_a_run_chooses_its_step_kernel_once_and_builds_one_student(setup, monkeypatch):
+    """Every problem of a run computes its steps with the kernel the run chose (here, on a
+    CPU without --compile: the eager one, as a problem built on its own would choose), and
+    --lr_teacher auto and --gradient auto measure on the run's own student network."""
+    from trajdistill import gradient_choice, initial, kernels
+    splits, store, root = setup
+    built = []
+    real = initial.run_student
+    monkeypatch.setattr(initial, "run_student", lambda *a: built.append(1) or real(*a))
+    monkeypatch.setattr(gradient_choice, "run_student", initial.run_student)
+    d = Distiller(DistillConfig(ipc=1, syn_steps=3, iterations=1, eval_it=0,
+                                lr_teacher=["auto"], gradient="auto"),
+                  splits, store, root / "kernel", progress=False)
+    assert d.cfg.derived["lr_teacher"] and d.cfg.derived["gradient"]  # both were measured
+    assert len(built) == 1
+    one = d.problem(store.load(0), 1, torch.Generator())
+    other = d.problem(store.load(1), 2, torch.Generator())
+    assert one.kernel is other.kernel is d.kernel
+    assert d.kernel is kernels.choose(graphed=one.graphed, compiled=one.compiled)
+
+
 def test_gradient_memory_keeps_steps_and_changes_nothing_else(setup, capsys):
     """--gradient_memory: the kept steps follow the budget (one step's measured graph), a
     whole run gives the images and lr of the plain lean walk, and with --gradient unroll

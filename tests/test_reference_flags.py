@@ -116,7 +116,7 @@ def test_no_aug_switches_off_the_students_augmentation_only(buffer, tmp_path, mo
     def fake_evaluate_set(images, labels, splits, lrs, models, cfg, **kw):
         seen["dsa"] = cfg.dsa
         return {m: {"mean": 0.0, "std": 0.0} for m in models}
-    monkeypatch.setattr("trajdistill.distill.evaluate_set", fake_evaluate_set)
+    monkeypatch.setattr("trajdistill.run_eval.evaluate_set", fake_evaluate_set)
     d.evaluate()
     assert seen["dsa"] is True
 
@@ -128,7 +128,7 @@ def test_batch_train_reaches_the_evaluation_networks(buffer, tmp_path, monkeypat
     def fake_evaluate_set(images, labels, splits, lrs, models, cfg, **kw):
         seen["batch"] = cfg.batch_train
         return {m: {"mean": 0.0, "std": 0.0} for m in models}
-    monkeypatch.setattr("trajdistill.distill.evaluate_set", fake_evaluate_set)
+    monkeypatch.setattr("trajdistill.run_eval.evaluate_set", fake_evaluate_set)
     _distiller(buffer, tmp_path, batch_train=7).evaluate()
     assert seen["batch"] == 7
     _distiller(buffer, tmp_path).evaluate()

@@ -61,7 +61,7 @@ def test_guard_refuses_nan_label_gradient_and_rolls_back_overflowing_logits(setu
     splits, store, _ = setup
     d = Distiller(DistillConfig(iterations=10, **SOFT), splits, store, tmp_path / "run",
                   progress=False)
-    assert [n for n, _, _ in d._learnables()] == ["images", "lr 0", "label logits"]
+    assert [n for n, _, _ in d.learnables()] == ["images", "lr 0", "label logits"]
     real = d.grad_fn
     d.step()
     before = d.label_logits.detach().clone(), d.images.detach().clone()

@@ -49,9 +49,10 @@ class _Recording:
         self.theta, self.images = theta.detach().clone(), images.detach().clone()
         self.labels = problem.labels.detach().clone()
         self.v = None if v is None else v.detach().clone()
-        # the same problem on the buffers: one step, never graphed itself
+        # the same problem on the buffers: one step, never graphed itself (nor through the
+        # run's kernel choice, which is this very kernel: its settings choose again)
         fixed = dataclasses.replace(
-            problem, labels=self.labels, cuda_graphs=False,
+            problem, labels=self.labels, cuda_graphs=False, kernel_choice=None,
             plan=dataclasses.replace(problem.plan, batches=[self.idx], augs=[self.aug]))
         if kind == "grad":
             call = lambda: fixed.step_grad(self.theta, self.images, 0)  # noqa: E731

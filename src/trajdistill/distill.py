@@ -22,23 +22,22 @@ from . import progress as progress_out
 from .data.base import DatasetSplits
 from .distributed import SINGLE, Comm
 from .errors import ConfigError
-from .evaluate import EvalConfig, evaluate_set
 from .experts import BufferError, TrajectoryStore, open_buffer  # noqa: F401 (API)
+from .gradient_choice import choose as choose_gradient
 from .guard import DivergenceError, Guard, apply_or_roll_back, non_finite  # noqa: F401 (API)
 from .distill_config import DistillConfig, default_iterations, resolve, stop_lr_img  # noqa: F401
-from .initial import Labeller, initial_images
-from .matching import GRADIENT_METHODS, MatchProblem, kept_steps, matching_loss, plan_unroll
+from .initial import Labeller, RunStudent, initial_images, measure_teacher_lr
+from .matching import (GRADIENT_METHODS, MatchProblem, kept_steps, matching_loss, plan_unroll,
+                       step_kernel)
 from .meta_batch import Combined, Slot, SlotResult, combine, draw_slots
-from .models import FlatModel, build_model
 from .precision import AUTOCAST_DTYPES
 from .schedule import AlignedStart, StageMachine, UniformStart
 from .synthetic import SyntheticSet
-from .records import eval_record, score, slot_fields
-from .run_dir import RunDirectory
+from .records import slot_fields
+from .run_dir import Log, RunDirectory
 from .tracking import Tracker
-from . import cuda_graphs, verdict
+from . import cuda_graphs, run_eval
 from .validation import validation_indices
-
 
 # /2: every random draw of an iteration comes from (seed, iteration, slot) (meta_batch.py),
 # so the checkpoint no longer holds an expert cursor or generator states; a /1 checkpoint
@@ -61,7 +60,12 @@ class Distiller:
                  run_dir: str | Path, progress: bool = True, source: dict | None = None,
                  comm: Comm = SINGLE):
         self.comm = comm  # torchrun's ranks (distributed.py); SINGLE: this process alone
-        self.cfg = cfg = resolve(cfg, splits, store)  # a settled copy; the caller's is untouched
+        # one student network for the start-up measurements and the run (initial.RunStudent)
+        student = RunStudent(splits, store)
+        self.cfg = cfg = resolve(  # a settled copy; the caller's is untouched
+            cfg, splits, store,
+            teacher_lr=lambda c, s, t: measure_teacher_lr(c, s, t, student(c)),
+            gradient=lambda c, s, t: choose_gradient(c, s, t, lambda: student(c)))
         if comm.active:  # every rank takes rank 0's measured choices (free memory differs)
             self.cfg = cfg = replace(cfg, **comm.broadcast_object(
                 {"gradient": cfg.gradient, "lr_teacher": cfg.lr_teacher, "derived": cfg.derived}))
@@ -69,12 +73,11 @@ class Distiller:
         self.splits, self.store, self.progress = splits, store, progress and comm.is_main
         self.run_dir = RunDirectory(run_dir, writer=comm.is_main)
         self.device = torch.device(cfg.device)
-        c, h, w = splits.image_shape
-        self.student = FlatModel.wrap(build_model(store.model, c, splits.num_classes, (h, w))
-                                      .to(self.device))
+        self.student = student(cfg)
         experts = store.indices()
         self.experts = experts[:cfg.max_experts] if cfg.max_experts else experts
         self.val_idx = validation_indices(splits.train.labels, splits.num_classes, cfg.val_size)
+        self.val = run_eval.validation_set(splits, self.val_idx)  # None without one
         self.labels = torch.arange(splits.num_classes).repeat_interleave(cfg.ipc).to(self.device)
         self.labeller: Labeller | None = None
         images, loaded_logits = initial_images(cfg, splits, self.val_idx,
@@ -103,6 +106,11 @@ class Distiller:
         self.grad_fn = GRADIENT_METHODS[cfg.gradient]
         self._kept: int | None = None  # --gradient_memory's kept steps, once measured
         self._cuda_graphs = cuda_graphs.wanted(cfg.cuda_graphs, self.device.type, cfg.compile)
+        # how every problem's steps are computed: its settings are the run's, so chosen once
+        self.kernel = step_kernel(self.student, self.device.type, compile=cfg.compile,
+                                  cuda_graphs=self._cuda_graphs,
+                                  autocast=AUTOCAST_DTYPES[cfg.autocast],
+                                  texture=cfg.texture_spec is not None)
         if comm.active:  # every rank starts from rank 0's state (identical by construction)
             self.load_state_dict(comm.broadcast_object(self.state_dict()), "rank 0's state")
             if cfg.num_trajectories < comm.world:
@@ -148,7 +156,7 @@ class Distiller:
     def lrs(self) -> list[float]:
         return [float(p.detach().exp()) for p in self.log_lrs]
 
-    def _learnables(self) -> list[tuple[str, torch.Tensor, torch.optim.Optimizer]]:
+    def learnables(self) -> list[tuple[str, torch.Tensor, torch.optim.Optimizer]]:
         """Everything the matching gradient updates, each with its optimiser: the images,
         the log lr(s) and, with soft labels, the label logits."""
         out = [("images", self.images, self.opt_img)]
@@ -249,7 +257,7 @@ class Distiller:
                            texture_spec=cfg.texture_spec)
         problem = MatchProblem(self.student, start, target, self.targets(), plan,
                                compile=cfg.compile, cuda_graphs=self._cuda_graphs,
-                               autocast=AUTOCAST_DTYPES[cfg.autocast])
+                               autocast=AUTOCAST_DTYPES[cfg.autocast], kernel_choice=self.kernel)
         problem.keep_steps = self._keep_steps(problem)
         return problem
 
@@ -288,10 +296,23 @@ class Distiller:
         return SlotResult(slot.index, result, held, k, heldout_seconds)
 
     def step(self) -> dict:
-        cfg, sched = self.cfg, self.schedule
+        """One iteration: choose the slots, match them, update under the guard, advance the
+        schedule, record."""
         t0 = time.perf_counter()
-        slots = draw_slots(sched, self.experts, cfg.seed, self.iteration, cfg.num_trajectories)
-        heldout = cfg.stm and sched.needs_heldout
+        slots = draw_slots(self.schedule, self.experts, self.cfg.seed, self.iteration,
+                           self.cfg.num_trajectories)
+        heldout = self.cfg.stm and self.schedule.needs_heldout
+        matched, record = self._match(slots, heldout)
+        if self._guarded_update(matched, record):
+            self._advance_schedule(record, matched, heldout)
+        record["lrs"] = self.lrs()
+        record["seconds"] = time.perf_counter() - t0
+        self.iteration += 1
+        return record
+
+    def _match(self, slots: list[Slot], heldout: bool) -> tuple[Combined, dict]:
+        """This rank's share of the slots matched and combined over every rank (the same
+        mean on each), and the iteration's record so far (records.py)."""
         parts = [self._match_slot(slots[m], heldout) for m in self.comm.my_share(len(slots))]
         matched = combine(parts, len(slots), len(self.log_lrs), self.images, self.label_logits,
                           heldout, self.comm)
@@ -299,20 +320,22 @@ class Distiller:
         if heldout:  # this rank's share
             record["heldout_seconds"] = sum(p.heldout_seconds for p in parts)
         record["loss"] = matched.loss
+        return matched, record
+
+    def _guarded_update(self, matched: Combined, record: dict) -> bool:
+        """The optimisers' step with the guard around it (guard.py): no step on a non-finite
+        result or a loss above --loss_threshold, rolled back when unsound; the refusal goes
+        into the record. True when the update was kept."""
         self.guard.see_first_loss(matched.loss, self._first_loss_hint())
         trouble = non_finite(matched)
         if not trouble and not self.guard.above_threshold(matched.loss, record):
-            trouble = apply_or_roll_back(self._learnables(), lambda: self._apply(matched),
-                                         self.opt_img.param_groups[0]["lr"], cfg.lr_lr)
+            trouble = apply_or_roll_back(self.learnables(), lambda: self._apply(matched),
+                                         self.opt_img.param_groups[0]["lr"], self.cfg.lr_lr)
         if trouble:
             self.guard.refuse(record, trouble)
-        else:
-            self.guard.accept()
-            self._advance_schedule(record, matched, heldout)
-        record["lrs"] = self.lrs()
-        record["seconds"] = time.perf_counter() - t0
-        self.iteration += 1
-        return record
+            return False
+        self.guard.accept()
+        return True
 
     def _advance_schedule(self, record: dict, matched: Combined, heldout: bool) -> None:
         """After an accepted update: STM's stage machine takes the held-out loss (a level-up
@@ -368,60 +391,20 @@ class Distiller:
                 g["lr"] = self.cfg.lr_lr * self.schedule.cap
 
     # ------------------------------------------------------------------ evaluation & files
-    def _eval_config(self) -> EvalConfig:
-        cfg = self.cfg
-        return EvalConfig(num_eval=cfg.num_eval, epoch_eval_train=cfg.epoch_eval_train,
-                          batch_train=cfg.batch_train,
-                          dsa=cfg.dsa, dsa_strategy=cfg.dsa_strategy, device=cfg.device,
-                          seed=cfg.seed, batched=cfg.eval_batched, texture=cfg.texture_spec)
-
-    def _val(self):
-        return ((self.splits.train.images[self.val_idx], self.splits.train.labels[self.val_idx])
-                if len(self.val_idx) else None)
-
     def evaluate(self) -> dict:
-        cfg = self.cfg
-        return evaluate_set(self.images.detach().cpu(), self.targets().cpu(), self.splits, self.lrs(),
-                            cfg.eval_models, self._eval_config(), syn_steps=cfg.syn_steps,
-                            progress=self.progress, val=self._val(), comm=self.comm)
+        """The current set on every evaluation model (run_eval.evaluate)."""
+        return run_eval.evaluate(self.cfg, self.splits, self.synthetic_set(), self.val,
+                                 self.comm, self.progress)
 
     def final_comparison(self) -> dict | None:
-        """The chosen set against its start, the class mean and random real images, each at
-        its lr chosen on validation (verdict.py); written to final.json. None when the run
-        evaluates nothing (--eval_it 0), has no validation split, or --final_eval off (and for
-        texture sets: canvases are not images of the baselines' kind)."""
-        cfg, val = self.cfg, self._val()
-        if cfg.final_eval == "off" or not cfg.eval_it or val is None or cfg.texture:
-            return None
-        chosen = ((self.run_dir.best() if self.comm.is_main and self.best.get("iteration")
-                   is not None else None) or self.synthetic_set())
-        chosen = self.comm.broadcast_object(chosen) if self.comm.active else chosen
-        initial = None if cfg.load_syn_image else self.initial_images
-        sets = verdict.contenders(chosen, initial, self.splits, cfg.ipc, cfg.pix_init, cfg.seed,
-                                  cfg.eval_lrs)
-        self._note(f"final comparison on validation: {', '.join(s.name for s in sets)}, each at "
-                   f"the best of {len(cfg.eval_lrs)} lrs (--final_eval off skips it)")
-        model = cfg.eval_models[0]
-        results = verdict.compare(sets, self.splits, model, self._eval_config(), val,
-                                  progress=self.progress, comm=self.comm)
-        if not self.comm.is_main:
-            return None
-        record = self.run_dir.metrics()
-        drift = (float((chosen.images - initial).norm() / initial.norm())
-                 if initial is not None else None)
-        ok, message = verdict.judge(results, lambda base: verdict.diagnose(
-            [r["loss"] for r in record if "loss" in r], drift,
-            sum(1 for r in record if r.get("diverged")), self._expert_accuracy(), base))
-        out = {"model": model, "chosen_iteration": chosen.meta.get("iteration"),
-               "eval_lrs": list(cfg.eval_lrs), "sets": results, "beats_all": ok,
-               "message": message}
-        self.run_dir.write_final(out)
-        return out
-
-    def _expert_accuracy(self) -> float | None:
-        accs = [self.store.summary(i).get("test_accuracy") for i in self.experts]
-        accs = [a for a in accs if a is not None]
-        return sum(accs) / len(accs) if accs else None
+        """The chosen set against its start and the baselines, written to final.json
+        (run_eval.final_comparison); None where the run makes none, and on other ranks."""
+        cfg = self.cfg
+        return run_eval.final_comparison(
+            cfg, self.splits, self.synthetic_set(),
+            None if cfg.load_syn_image else self.initial_images, self.run_dir,
+            self.best.get("iteration") is not None, self.val,
+            lambda: run_eval.expert_accuracy(self.store, self.experts), self.comm, self.progress)
 
     def checkpoint(self) -> None:
         if self.comm.is_main:
@@ -429,11 +412,11 @@ class Distiller:
 
     def run(self) -> dict:
         """Distill to the end; rank 0 writes the run directory, the other ranks compute."""
-        cfg, main = self.cfg, self.comm.is_main
+        cfg = self.cfg
         self.run_dir.write_config(cfg, self.source)
         self.tracker = (Tracker.open(self.run_dir.path, asdict(cfg), wandb=cfg.wandb,
                                      tensorboard=cfg.tensorboard, name=cfg.wandb_name)
-                        if main else Tracker())
+                        if self.comm.is_main else Tracker())
         # a new run in a folder that held another starts afresh (its logs and results would
         # otherwise be read, plotted and compared with this one's); a resumed run, or a second
         # run() of the same Distiller, continues its own
@@ -446,11 +429,7 @@ class Distiller:
                 self._evaluate_and_log(evals)  # the start: a run may not improve on it
             for _ in bar:
                 record = self.step()
-                self.guard.warn_if_stuck(record)
-                metrics.write(record)
-                self.tracker.log(record, record["it"])
-                self.guard.check(self.checkpoint, str(self.run_dir.checkpoint_path))
-                bar.set_postfix(loss=f"{record['loss']:.3f}", cap=record.get("cap", "-"))
+                self._log_step(record, metrics, bar)
                 done = record.get("finished", False) or self.iteration >= cfg.iterations
                 if cfg.eval_it and (self.iteration % cfg.eval_it == 0 or done):
                     self._evaluate_and_log(evals)
@@ -469,23 +448,24 @@ class Distiller:
             self.best = {**self.best, "verdict": final["message"], "beats_all": final["beats_all"]}
         return self.best
 
-    def _evaluate_and_log(self, evals) -> None:
-        result = self.evaluate()
-        record = eval_record(self.iteration, self.lrs(), self.cfg.select_on, result)
-        evals.write(record)
-        evals.flush()
-        self.tracker.log_eval(result, self.iteration)
-        if self.comm.is_main:
-            self.tracker.log_images(self.synthetic_set(), self.iteration, self.splits.classes)
-        self._note(f"it {self.iteration}: " + ", ".join(
-            f"{m} " + (f"val {100 * r['val_mean']:.2f} ± {100 * r['val_std']:.2f} %, "
-                       if "val_mean" in r else "") +
-            f"test {100 * r['mean']:.2f} ± {100 * r['std']:.2f} %" for m, r in result.items()))
-        # the one rule (records.py): the first model's selection accuracy, the earliest on a tie
-        if score(record) > self.best.get("selected", self.best["accuracy"]):
-            main = result[self.cfg.eval_models[0]]
-            self.best = {"selected": score(record), "selected_on": self.cfg.select_on,
-                         "accuracy": main["mean"], "std": main["std"],
-                         "val_accuracy": main.get("val_mean"), "val_std": main.get("val_std"),
-                         "iteration": self.iteration}
-            self.run_dir.save_best(self.synthetic_set())
+    def _log_step(self, record: dict, metrics: Log, bar) -> None:
+        """An iteration's record to metrics.jsonl and the trackers; the guard's warnings and
+        its stop (after the last good state is checkpointed)."""
+        self.guard.warn_if_stuck(record)
+        metrics.write(record)
+        self.tracker.log(record, record["it"])
+        self.guard.check(self.checkpoint, str(self.run_dir.checkpoint_path))
+        bar.set_postfix(loss=f"{record['loss']:.3f}", cap=record.get("cap", "-"))
+
+    def _evaluate_and_log(self, evals: Log) -> None:
+        """Evaluate the current set, log it, and keep it as synthetic_best.pt when it is the
+        best so far by the one rule (run_eval.improved_best)."""
+        syn = self.synthetic_set()
+        result = run_eval.evaluate(self.cfg, self.splits, syn, self.val, self.comm,
+                                   self.progress)
+        record = run_eval.log_evaluation(evals, self.tracker, self.cfg, self.splits, syn,
+                                         self.iteration, result, self.comm)
+        best = run_eval.improved_best(self.best, record, self.cfg)
+        if best is not None:
+            self.best = best
+            self.run_dir.save_best(syn)

@@ -14,6 +14,7 @@ syn_steps) fits MEMORY_SHARE of the memory available now, and the lean walk when
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
 
@@ -22,6 +23,7 @@ from .data.base import DatasetSplits
 from .experts import TrajectoryStore
 from .initial import run_student, syn_shape
 from .matching import MatchProblem, plan_unroll, step_graph_bytes
+from .models import FlatModel
 
 MEMORY_SHARE = 0.25  # of the memory available when the run starts: data, evaluation and the
 # rest of the process keep the other three quarters
@@ -45,12 +47,14 @@ def available_bytes(device: torch.device) -> int | None:
         return None
 
 
-def unroll_bytes(cfg, splits: DatasetSplits, store: TrajectoryStore) -> int:
+def unroll_bytes(cfg, splits: DatasetSplits, store: TrajectoryStore,
+                 student: FlatModel | None = None) -> int:
     """The plain unroll's graph for this run: one step's saved tensors (measured on the run's
-    network and minibatch shapes) times syn_steps. The global RNG is left as it was."""
+    network, `student` or one built here, and minibatch shapes) times syn_steps. The global
+    RNG is left as it was."""
     with torch.random.fork_rng(devices=[]):
         device = torch.device(cfg.device)
-        student = run_student(cfg, splits, store)
+        student = run_student(cfg, splits, store) if student is None else student
         n = splits.num_classes * cfg.ipc
         images = torch.zeros(n, *syn_shape(cfg, splits), device=device)
         labels = (torch.zeros(n, splits.num_classes, device=device) if cfg.soft_labels else
@@ -64,8 +68,10 @@ def unroll_bytes(cfg, splits: DatasetSplits, store: TrajectoryStore) -> int:
         return step_graph_bytes(problem, images, lr) * cfg.syn_steps
 
 
-def choose(cfg, splits: DatasetSplits, store: TrajectoryStore) -> tuple[str, str]:
-    """(method, why) for a settled config whose --gradient is auto."""
+def choose(cfg, splits: DatasetSplits, store: TrajectoryStore,
+           student: Callable[[], FlatModel] | None = None) -> tuple[str, str]:
+    """(method, why) for a settled config whose --gradient is auto; `student` gives the run's
+    network when the memory has to be measured (default: one built for the measurement)."""
     if cfg.gradient_memory:
         return "lean", "--gradient_memory keeps part of the lean walk's graphs"
     if cfg.compile:
@@ -73,7 +79,8 @@ def choose(cfg, splits: DatasetSplits, store: TrajectoryStore) -> tuple[str, str
     device = torch.device(cfg.device)
     if cuda_graphs.wanted(cfg.cuda_graphs, device.type, cfg.compile) and not cfg.texture:
         return "lean", "on CUDA the lean walk's steps replay as CUDA graphs (the faster method there)"
-    need, free = unroll_bytes(cfg, splits, store), available_bytes(device)
+    need = unroll_bytes(cfg, splits, store, student() if student is not None else None)
+    free = available_bytes(device)
     gb = lambda b: f"{b / 2**30:.3g} GB"  # noqa: E731
     if free is None:
         return "lean", f"the free memory cannot be read; the unroll would keep {gb(need)}"

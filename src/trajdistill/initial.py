@@ -148,13 +148,32 @@ def run_student(cfg, splits: DatasetSplits, store: TrajectoryStore) -> FlatModel
                           .to(torch.device(cfg.device)))
 
 
-def measure_teacher_lr(cfg, splits: DatasetSplits, store: TrajectoryStore) -> float:
+class RunStudent:
+    """The run's student, built once by whoever needs it first: the start-up measurements
+    (--lr_teacher auto, --gradient auto) or the Distiller. Built outside any forked RNG, so
+    the global RNG advances once, as when the Distiller built it after them (they draw
+    nothing else from it, and only its architecture matters to them: every use runs it at
+    explicit weights)."""
+
+    def __init__(self, splits: DatasetSplits, store: TrajectoryStore):
+        self.splits, self.store = splits, store
+        self.student: FlatModel | None = None
+
+    def __call__(self, cfg) -> FlatModel:
+        if self.student is None:
+            self.student = run_student(cfg, self.splits, self.store)
+        return self.student
+
+
+def measure_teacher_lr(cfg, splits: DatasetSplits, store: TrajectoryStore,
+                       student: FlatModel | None = None) -> float:
     """--lr_teacher auto for a settled config, on the images the run will start from (the
-    same seed draws the same set). The global RNG is left as it was: building the student
-    here must not change what the run draws later."""
+    same seed draws the same set), with the run's `student` (built here when not given).
+    The global RNG is left as it was: building the student here must not change what the
+    run draws later."""
     with torch.random.fork_rng(devices=[]):
         device = torch.device(cfg.device)
-        student = run_student(cfg, splits, store)
+        student = run_student(cfg, splits, store) if student is None else student
         experts = store.indices()[:cfg.max_experts] if cfg.max_experts else store.indices()
         val_idx = validation_indices(splits.train.labels, splits.num_classes, cfg.val_size)
         images, _ = initial_images(cfg, splits, val_idx, torch.Generator().manual_seed(cfg.seed),

@@ -10,7 +10,8 @@ Three kernels compute them, the same numbers up to summation order:
 - `Graphed`: CUDA graphs of a whole step's call (cuda_graphs.py), replayed; a call that cannot
   be recorded runs eagerly.
 The kernel follows from settings that are the same for every problem of a run (the device,
---compile, --cuda_graphs, --autocast, the network), so a run uses one kernel throughout.
+--compile, --cuda_graphs, --autocast, the network), so a run chooses it once
+(matching.step_kernel) and hands it to every problem it builds.
 The augmentation and the softmax of soft labels stay outside the chunks (eager, cheap): the
 walk back pulls d(g.v)/dx and d(g.v)/dy through them with autograd.
 """

@@ -115,6 +115,10 @@ class MatchProblem:
     # the student's forward passes under torch.autocast in this dtype (torch.bfloat16), an
     # inexact opt-in (`network`); None, the default: the problem's own dtype throughout
     autocast: torch.dtype | None = None
+    # the step kernel (kernels.py) chosen once for a whole run (`step_kernel`); None: chosen
+    # from this problem's own settings on each use (a problem built on its own). A copy
+    # (dataclasses.replace) with other kernel settings passes kernel_choice=None
+    kernel_choice: kernels.StepKernel | None = field(default=None, repr=False, compare=False)
     _on_device: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def device_plan(self, like: torch.Tensor) -> UnrollPlan:
@@ -135,8 +139,8 @@ class MatchProblem:
     @property
     def graphed(self) -> bool:
         """Whether step_grad and step_hvp replay CUDA graphs (`cuda_graphs`)."""
-        return (self.cuda_graphs and self.start.device.type == "cuda" and not self.compile
-                and self.plan.shifts is None and self.student.batch_independent)
+        return replays_cuda_graphs(self.cuda_graphs, self.start.device.type, self.compile,
+                                   self.plan.shifts is not None, self.student)
 
     def network(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The student's logits at theta. With `autocast` the forward pass runs under
@@ -187,20 +191,14 @@ class MatchProblem:
     @property
     def compiled(self) -> bool:
         """Whether the step functions go through torch.compile (kernels.Compiled)."""
-        if self.compile and not self.student.batch_independent:
-            warnings.warn("compile: networks with batch statistics keep the eager lean walk "
-                          "(torch.func cannot trace their running-stat updates)", stacklevel=3)
-            return False
-        if self.compile and self.autocast is not None:
-            warnings.warn("compile: the compiled steps do not autocast; with autocast the lean "
-                          "walk stays eager", stacklevel=3)
-            return False
-        return self.compile
+        return runs_compiled(self.compile, self.autocast, self.student)
 
     @property
     def kernel(self) -> kernels.StepKernel:
-        """How step_grad and step_hvp are computed (kernels.py): the same settings give the
-        same kernel for every problem of a run."""
+        """How step_grad and step_hvp are computed (kernels.py): the run's choice when one
+        was handed in (`kernel_choice`), else the one this problem's settings give."""
+        if self.kernel_choice is not None:
+            return self.kernel_choice
         return kernels.choose(graphed=self.graphed, compiled=self.compiled)
 
     def step_grad(self, theta: torch.Tensor, images: torch.Tensor, i: int) -> torch.Tensor:
@@ -216,6 +214,38 @@ class MatchProblem:
 
     def normaliser(self) -> torch.Tensor:
         return (self.start - self.target).pow(2).sum()
+
+
+def replays_cuda_graphs(cuda_graphs: bool, device_type: str, compile: bool, texture: bool,
+                        student: FlatModel) -> bool:
+    """Whether the steps replay CUDA graphs: asked for, on CUDA, not compiled, and neither
+    texture windows nor batch statistics (a recording cannot hold them)."""
+    return (cuda_graphs and device_type == "cuda" and not compile and not texture
+            and student.batch_independent)
+
+
+def runs_compiled(compile: bool, autocast: torch.dtype | None, student: FlatModel) -> bool:
+    """Whether the steps go through torch.compile: asked for, and neither batch statistics
+    nor autocast (each warned about: the walk then stays eager)."""
+    if compile and not student.batch_independent:
+        warnings.warn("compile: networks with batch statistics keep the eager lean walk "
+                      "(torch.func cannot trace their running-stat updates)", stacklevel=3)
+        return False
+    if compile and autocast is not None:
+        warnings.warn("compile: the compiled steps do not autocast; with autocast the lean "
+                      "walk stays eager", stacklevel=3)
+        return False
+    return compile
+
+
+def step_kernel(student: FlatModel, device_type: str, compile: bool = False,
+                cuda_graphs: bool = False, autocast: torch.dtype | None = None,
+                texture: bool = False) -> kernels.StepKernel:
+    """The kernel of every problem with these settings: a run's are the same for all its
+    problems (device, network, --compile, --cuda_graphs, --autocast, --texture), so it
+    chooses once and hands the choice to each (`MatchProblem.kernel_choice`)."""
+    graphed = replays_cuda_graphs(cuda_graphs, device_type, compile, texture, student)
+    return kernels.choose(graphed=graphed, compiled=runs_compiled(compile, autocast, student))
 
 
 @dataclass
