@@ -8,6 +8,9 @@ over the slots (one all-reduce across torchrun's ranks; distributed.py), step th
 the lr(s) and the soft labels, feed the stage machine the mean held-out loss, log one JSON
 line. An update that would start a divergence is refused and rolled back (guard.py). Every
 rank holds the same state and takes the same decisions; rank 0 alone writes.
+
+Around the loop, and not in it: the evaluations, the choice of the best set and the final
+comparison (run_eval.py), the run's files (run_dir.py) and their records (records.py).
 """
 from __future__ import annotations
 
