@@ -197,5 +197,10 @@ def test_evaluate_with_a_hand_set_lr(buffer, tmp_path, capsys, monkeypatch):
     # without --lr: every lr of the grid and the learned one; the best on validation is kept
     seen.clear()
     main(["evaluate", "--syn", str(syn_path), "--dataset", "digits", "--device", "cpu", "--quiet"])
-    assert sorted(v for (v,) in seen) == sorted([0.01, 0.003, 0.001, 0.0003, 0.0001, *d.lrs()])
-    assert f"lr {max(0.01, d.lrs()[0]):g} (chosen on validation)" in capsys.readouterr().out
+    # (here the largest lr always wins, so the sweep goes 2 mean grid steps past the top)
+    grid = sorted({0.01, 0.003, 0.001, 0.0003, 0.0001, *d.lrs()})
+    step = (grid[-1] / grid[0]) ** (1 / (len(grid) - 1))
+    tried = sorted(v for (v,) in seen)
+    assert tried[:len(grid)] == grid
+    assert tried[len(grid):] == pytest.approx([grid[-1] * step, grid[-1] * step ** 2])
+    assert f"lr {tried[-1]:g} (chosen on validation)" in capsys.readouterr().out
