@@ -31,8 +31,9 @@ from pathlib import Path
 import torch
 
 from trajdistill.data import load_dataset
-from trajdistill.evaluate import (EvalConfig, lr_schedule, network_seed, random_real,
-                                  train_and_test, train_and_test_batched)
+from trajdistill.baselines import random_real
+from trajdistill.evaluate import (EvalConfig, lr_schedule, network_seed, train_and_test,
+                                  train_and_test_batched)
 from trajdistill.precision import set_tf32, tf32_requested
 
 CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-subset"

@@ -29,8 +29,8 @@ import torch
 
 from trajdistill.data import load_dataset
 from trajdistill.distill import DistillConfig, Distiller, open_buffer
-from trajdistill.evaluate import (EvalConfig, class_means, evaluate_set, evaluate_sweep,
-                                  random_real)
+from trajdistill.baselines import class_means, random_real
+from trajdistill.evaluate import EvalConfig, evaluate_set, evaluate_sweep
 from trajdistill.synthetic import SyntheticSet
 from trajdistill.validation import default_validation
 

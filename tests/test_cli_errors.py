@@ -17,7 +17,8 @@ from trajdistill import cli
 from trajdistill.data import load_dataset
 from trajdistill.distill import DistillConfig, Distiller, open_buffer
 from trajdistill.errors import ConfigError, TrajdistillError
-from trajdistill.evaluate import EvalConfig, evaluate_set, random_real
+from trajdistill.baselines import random_real
+from trajdistill.evaluate import EvalConfig, evaluate_set
 from trajdistill.experts import BufferError, ExpertConfig, train_experts
 from trajdistill.io import FileFormatError
 from trajdistill.synthetic import SyntheticSet

@@ -15,7 +15,8 @@ from trajdistill.cli import main
 from trajdistill.data.base import Preprocess
 from trajdistill.data.zca import ZCA
 from trajdistill.errors import ConfigError
-from trajdistill.evaluate import EvalConfig, class_means, evaluate_set, random_real
+from trajdistill.baselines import class_means, random_real
+from trajdistill.evaluate import EvalConfig, evaluate_set
 from trajdistill.export import export_ddranking, load_ddranking_export
 from trajdistill.io import FileFormatError
 from trajdistill.report import build_report

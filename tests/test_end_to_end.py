@@ -7,7 +7,8 @@ import torch
 from trajdistill.cli import main
 from trajdistill.data import load_dataset
 from trajdistill.distill import DistillConfig, Distiller, open_buffer
-from trajdistill.evaluate import EvalConfig, evaluate_set, random_real
+from trajdistill.baselines import random_real
+from trajdistill.evaluate import EvalConfig, evaluate_set
 from trajdistill.experts import ExpertConfig, train_experts
 from trajdistill.report import build_report
 from trajdistill.synthetic import SyntheticSet

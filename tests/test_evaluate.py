@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from trajdistill.data import load_dataset
+from trajdistill.baselines import random_real
 from trajdistill.evaluate import (EvalConfig, batchable, eval_pool, evaluate_set, lr_schedule,
-                                  network_seed, random_real, train_and_test,
+                                  network_seed, train_and_test,
                                   train_and_test_batched, use_batched)
 from trajdistill.models import build_model
 

@@ -13,7 +13,8 @@ import torch
 
 from trajdistill.cli import main
 from trajdistill.data import load_dataset
-from trajdistill.evaluate import EvalConfig, class_means, evaluate_set, random_real
+from trajdistill.baselines import class_means, random_real
+from trajdistill.evaluate import EvalConfig, evaluate_set
 
 from conftest import DEVICE  # TRAJDISTILL_TEST_DEVICE
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from trajdistill.distill import ConfigError, DistillConfig, Distiller, open_buffer
 from trajdistill.initial import MEAN_NOISE_STD
-from trajdistill.evaluate import class_means
+from trajdistill.baselines import class_means
 from trajdistill.lr_auto import auto_lr, spread
 from trajdistill.models import FlatModel, build_model
 

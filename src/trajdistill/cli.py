@@ -546,7 +546,8 @@ def _run_buffer(run_dir: Path) -> str:
 
 
 def cmd_baseline(args) -> None:
-    from .evaluate import EvalConfig, class_means, eval_pool, evaluate_set, random_real
+    from .baselines import class_means, random_real
+    from .evaluate import EvalConfig, eval_pool, evaluate_set
     # --epoch_eval_train: 1000, or 50 for the whole training set (its networks are dearer)
     o = _resolve(args, _eval_defaults(kind="random", ipc=1, epoch_eval_train=None))
     if args.ipc is not None and o["kind"] != "random":

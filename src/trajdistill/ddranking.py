@@ -36,7 +36,8 @@ from .augment import DEFAULT_STRATEGY
 from .data.base import DatasetSplits
 from .defaults import expert_depth
 from .errors import ConfigError
-from .evaluate import EvalConfig, evaluate_set, random_real
+from .baselines import random_real
+from .evaluate import EvalConfig, evaluate_set
 from .io import FileFormatError
 from .records import require
 from .synthetic import SyntheticSet

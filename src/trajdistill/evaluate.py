@@ -1,4 +1,4 @@
-"""The evaluation protocol (algorithm.md section 6) and the baselines.
+"""The evaluation protocol (algorithm.md section 6); the baselines are in baselines.py.
 
 A set (synthetic, or a baseline's real images) is judged by training `num_eval` fresh
 networks on it from scratch and testing them on the real test set: mean and standard
@@ -319,35 +319,6 @@ def summarise(results) -> dict:
         out.update(val_mean=statistics.fmean(vals),
                    val_std=statistics.pstdev(vals) if len(vals) > 1 else 0.0, val_accuracies=vals)
     return out
-
-
-# ----------------------------------------------------------------------------- baselines
-
-def random_real(splits: DatasetSplits, ipc: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """ipc random real training images of every class (uint8)."""
-    gen = torch.Generator().manual_seed(seed)
-    idx = []
-    for c in range(splits.num_classes):
-        members = splits.train.indices_of(c)
-        if len(members) < ipc:
-            raise ConfigError(f"class {splits.classes[c]!r} has {len(members)} training images, "
-                              f"fewer than --ipc {ipc}")
-        idx.append(members[torch.randperm(len(members), generator=gen)[:ipc]])
-    idx = torch.cat(idx)
-    return splits.train.images[idx], splits.train.labels[idx]
-
-
-def class_means(splits: DatasetSplits) -> tuple[torch.Tensor, torch.Tensor]:
-    """One image per class: the mean of its training images, in network input space."""
-    means = []
-    for c in range(splits.num_classes):
-        members = splits.train.indices_of(c)
-        total = None
-        for chunk in members.split(4096):
-            x = splits.preprocess(splits.train.images[chunk]).sum(0)
-            total = x if total is None else total + x
-        means.append(total / max(len(members), 1))
-    return torch.stack(means), torch.arange(splits.num_classes)
 
 
 # ----------------------------------------------------------------------------- model pools

@@ -22,7 +22,7 @@ import torch
 
 from .data.base import DatasetSplits
 from .errors import ConfigError
-from .evaluate import class_means
+from .baselines import class_means
 from .experts import TrajectoryStore
 from .io import safe_load
 from .lr_auto import auto_lr, spread

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from .distributed import SINGLE, Comm
-from .evaluate import EDGE_STEPS, EvalConfig, class_means, evaluate_sweep, random_real
+from .baselines import class_means, random_real
+from .evaluate import EDGE_STEPS, EvalConfig, evaluate_sweep
 
 # The lrs every set of the final comparison is trained at (a distilled set's learned lr
 # competes too): the range where the galaxy, digit and CIFAR sets measured in docs/results.md did best.

@@ -1,0 +1,41 @@
+"""The sets a distilled set must beat: random real training images and the class means.
+
+Both are built from the training split only, so a comparison on validation or test images
+sees nothing they were made from. Random real images are uint8 like the data (the
+evaluation preprocesses them); class means are already in network input space (the
+mean of the preprocessed images of each class), which is also where `--pix_init mean`
+starts a distillation.
+"""
+from __future__ import annotations
+
+import torch
+
+from .data.base import DatasetSplits
+from .errors import ConfigError
+
+
+def random_real(splits: DatasetSplits, ipc: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """ipc random real training images of every class (uint8)."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = []
+    for c in range(splits.num_classes):
+        members = splits.train.indices_of(c)
+        if len(members) < ipc:
+            raise ConfigError(f"class {splits.classes[c]!r} has {len(members)} training images, "
+                              f"fewer than --ipc {ipc}")
+        idx.append(members[torch.randperm(len(members), generator=gen)[:ipc]])
+    idx = torch.cat(idx)
+    return splits.train.images[idx], splits.train.labels[idx]
+
+
+def class_means(splits: DatasetSplits) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image per class: the mean of its training images, in network input space."""
+    means = []
+    for c in range(splits.num_classes):
+        members = splits.train.indices_of(c)
+        total = None
+        for chunk in members.split(4096):
+            x = splits.preprocess(splits.train.images[chunk]).sum(0)
+            total = x if total is None else total + x
+        means.append(total / max(len(members), 1))
+    return torch.stack(means), torch.arange(splits.num_classes)
