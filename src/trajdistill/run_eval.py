@@ -103,14 +103,15 @@ def final_comparison(cfg: DistillConfig, splits: DatasetSplits, current: Synthet
     if not comm.is_main:
         return None
     record = run_dir.metrics()
-    drift = (float((chosen.images - initial).norm() / initial.norm())
+    # how far the run took its images (the last set: the chosen one may be the start)
+    drift = (float((current.images.detach().cpu().float() - initial).norm() / initial.norm())
              if initial is not None else None)
     ok, message = verdict.judge(results, lambda base: verdict.diagnose(
         [r["loss"] for r in record if "loss" in r], drift,
-        sum(1 for r in record if r.get("diverged")), expert_accuracy(), base))
+        sum(1 for r in record if r.get("diverged")), expert_accuracy(), base, cfg.lr_img))
     out = {"model": model, "chosen_iteration": chosen.meta.get("iteration"),
            "eval_lrs": list(cfg.eval_lrs), "sets": results, "beats_all": ok,
-           "message": message}
+           "message": message, "drift": drift}
     run_dir.write_final(out)
     return out
 
