@@ -109,7 +109,7 @@ def run_row(name, splits, store, args, out_dir):
     start = d.images.detach().clone()
     lr0 = d.lrs()
     losses = []
-    d.run_dir.mkdir(parents=True, exist_ok=True)
+    d.run_dir.path.mkdir(parents=True, exist_ok=True)
     for _ in range(args.iterations):
         rec = d.step()
         losses.append(rec.get("loss"))

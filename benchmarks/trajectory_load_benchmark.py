@@ -9,7 +9,7 @@ An expert file of config A's size (ConvNet width 128, depth 3, 3x32x32, 10 class
 parameters, 51 epochs, float32: 65 MB) is written once to --dir, then read as the distillation
 reads it (`TrajectoryStore.load`: torch.load with mmap=True and weights_only=True, kept open per
 expert) and the four rows an STM iteration takes (held-out start and target, matching start and
-target) are moved to --device in float32 (`Distiller._problem`) and read once (on the CPU a
+target) are moved to --device in float32 (`Distiller.problem`) and read once (on the CPU a
 row stays a view of the mapped file until used). One JSON line per read: the
 milliseconds to open the file and to move the four rows. --drop-caches empties the kernel's page
 cache before the first read (root only), so that read comes from the disk, as an expert's first
