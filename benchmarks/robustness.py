@@ -58,8 +58,9 @@ def run(cmd: list[str], log: Path) -> None:
 def row(name: str, ipc: int, args) -> dict:
     data = DATASETS[name]
     work = Path(args.work)
-    buffers, run_dir = work / "buffers", work / "runs" / f"{name}-ipc{ipc}"
-    log = work / f"{name}-ipc{ipc}.log"
+    tag = f"{name}-ipc{ipc}" + (f"-{args.tag}" if args.tag else "")
+    buffers, run_dir = work / "buffers", work / "runs" / tag
+    log = work / f"{tag}.log"
     work.mkdir(parents=True, exist_ok=True)
     exe = [sys.executable, "-m", "trajdistill.cli"]
     t0 = time.perf_counter()
@@ -72,7 +73,8 @@ def row(name: str, ipc: int, args) -> dict:
         run([*exe, "distill", *data, "--ipc", str(ipc), "--Iteration", str(args.iterations),
              "--eval_it", str(args.iterations), "--num_eval", str(args.num_eval),
              "--epoch_eval_train", str(args.eval_epochs), "--eval_lrs", *map(str, args.eval_lrs),
-             "--buffer_path", str(buffers), "--run_dir", str(run_dir), "--quiet"], log)
+             "--buffer_path", str(buffers), "--run_dir", str(run_dir), "--quiet",
+             *args.distill_args], log)
     t2 = time.perf_counter()
     final = json.loads((run_dir / "final.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
@@ -81,7 +83,7 @@ def row(name: str, ipc: int, args) -> dict:
     accs = [store.summary(i)["test_accuracy"] for i in store.indices()]
     sets = final["sets"]
     pick = lambda key: next(v for k, v in sets.items() if k.startswith(key))  # noqa: E731
-    out = {"row": name, "ipc": ipc, "model": final["model"],
+    out = {"row": name, "ipc": ipc, "model": final["model"], "distill_args": args.distill_args,
            "derived": {k: d["value"] for k, d in config.get("derived", {}).items()},
            "distilled": _fig(sets["distilled"]), "class_mean": _fig(pick("class mean")),
            "random_real": _fig(pick("random real")),
@@ -134,6 +136,10 @@ def main() -> None:
     p.add_argument("--eval_epochs", type=int, default=500)
     p.add_argument("--eval_lrs", type=float, nargs="+", default=[0.01, 0.003, 0.001, 0.0003, 0.0001])
     p.add_argument("--table", metavar="JSONL", help="print the table of a results file and stop")
+    p.add_argument("--distill_args", nargs=argparse.REMAINDER, default=[],
+                   help="everything after it goes to `distill` as it is (a row that is not the "
+                   "defaults: give --tag too, so its run directory is its own)")
+    p.add_argument("--tag", default="", help="appended (after a -) to each row's run directory and log name")
     args = p.parse_args()
     if args.list:
         print("\n".join(f"{k}: {' '.join(v)}" for k, v in DATASETS.items()))
