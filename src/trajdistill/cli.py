@@ -467,8 +467,7 @@ def cmd_evaluate(args) -> None:
         learned = list(syn.lrs) if len(syn.lrs) == 1 else []  # competes with the swept lrs
         result = _sweep(syn.images, syn.targets(), splits, sweep + learned,
                         models, cfg, syn.syn_steps, o, comm,
-                        lr_given=bool(o.get("lr")) and bool(o.get("lr_sweep")),
-                        beyond=0 if o.get("lr_sweep") else EDGE_STEPS)
+                        lr_given=bool(o.get("lr")) and bool(o.get("lr_sweep")))
     else:
         result = evaluate_set(syn.images, syn.targets(), splits, lrs, models, cfg,
                               syn.syn_steps, progress=not o.get("quiet"), comm=comm)
@@ -576,8 +575,7 @@ def cmd_baseline(args) -> None:
     o["lr"] = 0.01 if args.lr is None else args.lr
     if sweep:
         result = _sweep(images, labels, splits, sweep, models, cfg, 0, o, comm,
-                        lr_given=args.lr is not None and bool(o.get("lr_sweep")),
-                        beyond=0 if o.get("lr_sweep") else EDGE_STEPS)
+                        lr_given=args.lr is not None and bool(o.get("lr_sweep")))
     else:
         result = evaluate_set(images, labels, splits, [o["lr"]], models, cfg,
                               progress=not o.get("quiet"), comm=comm)
@@ -617,16 +615,18 @@ def _add_sweep_flag(p) -> None:
 
 
 def _sweep(images, labels, splits, candidates, models, cfg, syn_steps, o, comm,
-           lr_given: bool, beyond: int) -> dict:
-    """The lr chosen on the default validation split among the candidates (and, for the
-    default grid, up to `beyond` lrs past its ends); prints one line per lr."""
+           lr_given: bool) -> dict:
+    """The lr chosen on the default validation split among the candidates (the default grid
+    is also looked past at its ends, EDGE_STEPS; an --lr_sweep list is tried as given);
+    prints one line per lr."""
     from .evaluate import evaluate_sweep
     if lr_given:
         raise ConfigError("--lr and --lr_sweep: give one (--lr_sweep picks the lr itself)")
     from .validation import default_validation
     val = default_validation(splits.train.labels, splits.train.images, splits.num_classes)
     result = evaluate_sweep(images, labels, splits, candidates, models, cfg, val, syn_steps,
-                            progress=not o.get("quiet"), comm=comm, beyond=beyond)
+                            progress=not o.get("quiet"), comm=comm,
+                            beyond=0 if o.get("lr_sweep") else EDGE_STEPS)
     if comm.is_main:
         for model, r in result.items():
             for e in r["sweep"]:
