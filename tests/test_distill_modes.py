@@ -161,3 +161,21 @@ def test_autocast_reaches_the_matching_problems_and_refuses_compile(setup):
         with pytest.raises(ConfigError, match="--autocast"):
             Distiller(DistillConfig(**base, **extra), splits, store, root / "ac_bad",
                       progress=False)
+
+
+def test_each_record_says_how_far_the_images_moved(setup):
+    """`drift` = ||X - X0|| / ||X0||. Adam's first step moves every pixel whose gradient is not
+    zero by exactly its lr (m / sqrt(v) = sign(g) at step 1, up to eps), so after one step the
+    drift is lr * sqrt(#moved pixels) / ||X0||, computed here from the images themselves."""
+    splits, store, root = setup
+    d = Distiller(DistillConfig(ipc=1, syn_steps=3, iterations=3, eval_it=0, img_optimizer="adam",
+                                lr_img=0.01, pix_init="real", lr_teacher=[0.01]),
+                  splits, store, root / "drift", progress=False)
+    x0 = d.images.detach().clone()
+    first = d.step()
+    moved = (d.images.detach() - x0).abs()
+    changed = int((moved > 0).sum())
+    assert changed > 0 and moved.max() == pytest.approx(0.01, rel=1e-4)
+    assert first["drift"] == pytest.approx(0.01 * changed ** 0.5 / float(x0.norm()), rel=1e-3)
+    later = [d.step()["drift"] for _ in range(2)]
+    assert later[-1] == pytest.approx(float((d.images.detach() - x0).norm() / x0.norm()), rel=1e-6)

@@ -88,6 +88,7 @@ class Distiller:
                                                self._labeller, self._note)
         self.images = images.to(self.device).requires_grad_(True)
         self.initial_images = images.detach().cpu().clone()  # the start, for the verdict
+        self._start = images.detach().to(self.device).clone()  # the same, where drift is measured
         self.resumed = False  # set by `resume`: its logs are kept (cut back to the checkpoint)
         self._say_derived()
         self.log_lrs = [torch.tensor(math.log(v), device=self.device, requires_grad=True)
@@ -309,9 +310,17 @@ class Distiller:
         if self._guarded_update(matched, record):
             self._advance_schedule(record, matched, heldout)
         record["lrs"] = self.lrs()
+        record["drift"] = self.drift()
         record["seconds"] = time.perf_counter() - t0
         self.iteration += 1
         return record
+
+    def drift(self) -> float:
+        """How far the images have moved from their start, ||X - X0|| / ||X0||: the scale-free
+        measure of the image step (verdict.py's DRIFT_LOW / DRIFT_LIMIT)."""
+        with torch.no_grad():
+            x = self.images.detach()
+            return float((x - self._start).norm() / self._start.norm().clamp_min(1e-12))
 
     def _match(self, slots: list[Slot], heldout: bool) -> tuple[Combined, dict]:
         """This rank's share of the slots matched and combined over every rank (the same

@@ -2,7 +2,7 @@
 tracking and the verdict; and the one rule that chooses the best set.
 
 metrics.jsonl, one record per iteration:
-    it, loss, lrs, seconds                 always
+    it, loss, lrs, drift, seconds          always (drift: ||X - X0|| / ||X0|| after the step)
     expert, start_epoch                    one trajectory per iteration, or
     slots: [{expert, start_epoch, loss}]   a meta-batch (and heldouts: each slot's held-out loss)
     loss_epoch_<e>                         the mean matching loss of the slots that started at e

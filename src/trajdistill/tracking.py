@@ -32,7 +32,7 @@ from .errors import TrajdistillError
 MULTI = {"matching_loss_by_start_epoch": "matching loss, one line per start epoch",
          "heldout_loss_by_stage": "held-out next-epoch loss, one line per stage",
          "learned_lr": "learned lr(s)"}
-SCALARS = ("loss", "heldout", "cap", "r", "threshold", "rise_threshold", "lr_img", "seconds")
+SCALARS = ("loss", "heldout", "cap", "r", "threshold", "rise_threshold", "lr_img", "drift", "seconds")
 INSTALL = {"wandb": "pip install wandb", "tensorboard": "pip install tensorboard"}
 
 
