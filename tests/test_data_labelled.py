@@ -173,4 +173,6 @@ def test_gz1_presets_run_buffer_distill_and_resume_on_a_labelled_folder(small_gz
         assert config["source"]["classes"] == "0,1+2,3" and config["source"]["res"] == 16
         assert main(["distill", "--resume", str(run), "--Iteration", "3", "--quiet"]) == 0
     captured = capsys.readouterr()
-    assert "derived settings: lr_teacher" in captured.err and "resuming" in captured.out + captured.err
+    # the preset's own image lr is kept (not paced); its lr_teacher auto is measured
+    assert "derived settings: pace_lr_img False, lr_teacher 0." in captured.err
+    assert "resuming" in captured.out + captured.err

@@ -44,21 +44,25 @@ def _derived(**kw):
 
 
 def test_distill_defaults_by_ipc_and_by_what_was_given():
-    assert _derived() == {"img_optimizer": "adam", "lr_img": 0.01, "pix_init": "mean",
-                          "lr_teacher": ["auto"]}
+    assert _derived() == {"img_optimizer": "adam", "lr_img": 0.01, "pace_lr_img": True,
+                          "pix_init": "mean", "lr_teacher": ["auto"]}
     assert _derived(ipc=10)["pix_init"] == "real"
-    # an explicit --lr_img keeps the reference's meaning: SGD
+    # an explicit --lr_img keeps the reference's meaning: SGD, and is not paced
     assert _derived(lr_img=1000.0)["img_optimizer"] == "sgd"
     assert "lr_img" not in _derived(lr_img=1000.0)
+    assert _derived(lr_img=1000.0)["pace_lr_img"] is False
+    assert _derived(img_optimizer="adam", lr_img=0.03)["pace_lr_img"] is False
     assert _derived(img_optimizer="sgd")["lr_img"] == 1000.0
+    assert _derived(img_optimizer="sgd")["pace_lr_img"] is False
     assert _derived(lr_img=1000.0)["pix_init"] == "real"  # the reference's start with its step
-    assert _derived(img_optimizer="adam") == {"lr_img": 0.01, "pix_init": "mean",
-                                              "lr_teacher": ["auto"]}
+    assert _derived(img_optimizer="adam") == {"lr_img": 0.01, "pace_lr_img": True,
+                                              "pix_init": "mean", "lr_teacher": ["auto"]}
     # texture canvases keep the reference's settings (auto needs whole images)
     assert _derived(texture=True) == {"img_optimizer": "sgd", "lr_img": 1000.0,
-                                      "pix_init": "real", "lr_teacher": [0.01]}
+                                      "pace_lr_img": False, "pix_init": "real",
+                                      "lr_teacher": [0.01]}
     assert _derived(lr_teacher=[0.01], pix_init="noise", img_optimizer="sgd",
-                    lr_img=100.0) == {}
+                    lr_img=100.0, pace_lr_img=False) == {}
 
 
 def test_stm_default_cap_follows_adams_own_stop():
@@ -118,8 +122,10 @@ def test_the_reference_commands_keep_their_meaning(short_buffer, tmp_path):
                  "--quiet"]) in (0, None)
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["img_optimizer"] == "sgd" and config["lr_img"] == 100
-    # the only buffer there, and --gradient auto's method (the reference's own is the unroll)
-    assert set(config["derived"]) == {"img_optimizer", "model", "gradient"}
+    # the only buffer there, and --gradient auto's method (the reference's own is the unroll);
+    # the given image lr is not paced
+    assert set(config["derived"]) == {"img_optimizer", "model", "gradient", "pace_lr_img"}
+    assert config["pace_lr_img"] is False
     assert config["derived"]["model"]["value"] == "ConvNetD2"
 
 

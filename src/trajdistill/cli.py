@@ -336,6 +336,9 @@ def _add_distill_parser(sub) -> None:
     p.add_argument("--img_optimizer", choices=["sgd", "adam"], help="image optimiser: adam "
                    "(the derived default; --lr_img is the step per pixel, 0.01) or sgd (momentum "
                    "0.5, the reference's; implied by --lr_img alone, default lr 1000)")
+    p.add_argument("--pace_lr_img", type=kinds.boolean, help="raise the image lr, at most 10x, "
+                   "where the images move less than 0.2 of their norm by the end of the run "
+                   "(default: on with the derived Adam lr, off when --lr_img is given)")
     p.add_argument("--loss_warn_it", type=kinds.non_negative_int, help="warn if the matching "
                    "loss has not fallen below 1 by this iteration (default 300; 0: never)")
     p.add_argument("--batch_syn", type=kinds.positive_int)

@@ -18,6 +18,8 @@ distillation (`trajdistill distill`)
   data it was not tuned for, or diverges);
 - the initial images: the class mean at 1 image per class (the run starts from the baseline
   it must beat), real images at more, and with the reference's SGD step its real start;
+- the pace of the image step: a derived Adam lr is raised, never lowered, when the images move
+  less than pacing.py's pace (0.2 of their norm by the end of the run, along sqrt(t));
 - the synthetic lr: `--lr_teacher auto` (lr_auto.py: syn_steps student steps travel as far as
   the expert did);
 - the model: the buffer's (found under --buffer_path, see experts.find_model).
@@ -98,6 +100,12 @@ def derive_distill(cfg) -> dict:
         out["lr_img"] = (derived(ADAM_LR_IMG, "Adam: 1 % of the data's std per pixel and "
                                  "iteration") if optimiser == "adam" else
                          derived(SGD_LR_IMG, "SGD: the reference's image lr"))
+    if cfg.pace_lr_img is None:
+        out["pace_lr_img"] = (
+            derived(True, "the derived Adam step: raised where the images move too little for "
+                    "the run's length (pacing.py)") if optimiser == "adam" and cfg.lr_img is None
+            else derived(False, "an image lr was given: kept as given") if cfg.lr_img is not None
+            else derived(False, "SGD's step is the reference's: kept"))
     if cfg.pix_init is None:
         out["pix_init"] = (
             derived("real", "texture canvases start as tiled real images (the reference)")

@@ -33,6 +33,7 @@ from .initial import Labeller, RunStudent, initial_images, measure_teacher_lr
 from .matching import (GRADIENT_METHODS, MatchProblem, kept_steps, matching_loss, plan_unroll,
                        step_kernel)
 from .meta_batch import Combined, Slot, SlotResult, combine, draw_slots
+from .pacing import DRIFT_LOW, horizon, is_check, raise_factor
 from .precision import AUTOCAST_DTYPES
 from .schedule import AlignedStart, StageMachine, UniformStart
 from .synthetic import SyntheticSet
@@ -106,6 +107,7 @@ class Distiller:
         self.schedule = self._start_schedule()
         self.iteration = cfg.prev_iter
         self.best = {"accuracy": -1.0, "iteration": None}
+        self.lr_raised = 1.0  # the image lr's raises so far (pacing.py), multiplied
         self.guard = Guard(cfg.max_failures, cfg.loss_threshold, cfg.loss_warn_it, self._note)
         self.grad_fn = GRADIENT_METHODS[cfg.gradient]
         self._kept: int | None = None  # --gradient_memory's kept steps, once measured
@@ -194,6 +196,7 @@ class Distiller:
                 "opt_img": self.opt_img.state_dict(), "opt_lrs": [o.state_dict() for o in self.opt_lrs],
                 "schedule": self.schedule.state_dict(),
                 "best": dict(self.best), "failures": self.guard.failures,
+                "lr_raised": self.lr_raised,
                 "label_logits": (self.label_logits.detach().cpu()
                                  if self.label_logits is not None else None),
                 "opt_labels": self.opt_labels.state_dict() if self.opt_labels is not None else None}
@@ -222,6 +225,7 @@ class Distiller:
         self.schedule.load_state_dict(s["schedule"])
         self.best = dict(s["best"])
         self.guard.failures = s.get("failures", 0)
+        self.lr_raised = s.get("lr_raised", 1.0)
 
     @classmethod
     def resume(cls, run_dir: str | Path | RunDirectory, splits: DatasetSplits,
@@ -311,6 +315,7 @@ class Distiller:
             self._advance_schedule(record, matched, heldout)
         record["lrs"] = self.lrs()
         record["drift"] = self.drift()
+        self._pace(record)
         record["seconds"] = time.perf_counter() - t0
         self.iteration += 1
         return record
@@ -321,6 +326,28 @@ class Distiller:
         with torch.no_grad():
             x = self.images.detach()
             return float((x - self._start).norm() / self._start.norm().clamp_min(1e-12))
+
+    def _pace(self, record: dict) -> None:
+        """A derived Adam image lr behind pacing.py's pace is raised (not in STM's fine-tuning,
+        whose decay is its own); the raise goes into the record and the log."""
+        cfg, done = self.cfg, self.iteration + 1
+        if (not cfg.pace_lr_img or getattr(self.schedule, "fine_tuning", False)
+                or not is_check(done, cfg.iterations)):
+            return
+        factor = raise_factor(done, cfg.iterations, record["drift"], self.lr_raised)
+        if factor == 1.0:
+            return
+        self.lr_raised *= factor
+        old = self.opt_img.param_groups[0]["lr"]
+        for g in self.opt_img.param_groups:
+            g["lr"] = old * factor
+        if cfg.stm:  # the stage machine owns the image lr; its stop stays the same fraction
+            self.schedule.lr_img *= factor
+            self.schedule.stop_lr_img *= factor
+        record.update(lr_img=old * factor, lr_img_raised=factor)
+        self._note(f"it {done}: the images moved {record['drift']:.3f} of their norm, behind "
+                   f"the pace to {DRIFT_LOW} by iteration {horizon(cfg.iterations)}: image lr "
+                   f"{old:.3g} -> {old * factor:.3g} (--pace_lr_img false keeps it)")
 
     def _match(self, slots: list[Slot], heldout: bool) -> tuple[Combined, dict]:
         """This rank's share of the slots matched and combined over every rank (the same

@@ -118,6 +118,8 @@ class DistillConfig:
     # lr_img multiplies the raw gradient; adam: lr_img is about the step per pixel and
     # iteration in normalised units, whatever the gradient's scale ---
     img_optimizer: str | None = None    # adam, unless --lr_img alone asks for the reference's SGD
+    # raise a derived Adam image lr where the images move too little for the run (pacing.py)
+    pace_lr_img: bool | None = None     # derived: on with the derived Adam lr, off otherwise
     # the settings that were derived, {field: {"value", "from"}} (filled by resolve)
     derived: dict = field(default_factory=dict)
 

@@ -19,16 +19,13 @@ import torch
 from .distributed import SINGLE, Comm
 from .baselines import class_means, random_real
 from .evaluate import EDGE_STEPS, EvalConfig, evaluate_sweep
+from .pacing import DRIFT_AIM, DRIFT_LOW  # below DRIFT_LOW the images hardly moved (pacing.py)
 
 # The lrs every set of the final comparison is trained at (a distilled set's learned lr
 # competes too): the range where the galaxy, digit and CIFAR sets measured in docs/results.md did best.
 EVAL_LRS = (0.01, 0.003, 0.001, 0.0003, 0.0001)
 FINAL_EVALS = ("sweep", "off")
 DRIFT_LIMIT = 1.0        # ||X - X0|| / ||X0|| beyond this: the images left what they started as
-# below this the images hardly moved: on every data set of docs/defaults.md whose distilled set
-# beat its baselines the images moved 0.3-0.4 of their norm in 200 iterations; gz1 at 128 px
-# moved 0.10 and did not (Adam's step per pixel shrinks where most pixels carry little signal)
-DRIFT_LOW, DRIFT_AIM = 0.2, 0.3
 STUCK_RATIO = 0.95       # last losses / first losses above this: the matching barely learned
 
 
