@@ -10,6 +10,7 @@ import numpy as np
 
 from .display import plt, save_figure
 from .meta_batch import logged_matches
+from .pacing import DRIFT_LOW, horizon, pace
 
 MAX_LABELLED_CLASSES = 30  # beyond this many classes, figures drop per-class labels
 
@@ -107,8 +108,10 @@ def plot_stage_test(metrics: list[dict], path: str | Path) -> Path | None:
     return save_figure(fig, path)
 
 
-def plot_lrs(metrics: list[dict], path: str | Path) -> Path:
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.5))
+def plot_lrs(metrics: list[dict], path: str | Path, planned: int | None = None) -> Path:
+    """The learned student lr(s), the image lr, and how far the images moved (drift) against
+    the pace a derived image lr is held to (pacing.py; `planned`: the run's iterations)."""
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 3.5))
     its = [r["it"] for r in metrics]
     width = max((len(r["lrs"]) for r in metrics), default=0)
     for k in range(width):
@@ -120,6 +123,15 @@ def plot_lrs(metrics: list[dict], path: str | Path) -> Path:
     if any("lr_img" in r for r in metrics):
         b.plot(its, [r.get("lr_img", np.nan) for r in metrics])
     b.set(title="image learning rate", xlabel="iteration")
+    drifts = [(r["it"], r["drift"]) for r in metrics if "drift" in r]
+    if drifts:
+        c.plot(*zip(*drifts), label="||X - X0|| / ||X0||")
+        if planned:
+            done = np.arange(1, max(its) + 2)
+            c.plot(done - 1, [pace(int(t), planned) for t in done], "--", color="grey",
+                   label=f"pace ({DRIFT_LOW} by it {horizon(planned)})")
+        c.legend(fontsize=7)
+    c.set(title="image drift from the start", xlabel="iteration")
     return save_figure(fig, path)
 
 

@@ -100,9 +100,14 @@ def build_report(run_dir: str | Path, classes: list[str] | None = None,
                 "-sigma·s (loss falling) or rises above 3·s (over-fitting).")
         events = stage_events(metrics)
         add("Stage timeline", body=_events_table(events), md=_events_markdown(events))
-        plot_lrs(metrics, figs / "lrs.png")
+        paced = config.get("pace_lr_img") and config.get("iterations")
+        plot_lrs(metrics, figs / "lrs.png", config["iterations"] if paced else None)
+        raises = [r for r in metrics if "lr_img_raised" in r]
         add("Learning rates", "figures/lrs.png",
-            f"Final learned lr(s): {', '.join(f'{v:.4g}' for v in metrics[-1].get('lrs', []))}.")
+            f"Final learned lr(s): {', '.join(f'{v:.4g}' for v in metrics[-1].get('lrs', []))}. "
+            "Right: how far the images moved from their start"
+            + (f"; the image lr was raised {len(raises)} time(s) where they fell behind the "
+               "pace (--pace_lr_img)." if raises else "."))
     cm = results.get("confusion")
     cm_title = "distilled set"
     if not cm and best is not None:
