@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from trajdistill.distill import DistillConfig, Distiller, open_buffer
-from trajdistill.pacing import is_check, pace, raise_factor
+from trajdistill.pacing import is_check, pace, raise_factor, raised_lr
 
 
 def test_the_pace_grows_as_the_square_root_of_the_run_done():
@@ -30,6 +30,12 @@ def test_a_run_on_pace_keeps_its_lr_and_one_behind_is_raised_within_bounds():
     assert raise_factor(50, 200, drift=0.01, raised=1.0) == 2.0  # at most 2x at one check
     assert raise_factor(50, 200, drift=0.01, raised=8.0) == pytest.approx(10 / 8)  # 10x in all
     assert raise_factor(50, 200, drift=0.01, raised=10.0) == 1.0
+
+
+def test_the_verdicts_image_lr_is_the_raised_one():
+    records = [{"it": 0}, {"it": 19, "lr_img_raised": 2.0}, {"it": 39, "lr_img_raised": 1.5}]
+    assert raised_lr(0.01, records) == pytest.approx(0.03)
+    assert raised_lr(0.01, records[:1]) == 0.01
 
 
 @pytest.fixture(scope="module")

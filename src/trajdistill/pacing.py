@@ -50,3 +50,8 @@ def raise_factor(done: int, planned: int, drift: float, raised: float) -> float:
         return 1.0
     wanted = pace(done, planned, DRIFT_AIM) / max(drift, 1e-12)
     return max(1.0, min(wanted, MOST_PER_CHECK, MOST / raised))
+
+
+def raised_lr(start: float, records: list[dict]) -> float:
+    """The image lr after the raises a run's metrics records (`lr_img_raised`) name."""
+    return start * math.prod(r.get("lr_img_raised", 1.0) for r in records)

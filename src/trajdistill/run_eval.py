@@ -18,6 +18,7 @@ import torch
 
 from . import progress as progress_out
 from . import verdict
+from .pacing import raised_lr
 from .data.base import DatasetSplits
 from .distill_config import DistillConfig
 from .distributed import SINGLE, Comm
@@ -106,9 +107,10 @@ def final_comparison(cfg: DistillConfig, splits: DatasetSplits, current: Synthet
     # how far the run took its images (the last set: the chosen one may be the start)
     drift = (float((current.images.detach().cpu().float() - initial).norm() / initial.norm())
              if initial is not None else None)
+    lr_img = raised_lr(cfg.lr_img, record)  # where pacing raised it, the raised one
     ok, message = verdict.judge(results, lambda base: verdict.diagnose(
         [r["loss"] for r in record if "loss" in r], drift,
-        sum(1 for r in record if r.get("diverged")), expert_accuracy(), base, cfg.lr_img))
+        sum(1 for r in record if r.get("diverged")), expert_accuracy(), base, lr_img))
     out = {"model": model, "chosen_iteration": chosen.meta.get("iteration"),
            "eval_lrs": list(cfg.eval_lrs), "sets": results, "beats_all": ok,
            "message": message, "drift": drift}
