@@ -20,6 +20,11 @@ if DEVICE != "cpu" and not (DEVICE.startswith("cuda") and torch.cuda.is_availabl
     raise pytest.UsageError(f"TRAJDISTILL_TEST_DEVICE={DEVICE}: expected cpu, or cuda[:N] on "
                             "a machine with CUDA")
 set_tf32(False)  # the tool's own default (trajdistill.precision); test_cuda.py turns it on
+# Under pytest-xdist (test.sh) the workers share the cores: each gets its share of threads,
+# not one thread per core each (which would oversubscribe the machine K times).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
 
 # The reference's distillation settings (before issue 21 they were the defaults): tests of the
 # loop's mechanics that were written against them pin them, so that the derived defaults
