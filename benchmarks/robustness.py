@@ -83,7 +83,8 @@ def row(name: str, ipc: int, args) -> dict:
     accs = [store.summary(i)["test_accuracy"] for i in store.indices()]
     sets = final["sets"]
     pick = lambda key: next(v for k, v in sets.items() if k.startswith(key))  # noqa: E731
-    out = {"row": name, "ipc": ipc, "model": final["model"], "distill_args": args.distill_args,
+    out = {"row": name, "ipc": ipc, "tag": args.tag, "model": final["model"],
+           "distill_args": args.distill_args,
            "derived": {k: d["value"] for k, d in config.get("derived", {}).items()},
            "distilled": _fig(sets["distilled"]), "class_mean": _fig(pick("class mean")),
            "random_real": _fig(pick("random real")),
@@ -116,7 +117,8 @@ def table(rows: list[dict]) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         d, m, rr = r["distilled"], r["class_mean"], r["random_real"]
-        lines.append(f"| {r['row']} | {r['ipc']} | {r['model']} | {_cell(d)} | {_cell(m)} | "
+        name = r["row"] + (f" ({r['tag']})" if r.get("tag") else "")
+        lines.append(f"| {name} | {r['ipc']} | {r['model']} | {_cell(d)} | {_cell(m)} | "
                      f"{_cell(rr)} | {100 * r['full_data_experts']:.1f} | "
                      f"{100 * (d['test'] - m['test']):+.1f} | {100 * (d['test'] - rr['test']):+.1f} |")
     return "\n".join(lines)
