@@ -33,7 +33,7 @@ from .initial import Labeller, RunStudent, initial_images, measure_teacher_lr
 from .matching import (GRADIENT_METHODS, MatchProblem, kept_steps, matching_loss, plan_unroll,
                        step_kernel)
 from .meta_batch import Combined, Slot, SlotResult, combine, draw_slots
-from .pacing import DRIFT_LOW, horizon, is_check, raise_factor
+from .pacing import DRIFT_LOW, drift, horizon, is_check, raise_factor
 from .precision import AUTOCAST_DTYPES
 from .schedule import AlignedStart, StageMachine, UniformStart
 from .synthetic import SyntheticSet
@@ -88,8 +88,8 @@ class Distiller:
                                                torch.Generator().manual_seed(cfg.seed),
                                                self._labeller, self._note)
         self.images = images.to(self.device).requires_grad_(True)
-        self.initial_images = images.detach().cpu().clone()  # the start, for the verdict
-        self._start = images.detach().to(self.device).clone()  # the same, where drift is measured
+        # the start: each iteration's drift is measured from it, the verdict compares with it
+        self.initial_images = images.detach().to(self.device).clone()
         self.resumed = False  # set by `resume`: its logs are kept (cut back to the checkpoint)
         self._say_derived()
         self.log_lrs = [torch.tensor(math.log(v), device=self.device, requires_grad=True)
@@ -321,11 +321,8 @@ class Distiller:
         return record
 
     def drift(self) -> float:
-        """How far the images have moved from their start, ||X - X0|| / ||X0||: the scale-free
-        measure of the image step (verdict.py's DRIFT_LOW / DRIFT_LIMIT)."""
-        with torch.no_grad():
-            x = self.images.detach()
-            return float((x - self._start).norm() / self._start.norm().clamp_min(1e-12))
+        """How far the images have moved from their start (pacing.drift)."""
+        return drift(self.images, self.initial_images)
 
     def _pace(self, record: dict) -> None:
         """A derived Adam image lr behind pacing.py's pace is raised (not in STM's fine-tuning,
@@ -441,7 +438,7 @@ class Distiller:
         cfg = self.cfg
         return run_eval.final_comparison(
             cfg, self.splits, self.synthetic_set(),
-            None if cfg.load_syn_image else self.initial_images, self.run_dir,
+            None if cfg.load_syn_image else self.initial_images.cpu(), self.run_dir,
             self.best.get("iteration") is not None, self.val,
             lambda: run_eval.expert_accuracy(self.store, self.experts), self.comm, self.progress)
 

@@ -100,8 +100,8 @@ def build_report(run_dir: str | Path, classes: list[str] | None = None,
                 "-sigma·s (loss falling) or rises above 3·s (over-fitting).")
         events = stage_events(metrics)
         add("Stage timeline", body=_events_table(events), md=_events_markdown(events))
-        paced = config.get("pace_lr_img") and config.get("iterations")
-        plot_lrs(metrics, figs / "lrs.png", config["iterations"] if paced else None)
+        plot_lrs(metrics, figs / "lrs.png",
+                 config.get("iterations") if config.get("pace_lr_img") else None)
         raises = [r for r in metrics if "lr_img_raised" in r]
         add("Learning rates", "figures/lrs.png",
             f"Final learned lr(s): {', '.join(f'{v:.4g}' for v in metrics[-1].get('lrs', []))}. "

@@ -18,7 +18,7 @@ import torch
 
 from . import progress as progress_out
 from . import verdict
-from .pacing import raised_lr
+from . import pacing
 from .data.base import DatasetSplits
 from .distill_config import DistillConfig
 from .distributed import SINGLE, Comm
@@ -105,9 +105,9 @@ def final_comparison(cfg: DistillConfig, splits: DatasetSplits, current: Synthet
         return None
     record = run_dir.metrics()
     # how far the run took its images (the last set: the chosen one may be the start)
-    drift = (float((current.images.detach().cpu().float() - initial).norm() / initial.norm())
+    drift = (pacing.drift(current.images.cpu().float(), initial)
              if initial is not None else None)
-    lr_img = raised_lr(cfg.lr_img, record)  # where pacing raised it, the raised one
+    lr_img = pacing.raised_lr(cfg.lr_img, record)  # where pacing raised it, the raised one
     ok, message = verdict.judge(results, lambda base: verdict.diagnose(
         [r["loss"] for r in record if "loss" in r], drift,
         sum(1 for r in record if r.get("diverged")), expert_accuracy(), base, lr_img))
