@@ -43,7 +43,16 @@ DATASETS = {
     "gz1-32": ["--dataset", str(DATA / "gz1"), *GZ1, "--res", "32"],
     "gz1-64": ["--dataset", str(DATA / "gz1"), *GZ1, "--res", "64"],
     "gz1-128": ["--dataset", str(DATA / "gz1"), *GZ1, "--res", "128"],
+    # Stand-ins for folders the defaults were never looked at on: another galaxy task (two
+    # classes, 1 : 2.5 imbalanced, like the "spiral vs not") and a tiny JPEG image
+    # folder (20 training images per class, as a user's first try often is).
+    "gz1-spiral": ["--dataset", str(DATA / "gz1"), *GZ1[:6], "--classes", "1+2,0+3+4+5",
+                   "--class_names", "spiral,other", "--crop", "center-half", "--res", "32"],
+    "cifar10-folder": ["--dataset", str(DATA / "cifar10-imagefolder")],
 }
+# Rows whose buffer would share a folder name with another row's (same data and side,
+# other classes): their experts live in a buffer path of their own.
+OWN_BUFFERS = {"gz1-spiral"}
 
 
 def run(cmd: list[str], log: Path) -> None:
@@ -59,7 +68,8 @@ def row(name: str, ipc: int, args) -> dict:
     data = DATASETS[name]
     work = Path(args.work)
     tag = f"{name}-ipc{ipc}" + (f"-{args.tag}" if args.tag else "")
-    buffers, run_dir = work / "buffers", work / "runs" / tag
+    buffers = work / ("buffers-" + name if name in OWN_BUFFERS else "buffers")
+    run_dir = work / "runs" / tag
     log = work / f"{tag}.log"
     work.mkdir(parents=True, exist_ok=True)
     exe = [sys.executable, "-m", "trajdistill.cli"]

@@ -11,6 +11,7 @@ updates, the experts' accuracy.
 """
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 
@@ -63,7 +64,8 @@ def compare(sets: list[Contender], splits, model: str, cfg: EvalConfig, val, pro
     for s in sets:
         r = evaluate_sweep(s.images, s.targets, splits, s.lrs, [model], cfg, val, s.syn_steps,
                            progress=progress, comm=comm, beyond=EDGE_STEPS)[model]
-        out[s.name] = {k: r[k] for k in ("lr", "val_mean", "val_std", "mean", "std", "sweep")}
+        out[s.name] = {k: r[k] for k in ("lr", "val_mean", "val_std", "val_accuracies", "mean",
+                                         "std", "sweep")}
         if s.learned is not None:
             out[s.name]["learned"] = next(e for e in r["sweep"] if e["lr"] == s.learned)
     return out
@@ -106,18 +108,42 @@ def diagnose(losses: list[float], drift: float | None, refused: int,
                       "or --syn_steps"]
 
 
+def margin(mine: dict, other: dict) -> tuple[float, float]:
+    """(the distilled set's validation accuracy minus another set's, the standard error of
+    that difference: sqrt(s_a^2 / n_a + s_b^2 / n_b) over each set's networks, with s the
+    sample standard deviation; a set whose networks' figures are not kept adds nothing)."""
+    se2 = 0.0
+    for r in (mine, other):
+        vals = r.get("val_accuracies") or []
+        if len(vals) > 1:
+            se2 += statistics.variance(vals) / len(vals)
+    return mine["val_mean"] - other["val_mean"], math.sqrt(se2)
+
+
 def judge(results: dict, causes_of) -> tuple[bool, str]:
     """(whether the distilled set beats every other set on validation, one line saying so).
-    `causes_of(best baseline validation accuracy)` gives the likely causes when it does not."""
+    A set is beaten when the distilled set's lead exceeds one standard error of the
+    difference (`margin`): a lead inside the networks' own spread is a tie, and the line says
+    the set is not clearly better. `causes_of(best baseline validation accuracy)` gives the
+    likely causes when it is not."""
     mine = results["distilled"]
     others = {k: v for k, v in results.items() if k != "distilled"}
-    beaten = [k for k, v in others.items() if mine["val_mean"] > v["val_mean"]]
+    margins = {k: margin(mine, v) for k, v in others.items()}
+    beaten = [k for k, (d, se) in margins.items() if d > se]
     figures = ", ".join(f"{k} {100 * v['val_mean']:.2f} %" for k, v in others.items())
     if len(beaten) == len(others):
         return True, (f"the distilled set beats {', '.join(others)} on validation "
                       f"({100 * mine['val_mean']:.2f} % against {figures}; each at its best lr)")
-    lost = [k for k in others if k not in beaten]
+    lost = [k for k, (d, se) in margins.items() if d < -se]
+    level = [k for k in others if k not in beaten and k not in lost]
     best_other = max(v["val_mean"] for v in others.values())
-    return False, (f"warning: the distilled set does not beat {', '.join(lost)} on validation "
+    said = []
+    if lost:
+        said.append(f"does not beat {', '.join(lost)}")
+    if level:
+        noise = ", ".join(f"{100 * margins[k][1]:.2f}" for k in level)
+        said.append(f"is level with {', '.join(level)} (a lead or lag within one standard error "
+                    f"of the difference: {noise} points)")
+    return False, (f"warning: the distilled set {' and '.join(said)} on validation "
                    f"({100 * mine['val_mean']:.2f} % against {figures}; each at its best lr). "
                    "Likely: " + "; ".join(causes_of(best_other)))
