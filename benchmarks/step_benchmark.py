@@ -48,7 +48,10 @@ same mode. Seconds per iteration: median of --repeats iterations after one warm-
 caches). Each line also gives the CPU seconds (user + sys) per iteration and the load average,
 since wall time on a shared machine depends on the other processes. The children run with
 OMP_WAIT_POLICY=PASSIVE unless it is set (--omp-wait-policy): with OpenMP's default spinning,
-a machine shared with other busy processes made the small ops of a step up to 5x slower.
+a machine shared with other busy processes made the small ops of a step up to 5x slower. Like
+the command line they keep freed memory for reuse (trajdistill/host_memory.py; `malloc` says
+so, `minor_faults` counts the process's page faults); TRAJDISTILL_MALLOC=default leaves
+glibc's settings, to compare.
 
 The plain unroll needs about 0.85 GB + 3.7 MB x syn_steps x batch_syn (the issue's
 measurements): a (config, unroll) whose estimate exceeds --max-unroll-gb (default: 80 % of the
@@ -128,7 +131,9 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
     from trajdistill.models import FlatModel, build_model
 
     from trajdistill.precision import AUTOCAST_DTYPES, set_tf32, tf32_requested
+    from trajdistill.host_memory import keep_freed_memory
 
+    malloc = "keep" if keep_freed_memory() else "default"  # as the command line does
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     set_tf32(tf32_requested())  # as the command line does: exact float32 unless TRAJDISTILL_TF32=1
@@ -218,6 +223,9 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
            "cpu_seconds": round(statistics.median(cpus), 3), "autocast": autocast}
     out["warmup_seconds"] = round(warmup, 3)
     out["gradient"] = method
+    out["malloc"] = malloc  # freed memory kept (host_memory.py) or glibc's defaults
+    import resource
+    out["minor_faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt  # whole process
     if "auto" in variants:
         out["unroll_graph_gb"] = round(need / 2**30, 3)
     if cuda:

@@ -39,6 +39,7 @@ from .run_dir import RunDirectory
 from .evaluate import EDGE_STEPS, EVAL_MODES
 from .verdict import EVAL_LRS
 from .precision import AUTOCAST_DTYPES, set_tf32, tf32_requested
+from .host_memory import keep_freed_memory
 from .presets import BUFFER_PRESETS, PRESETS, preset
 from .reference_flags import add_reference_flags
 from .reference_flags import translate as translate_reference_flags
@@ -822,6 +823,7 @@ def main(argv: list[str] | None = None) -> int:
     traceback."""
     from .errors import TrajdistillError
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # each step's large blocks reuse pages instead of new ones (host_memory.py)
     try:
         set_tf32(tf32_requested())
         args.func(args)
