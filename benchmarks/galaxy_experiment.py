@@ -106,16 +106,16 @@ def run_row(name, splits, store, args, out_dir):
     cfg = DistillConfig(ipc=args.ipc, iterations=args.iterations, seed=args.seed,
                         **{**COMMON, **ROWS[name]})
     d = Distiller(cfg, splits, store, out_dir / name, progress=False)
-    start = d.images.detach().clone()
+    start = d.learnables.images.detach().clone()
     lr0 = d.lrs()
     losses = []
     d.run_dir.path.mkdir(parents=True, exist_ok=True)
     for _ in range(args.iterations):
         rec = d.step()
         losses.append(rec.get("loss"))
-    images = d.images.detach().cpu()
+    images = d.learnables.images.detach().cpu()
     drift = float((images - start).norm() / start.norm())
-    res = evaluate(images, d.labels.cpu(), splits, d.lrs(), store.model, args, cfg.syn_steps)
+    res = evaluate(images, d.learnables.labels.cpu(), splits, d.lrs(), store.model, args, cfg.syn_steps)
     d.synthetic_set().save(out_dir / f"{name}.pt")
     first, last = losses[:20], losses[-50:]
     return {"row": name, "settings": ROWS[name], "iterations": args.iterations, "lr_start": lr0,

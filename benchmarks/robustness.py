@@ -15,12 +15,17 @@ distilled set's learned lr competes too) and the experts' test accuracy (network
 the training images: the "full data" column, at the experts' own settings, not an lr sweep).
 Evaluation: --num_eval networks x --eval_epochs epochs per set and lr. Everything else is the
 tool's default; the derived settings are copied from config.json into the row.
+
+A row that is not the defaults names its extra flags and a tag (its run directory, log and
+buffer folder are its own): --tag gal --buffer_args '--dsa_strategy galaxy' --distill_args
+--dsa_strategy galaxy (--distill_args takes everything after it).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -69,13 +74,16 @@ def row(name: str, ipc: int, args) -> dict:
     work = Path(args.work)
     tag = f"{name}-ipc{ipc}" + (f"-{args.tag}" if args.tag else "")
     buffers = work / ("buffers-" + name if name in OWN_BUFFERS else "buffers")
+    if args.buffer_args:  # experts of their own making: their own folder
+        buffers = work / f"buffers-{name}-{args.tag}"
     run_dir = work / "runs" / tag
     log = work / f"{tag}.log"
     work.mkdir(parents=True, exist_ok=True)
     exe = [sys.executable, "-m", "trajdistill.cli"]
     t0 = time.perf_counter()
     run([*exe, "buffer", *data, "--num_experts", str(args.num_experts), "--train_epochs",
-         str(args.train_epochs), "--buffer_path", str(buffers), "--quiet"], log)
+         str(args.train_epochs), "--buffer_path", str(buffers), "--quiet", *args.buffer_args],
+        log)
     t1 = time.perf_counter()
     if run_dir.exists() and not (run_dir / "final.json").exists():
         subprocess.call(["rm", "-rf", str(run_dir)])
@@ -94,7 +102,7 @@ def row(name: str, ipc: int, args) -> dict:
     sets = final["sets"]
     pick = lambda key: next(v for k, v in sets.items() if k.startswith(key))  # noqa: E731
     out = {"row": name, "ipc": ipc, "tag": args.tag, "model": final["model"],
-           "distill_args": args.distill_args,
+           "distill_args": args.distill_args, "buffer_args": args.buffer_args,
            "derived": {k: d["value"] for k, d in config.get("derived", {}).items()},
            "distilled": _fig(sets["distilled"]), "class_mean": _fig(pick("class mean")),
            "random_real": _fig(pick("random real")),
@@ -151,8 +159,15 @@ def main() -> None:
     p.add_argument("--distill_args", nargs=argparse.REMAINDER, default=[],
                    help="everything after it goes to `distill` as it is (a row that is not the "
                    "defaults: give --tag too, so its run directory is its own)")
+    p.add_argument("--buffer_args", type=shlex.split, default=[], metavar="'FLAGS'",
+                   help="extra flags for `buffer`, as one quoted string (--buffer_args "
+                   "'--dsa_strategy galaxy'); give --tag too: the experts get a buffer path of "
+                   "their own")
     p.add_argument("--tag", default="", help="appended (after a -) to each row's run directory and log name")
     args = p.parse_args()
+    if (args.buffer_args or args.distill_args) and not args.tag:
+        p.error("--buffer_args / --distill_args make a row that is not the defaults: name it "
+                "with --tag")
     if args.list:
         print("\n".join(f"{k}: {' '.join(v)}" for k, v in DATASETS.items()))
         return

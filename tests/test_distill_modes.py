@@ -22,8 +22,8 @@ def test_independent_lr_adds_a_stage_lr_on_level_up(setup):
     assert d.lrs() == pytest.approx([0.01, 0.02])
     records = [d.step() for _ in range(10)]
     assert records[-1]["level_up"] and d.schedule.cap == 3
-    assert len(d.log_lrs) == 3 and d.lrs()[2] == pytest.approx(d.lrs()[1])  # a copy of the last
-    assert all(g["lr"] == pytest.approx(0.01 * 3) for o in d.opt_lrs for g in o.param_groups)
+    assert len(d.learnables.log_lrs) == 3 and d.lrs()[2] == pytest.approx(d.lrs()[1])  # a copy of the last
+    assert all(g["lr"] == pytest.approx(0.01 * 3) for o in d.learnables.opt_lrs for g in o.param_groups)
     # each start epoch t < cap updated its own lr only
     before = d.lrs()
     rec = d.step()
@@ -39,7 +39,7 @@ def test_global_lr_keeps_one_lr(setup):
                   progress=False)
     for _ in range(12):
         d.step()
-    assert d.schedule.cap >= 2 and len(d.log_lrs) == 1
+    assert d.schedule.cap >= 2 and len(d.learnables.log_lrs) == 1
 
 
 def test_learn_lr_false_keeps_the_lr_fixed(setup):
@@ -95,7 +95,7 @@ def test_gradient_memory_keeps_steps_and_changes_nothing_else(setup, capsys):
     base = dict(ipc=2, syn_steps=6, iterations=3, eval_it=0, seed=3, device=DEVICE)
     lean = Distiller(DistillConfig(**base), splits, store, root / "lean", progress=False)
     per_step = step_graph_bytes(lean.problem(store.load(0), 1, torch.Generator()),
-                                lean.images, lean.log_lrs[0].exp())
+                                lean.learnables.images, lean.learnables.log_lrs[0].exp())
     budget = 2.5 * per_step / 2**30                  # room for 2 steps' graphs
     hybrid = Distiller(DistillConfig(**base, gradient_memory=budget), splits, store,
                        root / "hybrid", progress=True)
@@ -104,12 +104,12 @@ def test_gradient_memory_keeps_steps_and_changes_nothing_else(setup, capsys):
     big = Distiller(DistillConfig(**base, gradient_memory=1000.0), splits, store,
                     root / "big", progress=False)
     assert big.problem(store.load(0), 1, torch.Generator()).keep_steps == 6
-    x0 = lean.images.detach().clone()
+    x0 = lean.learnables.images.detach().clone()
     lean.run()
     hybrid.run()
     # float32 and ReLU ties (README, --compile): the image updates agree to about 1e-3, the
     # exact identity is test_matching's float64 one
-    moved, moved_lean = hybrid.images.detach() - x0, lean.images.detach() - x0
+    moved, moved_lean = hybrid.learnables.images.detach() - x0, lean.learnables.images.detach() - x0
     assert float((moved - moved_lean).norm() / moved_lean.norm()) < 1e-2
     assert hybrid.lrs() == pytest.approx(lean.lrs(), rel=1e-3)
     with pytest.raises(ConfigError, match="--gradient_memory"):
@@ -171,11 +171,11 @@ def test_each_record_says_how_far_the_images_moved(setup):
     d = Distiller(DistillConfig(ipc=1, syn_steps=3, iterations=3, eval_it=0, img_optimizer="adam",
                                 lr_img=0.01, pix_init="real", lr_teacher=[0.01]),
                   splits, store, root / "drift", progress=False)
-    x0 = d.images.detach().clone()
+    x0 = d.learnables.images.detach().clone()
     first = d.step()
-    moved = (d.images.detach() - x0).abs()
+    moved = (d.learnables.images.detach() - x0).abs()
     changed = int((moved > 0).sum())
     assert changed > 0 and moved.max() == pytest.approx(0.01, rel=1e-4)
     assert first["drift"] == pytest.approx(0.01 * changed ** 0.5 / float(x0.norm()), rel=1e-3)
     later = [d.step()["drift"] for _ in range(2)]
-    assert later[-1] == pytest.approx(float((d.images.detach() - x0).norm() / x0.norm()), rel=1e-6)
+    assert later[-1] == pytest.approx(float((d.learnables.images.detach() - x0).norm() / x0.norm()), rel=1e-6)

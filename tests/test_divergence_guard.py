@@ -37,7 +37,7 @@ def _distiller(short_buffer, tmp_path, **overrides):
 def test_reference_flags_refuse_the_runaway_image_step_and_keep_the_initial_state(short_buffer,
                                                                                  tmp_path, capsys):
     d = _distiller(short_buffer, tmp_path)
-    initial = d.images.detach().clone()
+    initial = d.learnables.images.detach().clone()
     with pytest.raises(DivergenceError, match=r"--lr_img.*first matching loss was 1\d\.\d"):
         d.run()
     assert "warning: the first matching loss is" in capsys.readouterr().err
@@ -46,16 +46,16 @@ def test_reference_flags_refuse_the_runaway_image_step_and_keep_the_initial_stat
     assert all("image update is" in r["diverged"] for r in metrics)
     # the rollback went back to a state that was good: the initial one, optimiser untouched
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
-    assert torch.equal(ckpt["images"], initial) and torch.equal(d.images.detach(), initial)
+    assert torch.equal(ckpt["images"], initial) and torch.equal(d.learnables.images.detach(), initial)
     assert ckpt["log_lrs"][0].item() == pytest.approx(math.log(0.01))
-    assert d.opt_img.state_dict()["state"] == {} and d.opt_lrs[0].state_dict()["state"] == {}
+    assert d.learnables.opt_img.state_dict()["state"] == {} and d.learnables.opt_lrs[0].state_dict()["state"] == {}
 
 
 def test_the_refusal_quotes_the_image_lr_the_update_used(short_buffer, tmp_path):
     """STM's fine-tuning lowers the image lr below --lr_img: a refusal names the lr that made
     the step, not the flag's starting value."""
     d = _distiller(short_buffer, tmp_path)
-    for g in d.opt_img.param_groups:
+    for g in d.learnables.opt_img.param_groups:
         g["lr"] = 512.0  # as fine-tuning's decays would leave it
     record = d.step()
     assert "the image lr is now 512)" in record["diverged"]
@@ -73,7 +73,7 @@ def test_an_lr_that_jumps_by_orders_of_magnitude_is_refused_naming_lr_lr(short_b
     for r in metrics:
         assert "lr 0 from 0.01 to" in r["diverged"] and "--lr_lr (now 0.1)" in r["diverged"]
         assert r["lrs"][0] == pytest.approx(0.01)  # every refused update left the lr where it was
-    assert d.lrs()[0] == pytest.approx(0.01) and d.opt_lrs[0].state_dict()["state"] == {}
+    assert d.lrs()[0] == pytest.approx(0.01) and d.learnables.opt_lrs[0].state_dict()["state"] == {}
 
 
 def test_the_cli_says_it_in_one_error_line(short_buffer, tmp_path, capsys):

@@ -24,13 +24,13 @@ def test_pix_init_mean_starts_at_the_class_means_and_mean_noise_near_them(setup)
     means = class_means(splits)[0]
     d = Distiller(DistillConfig(ipc=2, pix_init="mean", eval_it=0), splits, store, root / "m",
                   progress=False)
-    assert torch.allclose(d.images.detach(), means.repeat_interleave(2, 0))
-    assert d.labels.tolist() == [c for c in range(10) for _ in range(2)]
+    assert torch.allclose(d.learnables.images.detach(), means.repeat_interleave(2, 0))
+    assert d.learnables.labels.tolist() == [c for c in range(10) for _ in range(2)]
     d = Distiller(DistillConfig(ipc=2, pix_init="mean_noise", eval_it=0), splits, store,
                   root / "n", progress=False)
-    noise = d.images.detach() - means.repeat_interleave(2, 0)
+    noise = d.learnables.images.detach() - means.repeat_interleave(2, 0)
     assert noise.std().item() == pytest.approx(MEAN_NOISE_STD, rel=0.1)
-    assert not torch.equal(d.images[0], d.images[1])  # ipc copies differ
+    assert not torch.equal(d.learnables.images[0], d.learnables.images[1])  # ipc copies differ
     with pytest.raises(ConfigError, match="--pix_init must be one of real, noise, correct, mean, mean_noise"):
         Distiller(DistillConfig(pix_init="median"), splits, store, root / "x", progress=False)
 

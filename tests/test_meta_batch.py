@@ -70,19 +70,19 @@ def test_one_update_with_the_mean_of_the_slots_gradients(setup, slots):
                         eval_it=0, learn_lr=False, num_trajectories=slots, seed=11,
                         **{**REFERENCE, "lr_img": 100})
     d = Distiller(cfg, splits, store, root / f"run{slots}", progress=False)
-    x0 = d.images.detach().clone()
+    x0 = d.learnables.images.detach().clone()
     record = d.step()
     grads, losses = [], []
     for slot in draw_slots(d.schedule, d.experts, cfg.seed, 0, slots):
         traj = store.load(slot.expert)
         plan = plan_unroll(len(x0), 4, 8, splits.image_shape[1:], cfg.dsa_strategy, slot.generator)
         problem = MatchProblem(d.student, traj[slot.start_epoch], traj[slot.start_epoch + 1],
-                               d.labels, plan)
+                               d.learnables.labels, plan)
         r = plain_unroll(problem, x0, torch.tensor(math.log(0.01)))
         grads.append(r.grad_images)
         losses.append(r.loss)
     expected = x0 - 100 * torch.stack(grads).mean(0)
-    assert torch.allclose(d.images.detach(), expected, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(d.learnables.images.detach(), expected, rtol=1e-4, atol=1e-6)
     assert record["loss"] == pytest.approx(sum(losses) / slots, rel=1e-4)
     if slots > 1:
         assert [s["loss"] for s in record["slots"]] == pytest.approx(losses, rel=1e-4)
@@ -98,6 +98,6 @@ def test_a_checkpoint_of_the_earlier_format_still_loads(setup, tmp_path):
                rng="[3, [1, 2], null]", gen=torch.Generator().get_state())
     e = Distiller(cfg, splits, store, tmp_path / "b", progress=False)
     e.load_state_dict(old)
-    assert e.iteration == 1 and torch.equal(e.images.detach(), d.images.detach())
+    assert e.iteration == 1 and torch.equal(e.learnables.images.detach(), d.learnables.images.detach())
     with pytest.raises(ConfigError, match="not a trajdistill distillation checkpoint"):
         e.load_state_dict(dict(old, format="something else"))

@@ -59,7 +59,7 @@ def test_images_that_hardly_move_get_a_larger_step_and_the_run_says_so(setup, ca
     records = [d.step() for _ in range(41)]
     assert {r["it"]: r["lr_img_raised"] for r in records if "lr_img_raised" in r} == {19: 2.0,
                                                                                        39: 2.0}
-    assert d.opt_img.param_groups[0]["lr"] == pytest.approx(4e-5)
+    assert d.learnables.opt_img.param_groups[0]["lr"] == pytest.approx(4e-5)
     assert d.schedule.lr_img == pytest.approx(4e-5)
     assert d.schedule.stop_lr_img == pytest.approx(0.05 * 4e-5)
     assert records[39]["lr_img"] == pytest.approx(4e-5)
@@ -68,7 +68,7 @@ def test_images_that_hardly_move_get_a_larger_step_and_the_run_says_so(setup, ca
                       progress=False)
     again.load_state_dict(d.state_dict())
     assert again.lr_raised == pytest.approx(4.0)
-    assert again.opt_img.param_groups[0]["lr"] == pytest.approx(4e-5)
+    assert again.learnables.opt_img.param_groups[0]["lr"] == pytest.approx(4e-5)
 
 
 def test_a_run_on_pace_is_exactly_the_unpaced_run(setup):
@@ -80,5 +80,5 @@ def test_a_run_on_pace_is_exactly_the_unpaced_run(setup):
                       progress=False)
         records = [d.step() for _ in range(21)]
         assert not any("lr_img_raised" in r for r in records)
-        runs.append(d.images.detach().clone())
+        runs.append(d.learnables.images.detach().clone())
     assert torch.equal(runs[0], runs[1])

@@ -177,7 +177,7 @@ def test_evaluate_with_a_hand_set_lr(buffer, tmp_path, capsys, monkeypatch):
     got = json.loads(out.read_text())
     assert got["lrs"] == [0.05]
     splits = load_dataset("digits")
-    want = evaluate_set(d.images.detach(), d.labels, splits, [0.05], ["ConvNetD2"],
+    want = evaluate_set(d.learnables.images.detach(), d.learnables.labels, splits, [0.05], ["ConvNetD2"],
                         EvalConfig(num_eval=1, epoch_eval_train=3), progress=False)
     assert got["ConvNetD2"]["accuracies"] == want["ConvNetD2"]["accuracies"]
     # a list is the per-stage schedule; --lr learned is the set's own lr (the reference's)

@@ -151,15 +151,15 @@ def test_planted_nan_is_refused_then_repeated_failure_stops_the_run(buffers, tmp
     d.grad_fn = sometimes_nan
     for _ in range(4):
         d.step()
-    before = d.images.detach().clone(), d.lrs()
+    before = d.learnables.images.detach().clone(), d.lrs()
     rec = d.step()  # iteration 4: NaN gradient
     assert rec["diverged"] == "non-finite image gradient"
-    assert torch.equal(d.images.detach(), before[0]) and d.lrs() == before[1]
+    assert torch.equal(d.learnables.images.detach(), before[0]) and d.lrs() == before[1]
     d.step(), d.step()  # 5, 6 fine: the failure count resets
     assert d.guard.failures == 0
     with pytest.raises(DivergenceError, match="3 iterations in a row"):
         d.run()
-    assert torch.isfinite(d.images).all()
+    assert torch.isfinite(d.learnables.images).all()
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["it"] for r in rows if "diverged" in r] == [7, 8, 9]
 
@@ -172,10 +172,10 @@ def test_an_update_that_overflows_is_rolled_back(buffers, tmp_path):
     real = d.grad_fn
     d.grad_fn = lambda p, x, lr: MatchResult(1.0, torch.full_like(x, 3e38), real(p, x, lr).grad_log_lr)
     d.step()
-    good = d.images.detach().clone()
+    good = d.learnables.images.detach().clone()
     rec = d.step()
     assert rec["diverged"] == "the update made images non-finite"
-    assert torch.equal(d.images.detach(), good)
+    assert torch.equal(d.learnables.images.detach(), good)
 
 
 def test_seed_flags_prev_iter_and_load_syn_image_continue_a_run(buffers, tmp_path):
@@ -186,12 +186,12 @@ def test_seed_flags_prev_iter_and_load_syn_image_continue_a_run(buffers, tmp_pat
                       tmp_path / "first", progress=False)
     first.run()
     bare = tmp_path / "images_4.pt"  # the reference code saved a bare image tensor
-    torch.save(first.images.detach().clone(), bare)
+    torch.save(first.learnables.images.detach().clone(), bare)
     for source in (bare, tmp_path / "first" / "synthetic_last.pt"):
         d = Distiller(DistillConfig(ipc=1, syn_steps=3, iterations=6, eval_it=0, prev_iter=4,
                                     load_syn_image=str(source)), splits, store,
                       tmp_path / f"second_{source.stem}", progress=False)
-        assert torch.equal(d.images.detach(), first.images.detach())
+        assert torch.equal(d.learnables.images.detach(), first.learnables.images.detach())
         d.run()
         rows = [json.loads(l) for l in d.run_dir.metrics_path.read_text().splitlines()]
         assert [r["it"] for r in rows] == [4, 5]
@@ -215,7 +215,7 @@ def test_original_mtt_resumes_to_the_uninterrupted_result(buffers, tmp_path):
     resumed = Distiller.resume(tmp_path / "part", splits, store, progress=False, iterations=6)
     assert resumed.iteration == 4
     resumed.run()
-    assert torch.allclose(resumed.images, whole.images, atol=1e-6)
+    assert torch.allclose(resumed.learnables.images, whole.learnables.images, atol=1e-6)
     rows = lambda d: [json.loads(l)["start_epoch"] for l in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert rows(tmp_path / "part") == rows(tmp_path / "whole")
 
@@ -229,19 +229,19 @@ def test_soft_label_logits_resume_to_the_uninterrupted_result(buffers, tmp_path)
                lr_img=30, device=DEVICE)
     whole = Distiller(DistillConfig(iterations=6, **cfg), splits, store, tmp_path / "whole",
                       progress=False)
-    start = whole.label_logits.detach().clone()
+    start = whole.learnables.label_logits.detach().clone()
     whole.run()
-    assert not torch.allclose(whole.label_logits, start)   # the logits were updated
+    assert not torch.allclose(whole.learnables.label_logits, start)   # the logits were updated
     part = Distiller(DistillConfig(iterations=4, **cfg), splits, store, tmp_path / "part",
                      progress=False)
     part.run()
     resumed = Distiller.resume(tmp_path / "part", splits, store, progress=False, iterations=6)
-    assert torch.equal(resumed.label_logits.detach(), part.label_logits.detach())
+    assert torch.equal(resumed.learnables.label_logits.detach(), part.learnables.label_logits.detach())
     resumed.run()
-    assert torch.allclose(resumed.label_logits, whole.label_logits, atol=1e-6)
-    assert torch.allclose(resumed.images, whole.images, atol=1e-6)
+    assert torch.allclose(resumed.learnables.label_logits, whole.learnables.label_logits, atol=1e-6)
+    assert torch.allclose(resumed.learnables.images, whole.learnables.images, atol=1e-6)
     blob = torch.load(tmp_path / "whole" / "synthetic_last.pt", weights_only=True)
-    assert torch.allclose(blob["soft_labels"], whole.label_logits.detach())
+    assert torch.allclose(blob["soft_labels"], whole.learnables.label_logits.detach())
     # a hard-label run cannot resume a soft-label checkpoint by mistake
     hard = Distiller(DistillConfig(iterations=6, **{**cfg, "soft_labels": False}), splits, store,
                      tmp_path / "hard", progress=False)

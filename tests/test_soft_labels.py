@@ -41,16 +41,16 @@ def test_correct_init_and_expert_logits(setup, tmp_path):
     splits, store, _ = setup
     d = Distiller(DistillConfig(pix_init="correct", **{**SOFT, "ipc": 3}), splits, store,
                   tmp_path / "run", progress=False)
-    assert d.label_logits.shape == (30, 10)
-    assert torch.equal(d.label_logits.argmax(1), d.labels)
+    assert d.learnables.label_logits.shape == (30, 10)
+    assert torch.equal(d.learnables.label_logits.argmax(1), d.learnables.labels)
     # independently: a real nn.Module loaded with the expert's final parameters
     from trajdistill.models import build_model
     net = build_model("ConvNetD2", 1, 10, (8, 8))
     flat = store.load(d.experts[0])[-1].float()
     torch.nn.utils.vector_to_parameters(flat, net.parameters())
     with torch.no_grad():
-        expected = net(d.images.detach())
-    assert torch.allclose(d.label_logits.detach(), expected, atol=1e-4, rtol=1e-4)
+        expected = net(d.learnables.images.detach())
+    assert torch.allclose(d.learnables.label_logits.detach(), expected, atol=1e-4, rtol=1e-4)
     # and plain real init picks other images, some of which the expert gets wrong in general
     with pytest.raises(ConfigError, match="--label_init"):
         Distiller(DistillConfig(label_init="teacher", **SOFT), splits, store, tmp_path / "x",
@@ -61,38 +61,38 @@ def test_guard_refuses_nan_label_gradient_and_rolls_back_overflowing_logits(setu
     splits, store, _ = setup
     d = Distiller(DistillConfig(iterations=10, **SOFT), splits, store, tmp_path / "run",
                   progress=False)
-    assert [n for n, _, _ in d.learnables()] == ["images", "lr 0", "label logits"]
+    assert [n for n, _, _ in d.learnables.items()] == ["images", "lr 0", "label logits"]
     real = d.grad_fn
     d.step()
-    before = d.label_logits.detach().clone(), d.images.detach().clone()
+    before = d.learnables.label_logits.detach().clone(), d.learnables.images.detach().clone()
 
     def nan_labels(p, x, lr):
         r = real(p, x, lr)
         return MatchResult(r.loss, r.grad_images, r.grad_log_lr, torch.full_like(r.grad_labels, float("nan")))
     d.grad_fn = nan_labels
     assert d.step()["diverged"] == "non-finite label gradient"
-    assert torch.equal(d.label_logits.detach(), before[0])
+    assert torch.equal(d.learnables.label_logits.detach(), before[0])
 
     def huge_labels(p, x, lr):
         r = real(p, x, lr)
         return MatchResult(r.loss, r.grad_images, r.grad_log_lr, torch.full_like(r.grad_labels, 3e38))
     d.grad_fn = huge_labels
-    d.opt_labels.param_groups[0]["lr"] = 1e10
+    d.learnables.opt_labels.param_groups[0]["lr"] = 1e10
     assert d.step()["diverged"] == "the update made label logits non-finite"
-    assert torch.equal(d.label_logits.detach(), before[0])
-    assert torch.equal(d.images.detach(), before[1])  # the images' update was rolled back too
+    assert torch.equal(d.learnables.label_logits.detach(), before[0])
+    assert torch.equal(d.learnables.images.detach(), before[1])  # the images' update was rolled back too
 
 
 def test_loss_threshold_skips_updates(setup, tmp_path):
     splits, store, _ = setup
     d = Distiller(DistillConfig(iterations=3, loss_threshold=1e-6, **SOFT), splits, store,
                   tmp_path / "run", progress=False)
-    images, logits = d.images.detach().clone(), d.label_logits.detach().clone()
+    images, logits = d.learnables.images.detach().clone(), d.learnables.label_logits.detach().clone()
     d.run()
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all("above --loss_threshold" in r["skipped"] for r in rows)
     assert all("diverged" not in r for r in rows) and d.guard.failures == 0
-    assert torch.equal(d.images.detach(), images) and torch.equal(d.label_logits.detach(), logits)
+    assert torch.equal(d.learnables.images.detach(), images) and torch.equal(d.learnables.label_logits.detach(), logits)
 
 
 def test_soft_set_downstream_evaluate_export_report(setup, tmp_path, capsys):
@@ -173,5 +173,5 @@ def test_load_syn_image_continues_with_the_sets_soft_labels(setup, tmp_path):
     d = Distiller(DistillConfig(iterations=4, prev_iter=2, **SOFT,
                                 load_syn_image=str(tmp_path / "a" / "synthetic_last.pt")),
                   splits, store, tmp_path / "b", progress=False)
-    assert torch.equal(d.label_logits.detach(), first.label_logits.detach())
-    assert torch.equal(d.images.detach(), first.images.detach())
+    assert torch.equal(d.learnables.label_logits.detach(), first.learnables.label_logits.detach())
+    assert torch.equal(d.learnables.images.detach(), first.learnables.images.detach())

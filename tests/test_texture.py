@@ -74,10 +74,10 @@ def test_texture_distillation_learns_canvases(setup):
                         epoch_eval_train=2, pix_init="noise", texture=True, canvas_size=2,
                         canvas_samples=2)
     d = Distiller(cfg, splits, store, root / "run", progress=False)
-    assert d.images.shape == (10, 1, 16, 16)
-    before = d.images.detach().clone()
+    assert d.learnables.images.shape == (10, 1, 16, 16)
+    before = d.learnables.images.detach().clone()
     d.run()
-    assert not torch.equal(before, d.images.detach())
+    assert not torch.equal(before, d.learnables.images.detach())
     syn = d.synthetic_set()
     assert syn.meta["texture"] == {"canvas_size": 2, "canvas_samples": 2}
     evals = [json.loads(l) for l in (root / "run" / "evals.jsonl").read_text().splitlines()]
@@ -96,7 +96,7 @@ def test_texture_refused_with_zca_and_warned_with_real_init(setup):
                       root / "real", progress=False)
     # each canvas holds 2 x 2 real training images of its class
     first = splits.preprocess(splits.train.images[splits.train.indices_of(0)])
-    quarter = d.images[0, :, :8, :8].detach()
+    quarter = d.learnables.images[0, :, :8, :8].detach()
     assert any(torch.allclose(quarter, img) for img in first)
 
 

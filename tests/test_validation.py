@@ -40,7 +40,7 @@ def test_no_validation_image_is_copied_into_the_set(setup, tmp_path):
                   progress=False)
     assert d.cfg.val_size == 144 and len(d.val_idx) == 144
     val = splits.preprocess(splits.train.images[d.val_idx]).flatten(1)
-    init = d.images.detach().flatten(1)
+    init = d.learnables.images.detach().flatten(1)
     assert torch.cdist(init, val).min() > 0
 
 

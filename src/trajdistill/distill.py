@@ -1,4 +1,4 @@
-"""The distillation loop: owns the learnable state, optimisers, schedule, checkpoints, logs.
+"""The distillation loop: owns the learnables (learnables.py), schedule, checkpoints, logs.
 
 One iteration (algorithm.md sections 2-3): draw the meta-batch's `num_trajectories` slots
 (an expert and a start epoch each; meta_batch.py), and for each of this process's slots
@@ -14,7 +14,6 @@ comparison (run_eval.py), the run's files (run_dir.py) and their records (record
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -30,6 +29,7 @@ from .gradient_choice import choose as choose_gradient
 from .guard import DivergenceError, Guard, apply_or_roll_back, non_finite  # noqa: F401 (API)
 from .distill_config import DistillConfig, default_iterations, resolve, stop_lr_img  # noqa: F401
 from .initial import Labeller, RunStudent, initial_images, measure_teacher_lr
+from .learnables import Learnables
 from .matching import (GRADIENT_METHODS, MatchProblem, kept_steps, matching_loss, plan_unroll,
                        step_kernel)
 from .meta_batch import Combined, Slot, SlotResult, combine, draw_slots
@@ -58,7 +58,8 @@ def _short(value) -> str:
 
 
 class Distiller:
-    """Learnable state + loop. `run()` distills; `state_dict()` is everything to resume."""
+    """The loop around one `Learnables`. `run()` distills; `state_dict()` is everything to
+    resume."""
 
     def __init__(self, cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore,
                  run_dir: str | Path, progress: bool = True, source: dict | None = None,
@@ -82,28 +83,23 @@ class Distiller:
         self.experts = experts[:cfg.max_experts] if cfg.max_experts else experts
         self.val_idx = validation_indices(splits.train.labels, splits.num_classes, cfg.val_size)
         self.val = run_eval.validation_set(splits, self.val_idx)  # None without one
-        self.labels = torch.arange(splits.num_classes).repeat_interleave(cfg.ipc).to(self.device)
         self.labeller: Labeller | None = None
         images, loaded_logits = initial_images(cfg, splits, self.val_idx,
                                                torch.Generator().manual_seed(cfg.seed),
                                                self._labeller, self._note)
-        self.images = images.to(self.device).requires_grad_(True)
         # the start: each iteration's drift is measured from it, the verdict compares with it
-        self.initial_images = images.detach().to(self.device).clone()
+        self.initial_images = images.detach().to(self.device)
         self.resumed = False  # set by `resume`: its logs are kept (cut back to the checkpoint)
         self._say_derived()
-        self.log_lrs = [torch.tensor(math.log(v), device=self.device, requires_grad=True)
-                        for v in cfg.lr_teacher]
-        self.opt_img = (torch.optim.Adam([self.images], lr=cfg.lr_img) if cfg.img_optimizer == "adam"
-                        else torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=0.5))
-        self.opt_lrs = [self._lr_optimizer(p) for p in self.log_lrs]
-        # soft labels: learnable logits (N, classes); None keeps the hard class labels
-        self.label_logits = self.opt_labels = None
+        # soft labels: learnable logits (N, classes), from a loaded set or the first expert
+        logits = None
         if cfg.soft_labels:
-            start = (loaded_logits if loaded_logits is not None  # a loaded set's own labels
-                     else self._labeller().logits(self.images.detach()))
-            self.label_logits = start.to(self.device).clone().requires_grad_(True)
-            self.opt_labels = torch.optim.SGD([self.label_logits], lr=cfg.lr_y, momentum=0.9)
+            logits = (loaded_logits if loaded_logits is not None
+                      else self._labeller().logits(self.initial_images))
+        labels = torch.arange(splits.num_classes).repeat_interleave(cfg.ipc).to(self.device)
+        self.learnables = Learnables(self.initial_images, labels, cfg.lr_teacher,
+                                     img_optimizer=cfg.img_optimizer, lr_img=cfg.lr_img,
+                                     lr_lr=cfg.lr_lr, label_logits=logits, lr_y=cfg.lr_y)
         self.schedule = self._start_schedule()
         self.iteration = cfg.prev_iter
         self.best = {"accuracy": -1.0, "iteration": None}
@@ -156,28 +152,13 @@ class Distiller:
             self.labeller = Labeller.of(self.student, self.store, self.experts, self.device)
         return self.labeller
 
-    def _lr_optimizer(self, p: torch.Tensor) -> torch.optim.Optimizer:
-        return torch.optim.SGD([p], lr=self.cfg.lr_lr, momentum=0.5)
-
     def lrs(self) -> list[float]:
-        return [float(p.detach().exp()) for p in self.log_lrs]
-
-    def learnables(self) -> list[tuple[str, torch.Tensor, torch.optim.Optimizer]]:
-        """Everything the matching gradient updates, each with its optimiser: the images,
-        the log lr(s) and, with soft labels, the label logits."""
-        out = [("images", self.images, self.opt_img)]
-        out += [(f"lr {k}", p, o) for k, (p, o) in enumerate(zip(self.log_lrs, self.opt_lrs))]
-        if self.label_logits is not None:
-            out.append(("label logits", self.label_logits, self.opt_labels))
-        return out
-
-    def targets(self) -> torch.Tensor:
-        """What the synthetic images are trained towards: label logits, or class indices."""
-        return (self.label_logits if self.label_logits is not None else self.labels).detach()
+        return self.learnables.lrs()
 
     def synthetic_set(self) -> SyntheticSet:
-        soft = self.label_logits.detach().cpu().clone() if self.label_logits is not None else None
-        return SyntheticSet(self.images.detach().cpu().clone(), self.labels.cpu(), self.lrs(),
+        syn = self.learnables
+        soft = syn.label_logits.detach().cpu().clone() if syn.label_logits is not None else None
+        return SyntheticSet(syn.images.detach().cpu().clone(), syn.labels.cpu(), syn.lrs(),
                             self.splits.preprocess, self.splits.describe(), self.store.model,
                             self.cfg.syn_steps, {"iteration": self.iteration,
                                                  "method": self.cfg.method,
@@ -191,37 +172,19 @@ class Distiller:
                             "canvas_samples": spec.canvas_samples}} if spec else {}
 
     def state_dict(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "iteration": self.iteration, "images": self.images.detach().cpu(),
-                "log_lrs": [p.detach().cpu() for p in self.log_lrs],
-                "opt_img": self.opt_img.state_dict(), "opt_lrs": [o.state_dict() for o in self.opt_lrs],
-                "schedule": self.schedule.state_dict(),
+        """Everything to resume: the learnables (learnables.py), the schedule, the best set so
+        far, the guard's refusals in a row and the image lr's raises."""
+        return {"format": CHECKPOINT_FORMAT, "iteration": self.iteration,
+                **self.learnables.state_dict(), "schedule": self.schedule.state_dict(),
                 "best": dict(self.best), "failures": self.guard.failures,
-                "lr_raised": self.lr_raised,
-                "label_logits": (self.label_logits.detach().cpu()
-                                 if self.label_logits is not None else None),
-                "opt_labels": self.opt_labels.state_dict() if self.opt_labels is not None else None}
+                "lr_raised": self.lr_raised}
 
     def load_state_dict(self, s: dict, source: str = "checkpoint") -> None:
         if not isinstance(s, dict) or s.get("format") not in READABLE_FORMATS:
             raise ConfigError(f"{source}: not a trajdistill distillation checkpoint")
-        if tuple(s["images"].shape) != tuple(self.images.shape):
-            raise ConfigError(f"{source}: images of shape {tuple(s['images'].shape)}, but this run "
-                              f"needs {tuple(self.images.shape)}")
-        if (s.get("label_logits") is None) != (self.label_logits is None):
-            raise ConfigError(f"{source}: saved {'with' if s.get('label_logits') is not None else 'without'}"
-                              " soft labels, but this run is configured the other way")
+        self.learnables.check(s, source)
         self.iteration = s["iteration"]
-        with torch.no_grad():
-            self.images.copy_(s["images"].to(self.device))
-            if self.label_logits is not None:
-                self.label_logits.copy_(s["label_logits"].to(self.device))
-        if self.opt_labels is not None:
-            self.opt_labels.load_state_dict(s["opt_labels"])
-        self.log_lrs = [v.to(self.device).clone().requires_grad_(True) for v in s["log_lrs"]]
-        self.opt_img.load_state_dict(s["opt_img"])
-        self.opt_lrs = [self._lr_optimizer(p) for p in self.log_lrs]
-        for o, st in zip(self.opt_lrs, s["opt_lrs"]):
-            o.load_state_dict(st)
+        self.learnables.load_state_dict(s, source)
         self.schedule.load_state_dict(s["schedule"])
         self.best = dict(s["best"])
         self.guard.failures = s.get("failures", 0)
@@ -259,11 +222,11 @@ class Distiller:
         cfg = self.cfg
         start = trajectory[start_epoch].to(self.device, torch.float32)
         target = trajectory[start_epoch + cfg.expert_epochs].to(self.device, torch.float32)
-        n = self.images.shape[0]
+        n = self.learnables.images.shape[0]
         plan = plan_unroll(n, cfg.syn_steps, cfg.batch_syn or n, self.splits.image_shape[1:],
                            cfg.dsa_strategy if cfg.dsa and not cfg.no_aug else None, generator,
                            texture_spec=cfg.texture_spec)
-        problem = MatchProblem(self.student, start, target, self.targets(), plan,
+        problem = MatchProblem(self.student, start, target, self.learnables.targets(), plan,
                                compile=cfg.compile, cuda_graphs=self._cuda_graphs,
                                autocast=AUTOCAST_DTYPES[cfg.autocast], kernel_choice=self.kernel)
         problem.keep_steps = self._keep_steps(problem)
@@ -275,8 +238,9 @@ class Distiller:
         if not self.cfg.gradient_memory:
             return 0
         if self._kept is None:
+            syn = self.learnables
             self._kept, per_step = kept_steps(self.cfg.gradient_memory, self.cfg.syn_steps,
-                                              problem, self.images, self.log_lrs[0].exp())
+                                              problem, syn.images, syn.log_lrs[0].exp())
             self._note(f"--gradient_memory {self.cfg.gradient_memory:g} GB: the last "
                        f"{self._kept} of {self.cfg.syn_steps} unrolled steps keep their graphs "
                        f"({per_step / 2**20:.0f} MB each); the lean walk recomputes the rest")
@@ -286,21 +250,21 @@ class Distiller:
         """independent-lr: the lr of the start epoch's stage; global-lr: the one lr."""
         if self.cfg.lr_mode != "independent-lr":
             return 0
-        return min(start_epoch - self.cfg.min_start_epoch, len(self.log_lrs) - 1)
+        return min(start_epoch - self.cfg.min_start_epoch, len(self.learnables.log_lrs) - 1)
 
     def _match_slot(self, slot: Slot, heldout: bool) -> SlotResult:
         """One trajectory of the meta-batch: STM's held-out loss (no graph; the plan drawn
         first) and the matching loss and gradients from the slot's start epoch."""
-        trajectory = self.store.load(slot.expert)
+        trajectory, syn = self.store.load(slot.expert), self.learnables
         held, t0 = None, time.perf_counter()
         if heldout:
             held = matching_loss(self.problem(trajectory, self.schedule.heldout_epoch,
                                                slot.generator),
-                                 self.images, self.log_lrs[-1].detach().exp())
+                                 syn.images, syn.log_lrs[-1].detach().exp())
         heldout_seconds = time.perf_counter() - t0
         k = self._lr_index(slot.start_epoch)
         result = self.grad_fn(self.problem(trajectory, slot.start_epoch, slot.generator),
-                              self.images, self.log_lrs[k])
+                              syn.images, syn.log_lrs[k])
         return SlotResult(slot.index, result, held, k, heldout_seconds)
 
     def step(self) -> dict:
@@ -322,7 +286,7 @@ class Distiller:
 
     def drift(self) -> float:
         """How far the images have moved from their start (pacing.drift)."""
-        return drift(self.images, self.initial_images)
+        return drift(self.learnables.images, self.initial_images)
 
     def _pace(self, record: dict) -> None:
         """A derived Adam image lr behind pacing.py's pace is raised (not in STM's fine-tuning,
@@ -335,9 +299,8 @@ class Distiller:
         if factor == 1.0:
             return
         self.lr_raised *= factor
-        old = self.opt_img.param_groups[0]["lr"]
-        for g in self.opt_img.param_groups:
-            g["lr"] = old * factor
+        old = self.learnables.image_lr
+        self.learnables.image_lr = old * factor
         if cfg.stm:  # the stage machine owns the image lr; its stop stays the same fraction
             self.schedule.lr_img *= factor
             self.schedule.stop_lr_img *= factor
@@ -350,7 +313,8 @@ class Distiller:
         """This rank's share of the slots matched and combined over every rank (the same
         mean on each), and the iteration's record so far (records.py)."""
         parts = [self._match_slot(slots[m], heldout) for m in self.comm.my_share(len(slots))]
-        matched = combine(parts, len(slots), len(self.log_lrs), self.images, self.label_logits,
+        syn = self.learnables
+        matched = combine(parts, len(slots), len(syn.log_lrs), syn.images, syn.label_logits,
                           heldout, self.comm)
         record = {"it": self.iteration, **slot_fields(slots, matched)}
         if heldout:  # this rank's share
@@ -365,8 +329,9 @@ class Distiller:
         self.guard.see_first_loss(matched.loss, self._first_loss_hint())
         trouble = non_finite(matched)
         if not trouble and not self.guard.above_threshold(matched.loss, record):
-            trouble = apply_or_roll_back(self.learnables(), lambda: self._apply(matched),
-                                         self.opt_img.param_groups[0]["lr"], self.cfg.lr_lr)
+            syn = self.learnables
+            trouble = apply_or_roll_back(syn.items(), lambda: syn.apply(matched, self.cfg.learn_lr),
+                                         syn.image_lr, self.cfg.lr_lr)
         if trouble:
             self.guard.refuse(record, trouble)
             return False
@@ -381,15 +346,14 @@ class Distiller:
             event = sched.record(matched.heldout)
             record.update({k: v for k, v in asdict(event).items() if v is not None})
             if event.level_up and cfg.lr_mode == "independent-lr":
-                self._add_stage_lr()
+                self.learnables.add_stage_lr(sched.cap)
             if self.progress and (event.level_up or event.fine_tuning_started):
                 what = "fine-tuning starts" if event.fine_tuning_started else "next stage"
                 self._note(f"it {self.iteration}: {what}, stage cap {event.cap}, "
                            f"loss {matched.loss:.4g}, lr(s) " + ", ".join(f"{v:.3g}" for v in self.lrs()))
         if cfg.stm:
             lr_img = sched.after_update()
-            for g in self.opt_img.param_groups:
-                g["lr"] = lr_img
+            self.learnables.image_lr = lr_img
             record.update(cap=sched.cap, fine_tuning=sched.fine_tuning, lr_img=lr_img,
                           finished=sched.finished)
 
@@ -398,33 +362,6 @@ class Distiller:
         cfg = self.cfg
         return (f"lower --lr_teacher (now {cfg.lr_teacher[0]:g}) or --syn_steps (now "
                 f"{cfg.syn_steps}), or raise --expert_epochs (now {cfg.expert_epochs})")
-
-    def _apply(self, result: Combined) -> None:
-        """One optimiser step with the meta-batch's mean gradients; an lr no slot used
-        this iteration is not stepped (its momentum would move it with a zero gradient)."""
-        self.opt_img.zero_grad(set_to_none=True)
-        self.images.grad = result.grad_images.to(self.images.dtype)
-        self.opt_img.step()
-        if self.cfg.learn_lr:
-            for p, o, g, used in zip(self.log_lrs, self.opt_lrs, result.grad_log_lrs,
-                                     result.lr_used):
-                if used:
-                    o.zero_grad(set_to_none=True)
-                    p.grad = g.reshape(p.shape).to(p.dtype)
-                    o.step()
-        if self.label_logits is not None:
-            self.opt_labels.zero_grad(set_to_none=True)
-            self.label_logits.grad = result.grad_labels.to(self.label_logits.dtype)
-            self.opt_labels.step()
-
-    def _add_stage_lr(self) -> None:
-        """independent-lr: the new stage's lr starts as a copy of the previous one's."""
-        p = self.log_lrs[-1].detach().clone().requires_grad_(True)
-        self.log_lrs.append(p)
-        self.opt_lrs.append(self._lr_optimizer(p))
-        for o in self.opt_lrs:
-            for g in o.param_groups:
-                g["lr"] = self.cfg.lr_lr * self.schedule.cap
 
     # ------------------------------------------------------------------ evaluation & files
     def evaluate(self) -> dict:
