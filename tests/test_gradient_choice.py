@@ -70,6 +70,6 @@ def test_the_run_records_the_method_and_computes_the_unrolls_gradient(digits, st
     explicit = Distiller(DistillConfig(**base, gradient="unroll"), digits, store,
                          tmp_path / "unroll", progress=False)
     explicit.run()
-    assert torch.equal(auto.images.detach(), explicit.images.detach())
+    assert torch.equal(auto.learnables.images.detach(), explicit.learnables.images.detach())
     saved = json.loads((tmp_path / "auto" / "config.json").read_text())
     assert saved["gradient"] == "unroll" and "fits" in saved["derived"]["gradient"]["from"]

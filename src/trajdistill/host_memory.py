@@ -7,8 +7,11 @@ of the heap back once more than the trim threshold is free, so each step's memor
 page by page again by the kernel: 3.8 million minor page faults and 6.8 s of system time per STM
 iteration at config A on one thread (docs/performance.md). Serving large blocks from the heap
 (M_MMAP_MAX 0) and keeping up to 1 GB of freed heap (M_TRIM_THRESHOLD) reuses the pages
-instead. The cost is memory that is not handed back while the process runs: the peak is what
-it was, but freed memory is kept for reuse.
+instead. The costs: memory is not handed back while the process runs, and the heap
+fragments (PyTorch asks for 64-byte-aligned blocks, whose slack glibc frees as small chunks
+that can sit between a freed block and the heap's top), so some pages are still new and the
+peak grows: the plain unroll at config A 6.57 -> 7.49 GB, the lean walk 0.70 -> 0.72 GB, for
+20 % and 5 % less CPU time (docs/performance.md).
 
 `keep_freed_memory()` is called once by the command line at start-up; Python users may call it
 too. Elsewhere (another libc, macOS, Windows) it does nothing. TRAJDISTILL_MALLOC=default
