@@ -270,9 +270,76 @@ def small_copy(folder, tmp_path) -> Path:
 def test_missing_directory(tmp_path):
     with pytest.raises(DataError, match=r"nothing-here: missing directory"):
         load_dataset("imagefolder", tmp_path / "nothing-here")
-    (tmp_path / "only-train" / "train" / "a").mkdir(parents=True)
-    with pytest.raises(DataError, match=r"only-train: no test/, val/ or validation/ directory"):
-        load_dataset("imagefolder", tmp_path / "only-train")
+    (tmp_path / "only-test" / "test" / "a").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"only-test: a test/ folder but no train/ folder"):
+        load_dataset("imagefolder", tmp_path / "only-test")
+    (tmp_path / "nested" / "flower_photos" / "a").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"one sub-folder \(flower_photos/\) and no train/ folder; "
+                       r"if .*nested/flower_photos holds the class folders, give --dataset"):
+        load_dataset("imagefolder", tmp_path / "nested")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty: no train/ folder and no class folders"):
+        load_dataset("imagefolder", tmp_path / "empty")
+
+
+# ------------------------------------------------------------------ folders without a test split
+
+@pytest.fixture
+def class_folders_only(folder, tmp_path) -> Path:
+    """The layout of most downloads (flower_photos/<class>/*.jpg): the 20 training JPEGs of
+    each of the 10 classes, class folders at the top, a stray file beside them."""
+    root = tmp_path / "photos"
+    for cls in CLASSES:
+        shutil.copytree(folder / "train" / cls, root / cls)
+    (root / "LICENSE.txt").write_text("not an image, and not in a class folder")
+    return root
+
+
+def _rows(images: torch.Tensor) -> set[bytes]:
+    return {x.numpy().tobytes() for x in images}
+
+
+def test_class_folders_only_get_a_seeded_stratified_test_split(class_folders_only, folder):
+    splits = load_dataset(str(class_folders_only))
+    assert splits.classes == CLASSES
+    # 20 images per class, 0.2 of each to test: 4 per class
+    assert torch.bincount(splits.test.labels).tolist() == [4] * 10
+    assert torch.bincount(splits.train.labels).tolist() == [16] * 10
+    meta = splits.describe()
+    assert meta["split"] == "drawn" and meta["test_fraction"] == 0.2 and meta["split_seed"] == 0
+    # every image is one of its class's files, each in exactly one split
+    for c, cls in enumerate(CLASSES):
+        files = _rows(torch.from_numpy(np.stack([decode(f) for f in sorted((folder / "train" / cls).iterdir())])))
+        train = _rows(splits.train.images[splits.train.labels == c])
+        test = _rows(splits.test.images[splits.test.labels == c])
+        assert train | test == files and not train & test and len(train | test) == 20
+    # the same files always give the same split; another share gives another
+    again = load_dataset(str(class_folders_only))
+    assert torch.equal(again.test.images, splits.test.images)
+    half = load_dataset(str(class_folders_only), test_fraction=0.5)
+    assert torch.bincount(half.test.labels).tolist() == [10] * 10
+    # the mean / std are the training split's alone
+    assert splits.preprocess.mean == channel_stats(splits.train.images)[0]
+
+
+def test_a_train_folder_alone_draws_the_same_split(class_folders_only, tmp_path):
+    root = tmp_path / "kaggle"
+    shutil.copytree(class_folders_only, root / "train")
+    drawn, flat = load_dataset(str(root)), load_dataset(str(class_folders_only))
+    assert torch.equal(drawn.test.images, flat.test.images)
+    assert torch.equal(drawn.train.labels, flat.train.labels)
+    assert drawn.describe()["split_from"] == "train"
+
+
+def test_drawn_split_errors(class_folders_only, small_copy):
+    with pytest.raises(DataError, match=r"--test_fraction: .* has its own test split"):
+        load_dataset(str(small_copy), test_fraction=0.3)
+    for f in sorted((class_folders_only / "cat").iterdir())[1:]:
+        f.unlink()
+    with pytest.raises(DataError, match=r"class\(es\) cat \(1\) have fewer than 2 images"):
+        load_dataset(str(class_folders_only))
+    with pytest.raises(DataError, match=r"--test_fraction must be between 0 and 1, got 1.5"):
+        load_dataset(str(class_folders_only), test_fraction=1.5)
 
 
 def test_non_image_file_is_named(small_copy):

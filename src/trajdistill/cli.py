@@ -91,7 +91,8 @@ def _add_folder_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", help="labels to keep, ',' between classes, '+' merges: 0,1+2,3")
     p.add_argument("--class_names", help="names of the kept classes, comma-separated")
     p.add_argument("--test_fraction", type=fraction,
-                   help="labelled folder: seeded stratified test share (default 0.2)")
+                   help="a folder without a test split (labelled, class folders only, train/ "
+                   "only): the seeded, stratified test share (default 0.2)")
 
 
 def _add_train_flags(p: argparse.ArgumentParser, no_aug: bool = True) -> None:

@@ -79,7 +79,8 @@ def _tiny(data_path=None, **options):
 def _imagefolder(data_path=None, **options):
     from .imagefolder import load_image_folder
     return load_image_folder(data_path, **_take("imagefolder", options,
-                                                ("size", "res", "crop", "mode", "workers")))
+                                                ("size", "res", "crop", "mode", "workers",
+                                                 "test_fraction")))
 
 
 LABELLED_OPTIONS = ("labels", "id_column", "label_column", "classes", "class_names",

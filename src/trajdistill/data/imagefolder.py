@@ -1,4 +1,6 @@
-"""Image folders: `train/<class>/*` and `test/<class>/*` (or `val/`), decoded to uint8.
+"""Image folders, decoded to uint8: `train/<class>/*` and `test/<class>/*` (or `val/`); or
+just `<class>/*` (the layout of most downloaded sets: flower photos, DTD's textures), or a
+`train/<class>/*` alone, from which a seeded, stratified test split is drawn (split.py).
 
 Also the decoding helpers that the ImageNet-subset and Tiny ImageNet loaders share:
 listing a class folder, decoding a list of files in parallel into one (N, C, H, W)
@@ -23,6 +25,7 @@ from PIL import Image
 from .. import progress
 from .base import DataError, DatasetSplits, ImageDataset, Preprocess, channel_stats
 from .cache import cached_images
+from .split import SPLIT_SEED, TEST_FRACTION, check_fraction, stratified_split, too_few
 
 TEST_SPLIT_NAMES = ("test", "val", "validation")  # validation/: the Keras/Kaggle name
 
@@ -184,12 +187,34 @@ def to_dataset(images: np.ndarray, labels: Sequence[int], classes: list[str]) ->
 
 # ---------------------------------------------------------------- the generic loader
 
+def folder_layout(root: Path) -> str:
+    """"splits" (train/ and test/), "train-only" (train/ alone) or "classes" (class folders
+    at the top); anything else is refused with what was expected."""
+    tests = [n for n in TEST_SPLIT_NAMES if (root / n).is_dir()]
+    if (root / "train").is_dir():
+        return "splits" if tests else "train-only"
+    if tests:
+        raise DataError(f"{root}: a {tests[0]}/ folder but no train/ folder; an image folder has "
+                        "train/<class>/ and test/<class>/, or class folders only (<class>/*)")
+    subs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(subs) == 1:
+        raise DataError(f"{root}: one sub-folder ({subs[0]}/) and no train/ folder; if "
+                        f"{root / subs[0]} holds the class folders, give --dataset that path")
+    if not subs:
+        raise DataError(f"{root}: no train/ folder and no class folders; an image folder has "
+                        "train/<class>/ and test/<class>/, or class folders only (<class>/*); "
+                        "a flat folder of images named by id needs --labels CSV")
+    return "classes"
+
+
 def load_image_folder(data_path, size: int | None = None, mode: str = "RGB",
                       workers: int | None = None, res: int | None = None,
-                      crop: str | None = None) -> DatasetSplits:
-    """Any folder with `train/<class>/` and `test/<class>/` (or `val/`, `validation/`).
+                      crop: str | None = None, test_fraction: float | None = None) -> DatasetSplits:
+    """Any folder with `train/<class>/` and `test/<class>/` (or `val/`, `validation/`), or
+    with class folders only, or `train/<class>/` only: then a seeded, stratified share
+    `test_fraction` (default 0.2) of each class is the test split.
 
-    Classes are the train sub-folders sorted by name; the test split must have the same.
+    Classes are the class folders sorted by name; a test split must have the same.
     `size` (or `res`, the CLI's name): resize the shorter side and centre-crop to `size` x
     `size` (`crop="center-half"`: the galaxy crop instead); by default every image is resized
     to the first training image's size. Mean/std come from the train split.
@@ -198,25 +223,56 @@ def load_image_folder(data_path, size: int | None = None, mode: str = "RGB",
         raise DataError(f"give the side once: size={size} and res={res} differ")
     size = size if size is not None else res
     root = check_root(data_path)
-    if not (root / "train").is_dir():  # say what an image folder is, and the other layout
-        raise DataError(f"{root}: no train/ folder; an image folder has train/<class>/ and "
-                        "test/<class>/ (a flat folder of images named by id needs --labels CSV)")
+    layout = folder_layout(root)
+    if layout != "splits":
+        return _load_drawn(root, root / "train" if layout == "train-only" else root, size, mode,
+                           workers, crop, test_fraction)
+    if test_fraction is not None:
+        raise DataError(f"--test_fraction: {root} has its own test split; it applies to folders "
+                        "without one")
     classes = class_folders(root / "train")
     test_dir = find_split(root, TEST_SPLIT_NAMES)
     test_classes = class_folders(test_dir)
     if test_classes != classes:
         raise DataError(f"{test_dir}: class folders {test_classes} differ from train/'s {classes}")
-    if len(classes) < 2:
-        raise DataError(f"{root / 'train'}: one class folder ({classes[0]}); a classifier needs at "
-                        "least 2")
+    _two_classes(root / "train", classes)
     train_files, train_labels = scan_split(root / "train", classes)
     test_files, test_labels = scan_split(test_dir, classes)
     shape, crop = _target_shape(size, train_files[0], crop)
     decode = dict(shape=shape, crop=crop, mode=mode, workers=workers)
     train = to_dataset(decode_images(train_files, tag="imagefolder-train", **decode), train_labels, classes)
     test = to_dataset(decode_images(test_files, tag="imagefolder-test", **decode), test_labels, classes)
+    return _splits(root, train, test, shape, mode, crop)
+
+
+def _load_drawn(root: Path, base: Path, size, mode, workers, crop, test_fraction) -> DatasetSplits:
+    """Class folders under `base` with no test split of their own: one is drawn."""
+    fraction = check_fraction(TEST_FRACTION if test_fraction is None else test_fraction)
+    classes = class_folders(base)
+    _two_classes(base, classes)
+    files, labels = scan_split(base, classes)
+    labels = np.asarray(labels, dtype=np.int64)
+    too_few(base, np.bincount(labels, minlength=len(classes)), classes)
+    shape, crop = _target_shape(size, files[0], crop)
+    pixels = decode_images(files, shape=shape, crop=crop, mode=mode, workers=workers,
+                           tag="imagefolder")
+    train_idx, test_idx = stratified_split(labels, len(classes), fraction)
+    train = to_dataset(pixels[train_idx], labels[train_idx].tolist(), classes)
+    test = to_dataset(pixels[test_idx], labels[test_idx].tolist(), classes)
+    return _splits(root, train, test, shape, mode, crop,
+                   {"split": "drawn", "test_fraction": fraction, "split_seed": SPLIT_SEED,
+                    **({"split_from": "train"} if base != root else {})})
+
+
+def _two_classes(where: Path, classes: list[str]) -> None:
+    if len(classes) < 2:
+        raise DataError(f"{where}: one class folder ({classes[0]}); a classifier needs at least 2")
+
+
+def _splits(root: Path, train: ImageDataset, test: ImageDataset, shape, mode, crop,
+            more: dict | None = None) -> DatasetSplits:
     mean, std = channel_stats(train.images)
-    meta = {"folder": root.resolve().name, "size": list(shape), "mode": mode}
+    meta = {"folder": root.resolve().name, "size": list(shape), "mode": mode, **(more or {})}
     if isinstance(crop, str) and crop != "center":
         meta["crop"] = crop
     return DatasetSplits("imagefolder", train, test, Preprocess(mean, std), meta)

@@ -24,8 +24,8 @@ import torch
 
 from .base import DataError, DatasetSplits, ImageDataset, Preprocess, channel_stats
 from .imagefolder import CROPS, check_root, decode_images, image_shape
+from .split import SPLIT_SEED, stratified_split  # noqa: F401 (stratified_split: API)
 
-SPLIT_SEED = 0
 
 
 def parse_classes(spec: str | None) -> list[list[str]] | None:
@@ -105,20 +105,6 @@ def index_images(folder: Path) -> dict[str, Path]:
 
 def _sort_key(label: str):
     return (0, int(label), label) if label.lstrip("-").isdigit() else (1, 0, label)
-
-
-def stratified_split(labels: np.ndarray, num_classes: int, test_fraction: float,
-                     seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """Per class, a seeded permutation; the first round(n * fraction) (at least 1) are test."""
-    gen = np.random.default_rng(seed)
-    train, test = [], []
-    for c in range(num_classes):
-        members = np.flatnonzero(labels == c)
-        members = members[gen.permutation(len(members))]
-        k = max(1, int(round(len(members) * test_fraction))) if len(members) > 1 else 0
-        test.append(members[:k])
-        train.append(members[k:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
 def _image_folder(root: Path) -> Path:

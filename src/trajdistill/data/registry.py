@@ -38,7 +38,8 @@ def load_dataset(name: str, data_path: str | None = None, zca: bool = False, **o
             fn, data_path = _LOADERS["imagefolder"], name
         else:
             raise DataError(f"unknown dataset {name!r}; known: {', '.join(sorted(_LOADERS))} "
-                            "(or the path of an image folder with train/<class>/ and test/<class>/)")
+                            "(or the path of an image folder: train/<class>/ and test/<class>/, or class "
+                            "folders only)")
     splits = fn(data_path=data_path, **options)
     if zca:
         from .zca_apply import with_zca
