@@ -199,7 +199,8 @@ def folder_layout(root: Path) -> str:
     subs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(subs) == 1:
         raise DataError(f"{root}: one sub-folder ({subs[0]}/) and no train/ folder; if "
-                        f"{root / subs[0]} holds the class folders, give --dataset that path")
+                        f"{root / subs[0]} holds the class folders, give --dataset that path; "
+                        "a flat folder of images named by id needs --labels CSV")
     if not subs:
         raise DataError(f"{root}: no train/ folder and no class folders; an image folder has "
                         "train/<class>/ and test/<class>/, or class folders only (<class>/*); "
