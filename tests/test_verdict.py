@@ -79,7 +79,11 @@ def test_diagnose_names_the_causes_the_record_shows():
     causes = diagnose(falling, 3.0, 4, 0.52, 0.5)
     assert any("drifted 3.0 times" in c for c in causes)
     assert any("4 updates were refused" in c for c in causes)
-    assert any("experts are weak (test accuracy 52.0 %" in c for c in causes)
+    assert any("experts are weak (test accuracy 52.0 %, hardly above the best baseline's 50.0 %"
+               in c for c in causes)
+    # experts below the baseline are said to be below it
+    assert any("experts are weak (test accuracy 45.0 %, below the best baseline's 50.0 %" in c
+               for c in diagnose(falling, 0.3, 0, 0.45, 0.5))
 
 
 def _sweep_with_peak(monkeypatch, grid, peak, beyond=evaluate.EDGE_STEPS):

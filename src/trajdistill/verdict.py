@@ -101,8 +101,9 @@ def diagnose(losses: list[float], drift: float | None, refused: int,
         causes.append(f"{refused} updates were refused as runaway or non-finite: lower --lr_img "
                       "or --lr_lr")
     if expert_accuracy is not None and expert_accuracy < baseline_val + 0.05:
-        causes.append(f"the experts are weak (test accuracy {100 * expert_accuracy:.1f} %, hardly "
-                      f"above the best baseline's {100 * baseline_val:.1f} % on validation): "
+        where = "below" if expert_accuracy < baseline_val else "hardly above"
+        causes.append(f"the experts are weak (test accuracy {100 * expert_accuracy:.1f} %, {where} "
+                      f"the best baseline's {100 * baseline_val:.1f} % on validation): "
                       "train them longer (--train_epochs) or with a smaller --batch_train")
     return causes or ["no clear cause in the run's record: try more iterations, more experts, "
                       "or --syn_steps"]
