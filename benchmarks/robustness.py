@@ -2,6 +2,8 @@
 
     OMP_NUM_THREADS=1 python benchmarks/robustness.py --work /tmp/robust --rows digits:1 gz1-32:1
     python benchmarks/robustness.py --list          # the rows it knows
+    python benchmarks/robustness.py --folder flowers=PATH/flower_photos --rows flowers:1
+                                                    # any image folder, at --folder_res 32 px
 
 A row is a data set at one ipc. It runs the command line as a new user would, naming only the
 data (and its data flags), the resolution, ipc and a budget:
@@ -163,11 +165,24 @@ def main() -> None:
                    help="extra flags for `buffer`, as one quoted string (--buffer_args "
                    "'--dsa_strategy galaxy'); give --tag too: the experts get a buffer path of "
                    "their own")
+    p.add_argument("--folder", action="append", default=[], metavar="NAME=PATH",
+                   help="a row NAME for an image folder of your own (train/<class>/ and "
+                   "test/<class>/, or class folders only), run at --folder_res")
+    p.add_argument("--folder_res", type=int, default=32,
+                   help="the side the --folder rows are resized to (default 32, as issue 21's "
+                   "protocol for unseen folders)")
     p.add_argument("--tag", default="", help="appended (after a -) to each row's run directory and log name")
     args = p.parse_args()
     if (args.buffer_args or args.distill_args) and not args.tag:
         p.error("--buffer_args / --distill_args make a row that is not the defaults: name it "
                 "with --tag")
+    for spec in args.folder:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not Path(path).is_dir() or name in DATASETS:
+            p.error(f"--folder: expected NAME=PATH with a new NAME and an existing folder, "
+                    f"got {spec!r}")
+        DATASETS[name] = ["--dataset", str(Path(path).resolve()), "--res", str(args.folder_res)]
+        OWN_BUFFERS.add(name)  # two folders may share a last name (.../a/train, .../b/train)
     if args.list:
         print("\n".join(f"{k}: {' '.join(v)}" for k, v in DATASETS.items()))
         return
