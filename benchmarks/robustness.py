@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+from trajdistill import flags as kinds
 from trajdistill.experts import TrajectoryStore
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -168,7 +169,7 @@ def main() -> None:
     p.add_argument("--folder", action="append", default=[], metavar="NAME=PATH",
                    help="a row NAME for an image folder of your own (train/<class>/ and "
                    "test/<class>/, or class folders only), run at --folder_res")
-    p.add_argument("--folder_res", type=int, default=32,
+    p.add_argument("--folder_res", type=kinds.positive_int, default=32,
                    help="the side the --folder rows are resized to (default 32, as issue 21's "
                    "protocol for unseen folders)")
     p.add_argument("--tag", default="", help="appended (after a -) to each row's run directory and log name")

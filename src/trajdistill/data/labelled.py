@@ -24,8 +24,7 @@ import torch
 
 from .base import DataError, DatasetSplits, ImageDataset, Preprocess, channel_stats
 from .imagefolder import CROPS, check_root, decode_images, image_shape
-from .split import SPLIT_SEED, stratified_split  # noqa: F401 (stratified_split: API)
-
+from .split import SPLIT_SEED, check_fraction, stratified_split, too_few
 
 
 def parse_classes(spec: str | None) -> list[list[str]] | None:
@@ -130,8 +129,7 @@ def load_labelled_folder(data_path, labels, id_column: str = "id", label_column:
                          crop: str | None = None, workers: int | None = None) -> DatasetSplits:
     """A flat image folder + labels CSV -> train/test splits (see the module docstring)."""
     root = check_root(data_path)
-    if not 0 < float(test_fraction) < 1:
-        raise DataError(f"--test_fraction must be between 0 and 1, got {test_fraction}")
+    test_fraction = check_fraction(test_fraction)
     labels_path = _labels_path(root, labels)
     folder = _image_folder(root)
     rows = read_labels(labels_path, id_column, label_column)
@@ -164,13 +162,10 @@ def load_labelled_folder(data_path, labels, id_column: str = "id", label_column:
     pixels = decode_images(files, shape=shape, crop=crop_mode, mode="RGB",
                            tag="labelled", workers=workers)
     targets = np.asarray(targets, dtype=np.int64)
-    counts = np.bincount(targets, minlength=len(groups))
-    few = [f"{names[c]} ({counts[c]})" for c in range(len(groups)) if counts[c] < 2]
-    if few:  # the split could give such a class no test (or no training) image
-        raise DataError(f"{labels_path}: class(es) {', '.join(few)} have fewer than 2 images in "
-                        f"{folder}; each class needs one to train and one to test on (merge or "
-                        "leave them out with --classes)")
-    train_idx, test_idx = stratified_split(targets, len(groups), float(test_fraction))
+    # the split could give a class of one image no test (or no training) image
+    too_few(labels_path, np.bincount(targets, minlength=len(groups)), names, f" in {folder}",
+            " (merge or leave them out with --classes)")
+    train_idx, test_idx = stratified_split(targets, len(groups), test_fraction)
     empty = [names[c] for c in range(len(groups)) if not (targets[train_idx] == c).any()]
     if empty:
         raise DataError(f"{labels_path}: class(es) {', '.join(empty)} have no training image")
@@ -178,7 +173,7 @@ def load_labelled_folder(data_path, labels, id_column: str = "id", label_column:
     test = _subset(pixels, targets, test_idx, names)
     mean, std = channel_stats(train.images)
     meta = {"folder": root.resolve().name, "labels": labels_path.name,
-            "classes_spec": ",".join("+".join(g) for g in groups), "test_fraction": float(test_fraction),
+            "classes_spec": ",".join("+".join(g) for g in groups), "test_fraction": test_fraction,
             "split_seed": SPLIT_SEED, "size": list(shape), "crop": crop_mode,
             "left_out": {"class_not_kept": not_kept, "image_missing": len(missing)}}
     return DatasetSplits("labelled", train, test, Preprocess(mean, std), meta)

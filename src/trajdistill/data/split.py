@@ -32,10 +32,10 @@ def check_fraction(test_fraction) -> float:
     return float(test_fraction)
 
 
-def too_few(where, counts, names) -> None:
+def too_few(where, counts, names, inside: str = "", advice: str = "") -> None:
     """Refuse classes with fewer than 2 images: the split could leave one without a test (or
-    a training) image."""
+    a training) image. `inside` and `advice` extend the message (" in FOLDER", " (merge ...)")."""
     few = [f"{names[c]} ({counts[c]})" for c in range(len(names)) if counts[c] < 2]
     if few:
-        raise DataError(f"{where}: class(es) {', '.join(few)} have fewer than 2 images; each "
-                        "class needs one to train and one to test on")
+        raise DataError(f"{where}: class(es) {', '.join(few)} have fewer than 2 images{inside}; "
+                        f"each class needs one to train and one to test on{advice}")
