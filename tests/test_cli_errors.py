@@ -309,7 +309,7 @@ def test_every_package_error_is_one_type_and_a_bug_keeps_its_traceback(monkeypat
                                               ("ipc", 1.5, "--ipc"),
                                               ("learn_lr", "no", "--learn_lr"),
                                               ("device", "gpu", "--device"),
-                                              ("dsa_strategy", None, "--dsa_strategy"),
+                                              ("dsa_strategy", 5, "--dsa_strategy"),
                                               ("eval_batched", "maybe", "--eval_batched"),
                                               ("eval_models", ["NoSuchNet"], "NoSuchNet"),
                                               ("sample_method", "sometimes", "--sample_method"),

@@ -34,7 +34,8 @@ def test_expert_batch_gives_every_epoch_enough_steps(n, batch):
 
 
 def test_given_expert_settings_are_not_derived():
-    made = derive_experts((3, 32, 32), 5000, {"model": "ConvNet", "batch_train": None})
+    made = derive_experts((3, 32, 32), 5000, {"model": "ConvNet", "batch_train": None,
+                                              "dsa_strategy": "crop"})
     assert set(made) == {"batch_train"} and made["batch_train"]["value"] == 128
     assert "5000 training images" in made["batch_train"]["from"]
 
@@ -86,8 +87,12 @@ def test_buffer_derives_and_records_its_model_and_batch(short_buffer):
     folder = short_buffer / "buffers" / "digits" / "ConvNetD2W32"
     meta = json.loads((folder / "buffer.json").read_text())
     assert meta["expert"]["model"] == "ConvNetD2W32" and meta["expert"]["batch_train"] == 32
-    assert set(meta["derived"]) == {"model", "batch_train"}
+    assert set(meta["derived"]) == {"model", "batch_train", "dsa_strategy"}
     assert "8 px" in meta["derived"]["model"]["from"]
+    # digits have an up (orientation.py): DSA's default, and the buffer says why
+    assert meta["expert"]["dsa_strategy"] == meta["derived"]["dsa_strategy"]["value"] == \
+        "color_crop_cutout_flip_scale_rotate"
+    assert "change under a flip" in meta["derived"]["dsa_strategy"]["from"]
 
 
 def test_default_distill_on_a_short_buffer_neither_diverges_nor_warns(short_buffer, capsys):
@@ -124,7 +129,10 @@ def test_the_reference_commands_keep_their_meaning(short_buffer, tmp_path):
     assert config["img_optimizer"] == "sgd" and config["lr_img"] == 100
     # the only buffer there, and --gradient auto's method (the reference's own is the unroll);
     # the given image lr is not paced
-    assert set(config["derived"]) == {"img_optimizer", "model", "gradient", "pace_lr_img"}
+    # and the experts' augmentation (DSA's default, as the reference's)
+    assert set(config["derived"]) == {"img_optimizer", "model", "gradient", "pace_lr_img",
+                                      "dsa_strategy"}
+    assert config["dsa_strategy"] == "color_crop_cutout_flip_scale_rotate"
     assert config["pace_lr_img"] is False
     assert config["derived"]["model"]["value"] == "ConvNetD2"
 

@@ -75,7 +75,7 @@ def test_one_update_with_the_mean_of_the_slots_gradients(setup, slots):
     grads, losses = [], []
     for slot in draw_slots(d.schedule, d.experts, cfg.seed, 0, slots):
         traj = store.load(slot.expert)
-        plan = plan_unroll(len(x0), 4, 8, splits.image_shape[1:], cfg.dsa_strategy, slot.generator)
+        plan = plan_unroll(len(x0), 4, 8, splits.image_shape[1:], d.cfg.dsa_strategy, slot.generator)
         problem = MatchProblem(d.student, traj[slot.start_epoch], traj[slot.start_epoch + 1],
                                d.learnables.labels, plan)
         r = plain_unroll(problem, x0, torch.tensor(math.log(0.01)))

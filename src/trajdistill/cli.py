@@ -173,7 +173,7 @@ def cmd_buffer(args) -> None:
     cfg = ExpertConfig(model=o.get("model"), train_epochs=o["train_epochs"],
                        num_experts=o["num_experts"], lr_teacher=float(o["lr_teacher"][0]),
                        mom=o["mom"], l2=o["l2"], batch_train=o.get("batch_train"), dsa=o["dsa"],
-                       dsa_strategy=_strategy(o).get("dsa_strategy", ExpertConfig.dsa_strategy),
+                       dsa_strategy=_strategy(o).get("dsa_strategy"),
                        decay=o["decay"], seed=o["seed"], device=device).resolve(splits)
     out = buffer_dir(o["buffer_path"], o["dataset"], cfg.model, bool(o.get("zca")), o.get("subset"),
                      o.get("res"))

@@ -10,7 +10,9 @@ experts (`trajdistill buffer`)
   EXPERT_WIDTH channels wide;
 - the minibatch: the largest power of two (32 to 256) that still gives every epoch at least
   MIN_STEPS_PER_EPOCH SGD steps, so that an epoch of 1,500 images trains as much as an epoch
-  of 50,000 (an epoch is not a budget that carries from one data set size to another).
+  of 50,000 (an epoch is not a budget that carries from one data set size to another);
+- the augmentation: DSA's default, or the `galaxy` strategy (any rotation, both flips) where
+  the class means show the data has no up (orientation.py).
 
 distillation (`trajdistill distill`)
 - the image optimiser: Adam at 0.01, a step per pixel bounded in normalised units whatever
@@ -22,7 +24,8 @@ distillation (`trajdistill distill`)
   less than pacing.py's pace (0.2 of their norm by the end of the run, along sqrt(t));
 - the synthetic lr: `--lr_teacher auto` (lr_auto.py: syn_steps student steps travel as far as
   the expert did);
-- the model: the buffer's (found under --buffer_path, see experts.find_model).
+- the model: the buffer's (found under --buffer_path, see experts.find_model);
+- the augmentation: the experts' (the buffer's `dsa_strategy`).
 
 An explicit flag keeps the reference's meaning (`--lr_img 1000` alone still means SGD, as in
 the reference), and presets give the published settings explicitly. Each derived value and
@@ -32,6 +35,9 @@ config.json, printed once, and shown in the report.
 from __future__ import annotations
 
 import math
+
+from .augment import DEFAULT_STRATEGY
+from .orientation import strategy_for
 
 EXPERT_WIDTH = 32
 MIN_STEPS_PER_EPOCH = 32
@@ -68,8 +74,10 @@ def expert_batch(num_train: int) -> int:
     return batch
 
 
-def derive_experts(image_shape, num_train: int, given: dict) -> dict:
-    """{setting: derived(value, reason)} for the expert settings absent from `given`."""
+def derive_experts(image_shape, num_train: int, given: dict,
+                   asymmetry: dict | None = None) -> dict:
+    """{setting: derived(value, reason)} for the expert settings absent from `given`.
+    `asymmetry`: the class means' orientation.asymmetries, needed when dsa_strategy is."""
     out = {}
     side = min(image_shape[-2:])
     if given.get("model") is None:
@@ -82,6 +90,11 @@ def derive_experts(image_shape, num_train: int, given: dict) -> dict:
         out["batch_train"] = derived(batch, f"{num_train} training images: {num_train // batch} "
                                      f"SGD steps an epoch (at least {MIN_STEPS_PER_EPOCH} where "
                                      f"the batch can be >= {BATCH_RANGE[0]})")
+    if given.get("dsa_strategy") is None:
+        if asymmetry is None:
+            raise ValueError("derive_experts: the class means' asymmetry is needed to derive "
+                             "dsa_strategy")
+        out["dsa_strategy"] = derived(*strategy_for(asymmetry, DEFAULT_STRATEGY))
     return out
 
 

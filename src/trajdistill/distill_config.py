@@ -65,7 +65,7 @@ class DistillConfig:
     epoch_eval_train: int = 1000
     batch_train: int = 256              # minibatch of the evaluation networks (as the reference)
     dsa: bool = True
-    dsa_strategy: str = DEFAULT_STRATEGY
+    dsa_strategy: str | None = None     # None: the experts' (the buffer's), as they saw the data
     gradient: str = "auto"              # by memory (gradient_choice.py); or lean, or unroll
     compile: bool = False               # lean walk + held-out loss via torch.compile (docs/performance.md)
     gradient_memory: float = 0.0        # GB of step graphs the lean walk may keep (the hybrid)
@@ -236,6 +236,8 @@ def resolve(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore,
     if cfg.img_optimizer is not None and cfg.img_optimizer not in IMG_OPTIMIZERS:
         raise ConfigError(f"--img_optimizer must be sgd or adam, got {cfg.img_optimizer!r}")
     cfg = derive(copy.deepcopy(cfg))
+    if cfg.dsa_strategy is None:
+        cfg = replace(cfg, **_experts_augmentation(cfg, store))
     cfg = _settle(cfg, splits, store)
     if cfg.lr_teacher in ("auto", ["auto"]):
         cfg = _measured_lr(cfg, splits, store, teacher_lr)
@@ -246,6 +248,18 @@ def resolve(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore,
         cfg = replace(cfg, gradient=method, derived={
             **cfg.derived, "gradient": derived(method, f"--gradient auto: {why}")})
     return cfg
+
+
+def _experts_augmentation(cfg: DistillConfig, store: TrajectoryStore) -> dict:
+    """dsa_strategy and its `derived` entry: the augmentation the experts trained with (a
+    buffer made before it was recorded, or without DSA: DSA's default)."""
+    expert = store.identity.get("expert", {})
+    strategy = expert.get("dsa_strategy") if expert.get("dsa", True) else None
+    why = (f"the experts' augmentation (buffer {store.root})" if strategy else
+           "DSA's default (the experts trained without augmentation)")
+    strategy = strategy or DEFAULT_STRATEGY
+    return {"dsa_strategy": strategy,
+            "derived": {**cfg.derived, "dsa_strategy": derived(strategy, why)}}
 
 
 def _measured_lr(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore,

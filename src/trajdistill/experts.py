@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .augment import DEFAULT_STRATEGY
+from .baselines import class_means
 from .data.base import DatasetSplits, Preprocess
 from .defaults import derive_experts
 from .errors import TrajdistillError
@@ -28,6 +28,7 @@ from .flags import check_config
 from . import progress as progress_out
 from .io import atomic_save, load_json, safe_load, write_json
 from .models import FlatModel, build_model
+from .orientation import asymmetries
 from .training import class_weights, test_network, train_epoch
 
 
@@ -45,7 +46,7 @@ class ExpertConfig:
     l2: float = 0.0
     batch_train: int | None = None      # None: derived from the training set's size
     dsa: bool = True
-    dsa_strategy: str = DEFAULT_STRATEGY
+    dsa_strategy: str | None = None     # None: derived from the class means (orientation.py)
     decay: bool = False
     seed: int = 0
     device: str = "cpu"
@@ -61,7 +62,8 @@ class ExpertConfig:
 
     def resolve(self, splits: DatasetSplits) -> "ExpertConfig":
         """A copy with the settings left None derived from the data (defaults.py)."""
-        made = derive_experts(splits.image_shape, len(splits.train), asdict(self))
+        asymmetry = asymmetries(class_means(splits)[0]) if self.dsa_strategy is None else None
+        made = derive_experts(splits.image_shape, len(splits.train), asdict(self), asymmetry)
         return replace(self, **{k: d["value"] for k, d in made.items()},
                        derived={**self.derived, **made})
 
@@ -212,7 +214,8 @@ class TrajectoryStore:
                                 expected)
         if problems:
             raise BufferError(f"expert buffer {self.root} was made for something else:\n  "
-                              + "\n  ".join(problems))
+                              + "\n  ".join(problems) + "\n  (give another --buffer_path, "
+                              "or remove that folder to train it afresh)")
 
     def check_data(self, data_identity: dict) -> None:
         problems = _differences(self.identity["data"], data_identity, prefix="data.")

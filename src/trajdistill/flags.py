@@ -237,7 +237,7 @@ def check_config(cfg, ranges: dict[str, tuple[float, bool]],
         raise ConfigError(f"--seed must be below {SEED_LIMIT}, got {cfg.seed}")
     if hasattr(cfg, "device") and device_problem(cfg.device):
         raise ConfigError(f"--device: {device_problem(cfg.device)}")
-    if hasattr(cfg, "dsa_strategy"):
+    if getattr(cfg, "dsa_strategy", None) is not None:  # None: derived later
         from .augment import parse_strategy
         try:
             parse_strategy(cfg.dsa_strategy)
