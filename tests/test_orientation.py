@@ -93,3 +93,24 @@ def test_the_experts_derive_it_and_the_distillation_takes_the_buffers(digits, gz
     assert resolve(DistillConfig(syn_steps=2, lr_teacher=[0.01], dsa_strategy="crop"), digits,
                    store).dsa_strategy == "crop"
     assert resolve(settled, digits, store) == settled  # config.json resolves to itself
+
+
+def test_evaluate_and_baseline_augment_as_the_distillation_did(gz1, digits, capsys):
+    from trajdistill.cli import _eval_strategy
+    assert _eval_strategy({"dsa": True, "dsa_strategy": "crop"}, gz1, "galaxy") == \
+        {"dsa_strategy": "crop"}                                          # given
+    assert _eval_strategy({"dsa": True}, digits, "galaxy") == {"dsa_strategy": "galaxy"}  # the set's
+    assert _eval_strategy({"dsa": True}, gz1) == {"dsa_strategy": "galaxy"}  # derived from the data
+    assert "derived --dsa_strategy galaxy: the class means" in capsys.readouterr().err
+    assert _eval_strategy({"dsa": True, "quiet": True}, digits) == {"dsa_strategy": DEFAULT_STRATEGY}
+    assert _eval_strategy({"dsa": False}, gz1) == {}                      # no augmentation at all
+
+
+def test_a_distilled_set_records_its_augmentation(digits, digits_buffers, tmp_path):
+    from trajdistill.distill import Distiller
+    from trajdistill.synthetic import SyntheticSet
+    store = open_buffer(digits_buffers / "digits" / "ConvNetD2", digits)
+    d = Distiller(DistillConfig(syn_steps=2, lr_teacher=[0.01], iterations=0, eval_it=0),
+                  digits, store, tmp_path / "run", progress=False)
+    d.synthetic_set().save(tmp_path / "set.pt")
+    assert SyntheticSet.load(tmp_path / "set.pt").meta["dsa_strategy"] == DEFAULT_STRATEGY

@@ -459,7 +459,7 @@ def cmd_evaluate(args) -> None:
     cfg = EvalConfig(num_eval=o["num_eval"], epoch_eval_train=o["epoch_eval_train"],
                      batch_train=o["batch_train"], dsa=o["dsa"], device=device, seed=o["seed"],
                      batched=o["eval_batched"], texture=texture,
-                     **_strategy(o))
+                     **_eval_strategy(o, splits, syn.meta.get("dsa_strategy")))
     # default: the lr chosen on validation among EVAL_LRS and the learned lr; --lr: a
     # hand-set lr (or per-stage list); --lr learned: the set's own lr(s), the reference's
     learned_only = o.get("lr") == ["learned"]
@@ -570,7 +570,7 @@ def cmd_baseline(args) -> None:
     comm, device = init_from_env(o["device"])  # torchrun: networks shared out
     cfg = EvalConfig(num_eval=o["num_eval"], epoch_eval_train=epochs, batch_train=o["batch_train"],
                      dsa=o["dsa"], device=device, seed=o["seed"], batched=o["eval_batched"],
-                     **_strategy(o))
+                     **_eval_strategy(o, splits))
     # the network of a distilled set of this data with default settings (defaults.py)
     models = eval_pool(o["eval_mode"], o.get("model") or expert_model(splits.image_shape))
     # default: the lr chosen on validation among EVAL_LRS (the whole training set, whose
@@ -652,6 +652,21 @@ def _strategy(o: dict) -> dict:
     except ValueError as e:
         raise ConfigError(f"--dsa_strategy: {e}") from None
     return {"dsa_strategy": o["dsa_strategy"]}
+
+
+def _eval_strategy(o: dict, splits, recorded: str | None = None) -> dict:
+    """The evaluation's augmentation: --dsa_strategy if given, else the one a set records
+    (its distillation's), else the one a distillation of this data derives (orientation.py)."""
+    given = _strategy(o)
+    if given or not o.get("dsa", True):
+        return given
+    if recorded:
+        return {"dsa_strategy": recorded}
+    from .orientation import strategy_of
+    strategy, why = strategy_of(splits)
+    if not o.get("quiet"):
+        print(f"derived --dsa_strategy {strategy}: {why}", file=sys.stderr)
+    return {"dsa_strategy": strategy}
 
 
 def _print_results(result: dict) -> None:

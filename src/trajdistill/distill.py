@@ -163,6 +163,7 @@ class Distiller:
                             self.cfg.syn_steps, {"iteration": self.iteration,
                                                  "method": self.cfg.method,
                                                  "lr_mode": self.cfg.lr_mode,
+                                                 "dsa_strategy": self.cfg.dsa_strategy,
                                                  **self._texture_meta()},
                             soft_labels=soft)
 

@@ -46,6 +46,13 @@ def asymmetries(means: torch.Tensor) -> dict[str, float]:
             "rot90": round(asym(x.rot90(1, (2, 3))), 4) if square else 1.0}
 
 
+def strategy_of(splits) -> tuple[str, str]:
+    """(DSA strategy, why) for a data set: its training split's class means measured."""
+    from .augment import DEFAULT_STRATEGY
+    from .baselines import class_means
+    return strategy_for(asymmetries(class_means(splits)[0]), DEFAULT_STRATEGY)
+
+
 def strategy_for(measured: dict[str, float], default: str) -> tuple[str, str]:
     """(DSA strategy, why) for data with these asymmetries."""
     shown = f"vertical flip {measured['vflip']:.2f}, quarter turn {measured['rot90']:.2f}"
