@@ -100,8 +100,9 @@ def _add_train_flags(p: argparse.ArgumentParser, no_aug: bool = True) -> None:
                    "ResNet18, ...; default derived from the resolution: ConvNetW32 at 32 px, "
                    "ConvNetD4W32 at 64, ConvNetD5W32 at 128; distill: the buffer's)")
     p.add_argument("--dsa", type=kinds.boolean, default=None, help="differentiable augmentation (True/False)")
-    p.add_argument("--dsa_strategy", type=kinds.dsa_strategy, default=None, help="DSA groups joined by _ (default "
-                   "color_crop_cutout_flip_scale_rotate), or galaxy: full turns and both flips")
+    p.add_argument("--dsa_strategy", type=kinds.dsa_strategy, default=None, help="DSA groups joined by _, or galaxy: full "
+                   "turns and both flips (default derived: galaxy where the class means show the "
+                   "data has no up, else color_crop_cutout_flip_scale_rotate; distill: the buffer's)")
     if no_aug:  # distill has its own --no_aug: the reference's, for the unrolled student only
         p.add_argument("--no_aug", action="store_true", default=None, help="same as --dsa False")
     p.add_argument("--batch_train", type=kinds.positive_int, default=None,
@@ -477,6 +478,8 @@ def cmd_evaluate(args) -> None:
         result = evaluate_set(syn.images, syn.targets(), splits, lrs, models, cfg,
                               syn.syn_steps, progress=not o.get("quiet"), comm=comm)
     if comm.is_main:
+        if o.get("derived_note") and not o.get("quiet"):
+            print(o["derived_note"], file=sys.stderr)
         if not sweep:
             print(f"trained with lr {', '.join(f'{v:g}' for v in lrs)} "
                   f"({'learned' if learned_only else 'set by --lr'})")
@@ -585,6 +588,8 @@ def cmd_baseline(args) -> None:
         result = evaluate_set(images, labels, splits, [o["lr"]], models, cfg,
                               progress=not o.get("quiet"), comm=comm)
     if comm.is_main:
+        if o.get("derived_note") and not o.get("quiet"):
+            print(o["derived_note"], file=sys.stderr)
         _print_results(result)
         if o.get("out"):
             Path(o["out"]).write_text(json.dumps({"kind": o["kind"], "ipc": o["ipc"],
@@ -656,7 +661,8 @@ def _strategy(o: dict) -> dict:
 
 def _eval_strategy(o: dict, splits, recorded: str | None = None) -> dict:
     """The evaluation's augmentation: --dsa_strategy if given, else the one a set records
-    (its distillation's), else the one a distillation of this data derives (orientation.py)."""
+    (its distillation's), else the one a distillation of this data derives (orientation.py;
+    why goes into o["derived_note"], printed with the results)."""
     given = _strategy(o)
     if given or not o.get("dsa", True):
         return given
@@ -664,8 +670,7 @@ def _eval_strategy(o: dict, splits, recorded: str | None = None) -> dict:
         return {"dsa_strategy": recorded}
     from .orientation import strategy_of
     strategy, why = strategy_of(splits)
-    if not o.get("quiet"):
-        print(f"derived --dsa_strategy {strategy}: {why}", file=sys.stderr)
+    o["derived_note"] = f"derived --dsa_strategy {strategy}: {why}"
     return {"dsa_strategy": strategy}
 
 
