@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-from .baselines import class_means
 from .data.base import DatasetSplits, Preprocess
 from .defaults import derive_experts
 from .errors import TrajdistillError
@@ -28,7 +27,7 @@ from .flags import check_config
 from . import progress as progress_out
 from .io import atomic_save, load_json, safe_load, write_json
 from .models import FlatModel, build_model
-from .orientation import asymmetries
+from . import orientation
 from .training import class_weights, test_network, train_epoch
 
 
@@ -62,7 +61,7 @@ class ExpertConfig:
 
     def resolve(self, splits: DatasetSplits) -> "ExpertConfig":
         """A copy with the settings left None derived from the data (defaults.py)."""
-        asymmetry = asymmetries(class_means(splits)[0]) if self.dsa_strategy is None else None
+        asymmetry = orientation.measure(splits) if self.dsa_strategy is None else None
         made = derive_experts(splits.image_shape, len(splits.train), asdict(self), asymmetry)
         return replace(self, **{k: d["value"] for k, d in made.items()},
                        derived={**self.derived, **made})

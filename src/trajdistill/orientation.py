@@ -23,6 +23,9 @@ import math
 
 import torch
 
+from .augment import DEFAULT_STRATEGY
+from .baselines import class_means
+
 GALAXY = "galaxy"           # augment.NAMED_STRATEGIES: any rotation, both flips
 ORIENTATION_FREE = 0.2      # both asymmetries below this: the data has no up
 FLAT = 1e-6                 # rms of a centred class mean (in the data's std) below which it is flat
@@ -46,11 +49,14 @@ def asymmetries(means: torch.Tensor) -> dict[str, float]:
             "rot90": round(asym(x.rot90(1, (2, 3))), 4) if square else 1.0}
 
 
+def measure(splits) -> dict[str, float]:
+    """asymmetries of a data set's training class means."""
+    return asymmetries(class_means(splits)[0])
+
+
 def strategy_of(splits) -> tuple[str, str]:
     """(DSA strategy, why) for a data set: its training split's class means measured."""
-    from .augment import DEFAULT_STRATEGY
-    from .baselines import class_means
-    return strategy_for(asymmetries(class_means(splits)[0]), DEFAULT_STRATEGY)
+    return strategy_for(measure(splits), DEFAULT_STRATEGY)
 
 
 def strategy_for(measured: dict[str, float], default: str) -> tuple[str, str]:
