@@ -292,7 +292,7 @@ def test_every_package_error_is_one_type_and_a_bug_keeps_its_traceback(monkeypat
 
     def bug(args):
         raise ZeroDivisionError("a genuine bug")
-    monkeypatch.setattr(cli, "cmd_export", bug)
+    monkeypatch.setattr(cli.runs, "cmd_export", bug)  # the export subcommand's module
     with pytest.raises(ZeroDivisionError):
         cli.main(["export", __file__, "out"])
 

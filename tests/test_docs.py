@@ -93,4 +93,5 @@ def test_every_module_has_its_line_in_the_package_map():
     named = set(re.findall(r"^\| `([\w/]+\.py)` \|", (ROOT / "docs" / "architecture.md").read_text(),
                            re.M))
     assert modules - named == set(), "modules missing from docs/architecture.md"
-    assert named - modules == set(), "docs/architecture.md names modules that do not exist"
+    existing = {str(p.relative_to(package)) for p in package.rglob("*.py")}  # __init__ with code too
+    assert named - existing == set(), "docs/architecture.md names modules that do not exist"

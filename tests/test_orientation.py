@@ -96,7 +96,7 @@ def test_the_experts_derive_it_and_the_distillation_takes_the_buffers(digits, gz
 
 
 def test_evaluate_and_baseline_augment_as_the_distillation_did(gz1, digits):
-    from trajdistill.cli import _eval_strategy
+    from trajdistill.cli.evaluation import eval_strategy as _eval_strategy
     assert _eval_strategy({"dsa": True, "dsa_strategy": "crop"}, gz1, "galaxy") == \
         {"dsa_strategy": "crop"}                                          # given
     assert _eval_strategy({"dsa": True}, digits, "galaxy") == {"dsa_strategy": "galaxy"}  # the set's

@@ -3,7 +3,7 @@ that synthetic_best.pt is chosen on validation accuracy, and how it is reported.
 import pytest
 import torch
 
-from trajdistill.cli import best_summary
+from trajdistill.cli.distill import best_summary
 from trajdistill.distill import ConfigError, DistillConfig, Distiller, open_buffer
 from trajdistill.io import read_jsonl
 from trajdistill.report import build_report
