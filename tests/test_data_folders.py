@@ -80,7 +80,7 @@ def test_val_folder_and_size_option(folder, tmp_path):
     assert np.array_equal(splits.train.images[0].numpy(), expected)
 
 
-def test_mixed_sizes_and_modes_are_brought_to_the_first_images(folder, tmp_path):
+def test_mixed_sizes_need_res_and_modes_become_rgb(folder, tmp_path):
     root = tmp_path / "d"
     for split in ("train", "test"):
         for cls in ("bird", "cat"):
@@ -92,7 +92,11 @@ def test_mixed_sizes_and_modes_are_brought_to_the_first_images(folder, tmp_path)
                 else:
                     shutil.copy(src, root / split / cls / f"{j}.jpg")
     (root / "train" / "cat" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # ignored: hidden
-    splits = load_dataset("imagefolder", root)
+    # without --res the images would be stretched to one of their sizes: refused, naming the
+    # two sizes and the flag
+    with pytest.raises(DataError, match=r"not all one size \(32x32 0.jpg, 48x40 1.png\); give --res"):
+        load_dataset("imagefolder", root)
+    splits = load_dataset("imagefolder", root, res=32)
     assert splits.train.images.shape == (6, 3, 32, 32)
     gray = splits.train.images[1]
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
@@ -370,7 +374,7 @@ def test_test_classes_must_match_train(small_copy):
 
 
 def test_bad_options(small_copy):
-    with pytest.raises(DataError, match="size must be a positive int"):
+    with pytest.raises(DataError, match="--res must be a positive integer"):
         load_dataset("imagefolder", small_copy, size=0)
     with pytest.raises(DataError, match="imagefolder does not take option"):
         load_dataset("imagefolder", small_copy, subset="imagenette")

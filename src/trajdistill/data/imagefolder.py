@@ -217,8 +217,8 @@ def load_image_folder(data_path, size: int | None = None, mode: str = "RGB",
 
     Classes are the class folders sorted by name; a test split must have the same.
     `size` (or `res`, the CLI's name): resize the shorter side and centre-crop to `size` x
-    `size` (`crop="center-half"`: the galaxy crop instead); by default every image is resized
-    to the first training image's size. Mean/std come from the train split.
+    `size` (`crop="center-half"`: the galaxy crop instead); by default the images keep their
+    size, which must then be one for all (`one_size`). Mean/std come from the train split.
     """
     if res is not None and size is not None and res != size:
         raise DataError(f"give the side once: size={size} and res={res} differ")
@@ -239,7 +239,7 @@ def load_image_folder(data_path, size: int | None = None, mode: str = "RGB",
     _two_classes(root / "train", classes)
     train_files, train_labels = scan_split(root / "train", classes)
     test_files, test_labels = scan_split(test_dir, classes)
-    shape, crop = _target_shape(size, train_files[0], crop)
+    shape, crop = target_shape(size, train_files + test_files, crop)
     decode = dict(shape=shape, crop=crop, mode=mode, workers=workers)
     train = to_dataset(decode_images(train_files, tag="imagefolder-train", **decode), train_labels, classes)
     test = to_dataset(decode_images(test_files, tag="imagefolder-test", **decode), test_labels, classes)
@@ -254,7 +254,7 @@ def _load_drawn(root: Path, base: Path, size, mode, workers, crop, test_fraction
     files, labels = scan_split(base, classes)
     labels = np.asarray(labels, dtype=np.int64)
     too_few(base, np.bincount(labels, minlength=len(classes)), classes)
-    shape, crop = _target_shape(size, files[0], crop)
+    shape, crop = target_shape(size, files, crop)
     pixels = decode_images(files, shape=shape, crop=crop, mode=mode, workers=workers,
                            tag="imagefolder")
     train_idx, test_idx = stratified_split(labels, len(classes), fraction)
@@ -279,13 +279,31 @@ def _splits(root: Path, train: ImageDataset, test: ImageDataset, shape, mode, cr
     return DatasetSplits("imagefolder", train, test, Preprocess(mean, std), meta)
 
 
-def _target_shape(size, first: Path, crop: str | None = None) -> tuple[tuple[int, int], bool | str]:
+def target_shape(res, files: Sequence[Path], crop: str | None = None
+                 ) -> tuple[tuple[int, int], bool | str]:
+    """(H, W) to decode `files` to, and how: `res` x `res` by `crop` ("center", the default,
+    or "center-half"); without `res` the images' own size, which must then be one size for
+    all (a plain resize would stretch every image to the first one's shape)."""
     if crop is not None and crop not in CROPS:
         raise DataError(f"--crop must be one of {', '.join(CROPS)}, got {crop!r}")
-    if size is None:
-        if crop is not None:
+    if res is None:
+        if crop is not None:  # a crop without a side would be ignored
             raise DataError(f"--crop {crop} needs --res (the side to resize the crop to)")
-        return image_shape(first), False
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise DataError(f"size must be a positive int (the square side), got {size!r}")
-    return (size, size), (crop if crop == "center-half" else True)
+        return one_size(files), False
+    if isinstance(res, bool) or not isinstance(res, int) or res < 1:
+        raise DataError(f"--res must be a positive integer (the square side), got {res!r}")
+    return (res, res), (crop or "center")
+
+
+def one_size(files: Sequence[Path]) -> tuple[int, int]:
+    """The (H, W) every file has (read from the headers); images of several sizes are
+    refused with two of them named and the flag that resizes them."""
+    first = image_shape(files[0])
+    for path in files[1:]:
+        shape = image_shape(path)
+        if shape != first:
+            raise DataError(f"{path.parent.parent}: the images are not all one size ({first[1]}x"
+                            f"{first[0]} {files[0].name}, {shape[1]}x{shape[0]} {path.name}); "
+                            "give --res N to resize and centre-crop them to N x N (32, 64 or "
+                            "128 for the derived ConvNets)")
+    return first

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .base import DataError, DatasetSplits, ImageDataset, Preprocess, channel_stats
-from .imagefolder import CROPS, check_root, decode_images, image_shape
+from .imagefolder import check_root, decode_images, target_shape
 from .split import SPLIT_SEED, check_fraction, stratified_split, too_few
 
 
@@ -158,7 +158,7 @@ def load_labelled_folder(data_path, labels, id_column: str = "id", label_column:
     if not files:
         raise DataError(f"{labels_path}: no row has both a kept class and an image in {folder}")
     _warn_left_out(labels_path, folder, len(rows), not_kept, missing)
-    shape, crop_mode = _decode_options(res, crop, files[0])
+    shape, crop_mode = target_shape(res, files, crop)
     pixels = decode_images(files, shape=shape, crop=crop_mode, mode="RGB",
                            tag="labelled", workers=workers)
     targets = np.asarray(targets, dtype=np.int64)
@@ -203,18 +203,6 @@ def _warn_left_out(labels_path, folder, total, not_kept, missing) -> None:
     if parts:
         warnings.warn(f"{labels_path}: {total - not_kept - len(missing)} of {total} rows used; "
                       f"left out " + "; ".join(parts), stacklevel=3)
-
-
-def _decode_options(res, crop, first: Path):
-    if crop is not None and crop not in CROPS:
-        raise DataError(f"--crop must be one of {', '.join(CROPS)}, got {crop!r}")
-    if res is None:
-        if crop is not None:  # as image folders: a crop without a side would be ignored
-            raise DataError(f"--crop {crop} needs --res (the side to resize the crop to)")
-        return image_shape(first), False
-    if isinstance(res, bool) or not isinstance(res, int) or res < 1:
-        raise DataError(f"--res must be a positive integer (the square side), got {res!r}")
-    return (res, res), (crop or "center")
 
 
 def _subset(pixels, targets, idx, names) -> ImageDataset:
