@@ -61,6 +61,32 @@ DATASETS = {
 # Rows whose buffer would share a folder name with another row's (same data and side,
 # other classes): their experts live in a buffer path of their own.
 OWN_BUFFERS = {"gz1-spiral"}
+# Two-class stand-ins for a user's imbalanced folder (the issue's chest X-rays are 1 : 2.9):
+# one class of a shared folder against three others merged, 1 : 3, at 32 px as an unseen
+# folder is run. Built under --work as class folders of links: name -> (source, {new class:
+# source classes}).
+MERGED = {
+    "fashion-shirt": (DATA / "fashion-mnist",
+                      {"shirt": ["shirt"], "other-tops": ["t-shirt_top", "pullover", "coat"]}),
+    "eurosat-river": (DATA / "eurosat-rgb",
+                      {"river": ["River"], "other": ["Highway", "Forest", "SeaLake"]}),
+}
+
+
+def merged_folder(name: str, work: Path) -> list[str]:
+    """The data flags of a MERGED row, its folder of links built under work/folders/ first."""
+    source, groups = MERGED[name]
+    root = work / "folders" / name
+    for split in ("train", "test"):
+        for group, classes in groups.items():
+            folder = root / split / group
+            folder.mkdir(parents=True, exist_ok=True)
+            for cls in classes:
+                for f in sorted((source / split / cls).iterdir()):
+                    link = folder / f"{cls}-{f.name}"
+                    if not link.exists():
+                        link.symlink_to(f)
+    return ["--dataset", str(root), "--res", "32"]
 
 
 def run(cmd: list[str], log: Path) -> None:
@@ -73,8 +99,8 @@ def run(cmd: list[str], log: Path) -> None:
 
 
 def row(name: str, ipc: int, args) -> dict:
-    data = DATASETS[name]
     work = Path(args.work)
+    data = merged_folder(name, work) if name in MERGED else DATASETS[name]
     tag = f"{name}-ipc{ipc}" + (f"-{args.tag}" if args.tag else "")
     buffers = work / ("buffers-" + name if name in OWN_BUFFERS else "buffers")
     if args.buffer_args:  # experts of their own making: their own folder
@@ -179,13 +205,15 @@ def main() -> None:
                 "with --tag")
     for spec in args.folder:
         name, sep, path = spec.partition("=")
-        if not sep or not name or not Path(path).is_dir() or name in DATASETS:
+        if not sep or not name or not Path(path).is_dir() or name in DATASETS or name in MERGED:
             p.error(f"--folder: expected NAME=PATH with a new NAME and an existing folder, "
                     f"got {spec!r}")
         DATASETS[name] = ["--dataset", str(Path(path).resolve()), "--res", str(args.folder_res)]
         OWN_BUFFERS.add(name)  # two folders may share a last name (.../a/train, .../b/train)
     if args.list:
         print("\n".join(f"{k}: {' '.join(v)}" for k, v in DATASETS.items()))
+        print("\n".join(f"{k}: {src.name} as {' against '.join('+'.join(c) for c in groups.values())}"
+                        " (built under --work/folders/), --res 32" for k, (src, groups) in MERGED.items()))
         return
     if args.table:
         print(table([json.loads(line) for line in open(args.table) if line.strip()]))
@@ -193,8 +221,9 @@ def main() -> None:
     rows = []
     for spec in args.rows:
         name, _, ipc = spec.partition(":")
-        if name not in DATASETS or not ipc.isdigit():
-            p.error(f"--rows: expected NAME:IPC with NAME one of {', '.join(DATASETS)}, got {spec!r}")
+        if (name not in DATASETS and name not in MERGED) or not ipc.isdigit():
+            p.error(f"--rows: expected NAME:IPC with NAME one of {', '.join([*DATASETS, *MERGED])}, "
+                    f"got {spec!r}")
         r = row(name, int(ipc), args)
         rows.append(r)
         line = json.dumps(r)
