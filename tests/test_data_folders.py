@@ -103,6 +103,40 @@ def test_mixed_sizes_need_res_and_modes_become_rgb(folder, tmp_path):
     assert splits.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
 
 
+def test_deeper_than_8_bit_grey_images_are_scaled_not_clipped(folder, tmp_path):
+    """Medical and astronomical images often come as 16-bit PNGs (12-bit detector data in a
+    16-bit file) or float TIFFs; Pillow's own conversion clips them at 255 (a white image).
+    Each real grey image saved at a deeper depth must decode to the same 8-bit pixels."""
+    sources = sorted((folder / "train" / "cat").iterdir())[:4]
+    grey = [np.asarray(Image.open(f).convert("L")) for f in sources]
+    root = tmp_path / "deep"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    writers = [
+        lambda g, p: Image.fromarray((g.astype(np.uint16) * 257)).save(p.with_suffix(".png")),
+        lambda g, p: Image.fromarray(np.rint(g * (4095 / 255)).astype(np.uint16)).save(
+            p.with_suffix(".png")),  # 12 bits in a 16-bit PNG
+        lambda g, p: Image.fromarray((g / 255).astype(np.float32)).save(p.with_suffix(".tif")),
+        lambda g, p: Image.fromarray(g).save(p.with_suffix(".png")),  # plain 8-bit
+    ]
+    for cls in ("a", "b"):
+        for j, (g, write) in enumerate(zip(grey, writers)):
+            write(g, root / cls / str(j))
+    deep = Image.open(root / "a" / "1.png")
+    assert deep.mode.startswith("I") and np.asarray(deep.convert("L")).mean() > 250  # the trap
+    splits = load_dataset(str(root), test_fraction=0.5)
+    every = torch.cat([splits.train.images, splits.test.images])
+    decoded = {tuple(img[0].flatten()[:64].tolist()): img for img in every}
+    for g in grey:
+        img = decoded[tuple(g.flatten()[:64].tolist())]  # found: the pixels came back exactly
+        assert all(torch.equal(img[c], torch.from_numpy(g)) for c in range(3))
+    # floats outside [0, 1] are stretched from their minimum to their maximum
+    values = np.array([[-2.0, 0.0], [1.0, 2.0]], dtype=np.float32)
+    Image.fromarray(values).save(tmp_path / "f.tif")
+    out = imagefolder.decode_image(tmp_path / "f.tif", (2, 2), False, mode="L")
+    assert out[0].tolist() == [[0, 128], [191, 255]]  # 255 x (0, 2, 3, 4) / 4, rounded
+
+
 def test_resize_center_crop_keeps_orientation():
     # A wide image: left half red, right half blue; a tall one: top red, bottom blue.
     wide = Image.new("RGB", (200, 100), (255, 0, 0))

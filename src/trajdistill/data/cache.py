@@ -25,7 +25,7 @@ import numpy as np
 from ..io import atomic_write
 
 # Bump when the decoding itself changes, so entries made by older code are not reused.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: images of more than 8 bits are scaled, not clipped (imagefolder.eight_bit)
 
 
 def cache_dir() -> Path:

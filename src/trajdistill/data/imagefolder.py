@@ -62,6 +62,38 @@ def resize_center_crop(im: Image.Image, side: int) -> Image.Image:
     return im.crop((left, top, left + side, top + side))
 
 
+# Pillow's modes for one channel of more than 8 bits (16-bit PNG or TIFF, 32-bit integer or
+# float TIFF): `convert("L"/"RGB")` clips them at 255 instead of scaling, which turns a
+# 16-bit X-ray white. `eight_bit` scales them first.
+DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def eight_bit(im: Image.Image) -> Image.Image:
+    """An image of more than 8 bits per pixel as 8-bit grey ("L"); others as they are.
+
+    Integers >= 0 are divided by the largest value of the smallest even bit depth that holds
+    the image's maximum (10, 12, 14 or 16 bits, ...): 12-bit detector data in a 16-bit file
+    keeps its contrast, and images of one sensor share one scale. Floats in [0, 1] are
+    multiplied by 255; other floats and negative integers are stretched from their minimum
+    to their maximum (per image: there is no common scale to read from the file).
+    """
+    if im.mode not in DEEP_MODES:
+        return im
+    a = np.asarray(im, dtype=np.float64)
+    low, high = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if not np.isfinite(low) or not np.isfinite(high):
+        a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+        low, high = float(a.min()), float(a.max())
+    if im.mode == "F" and low >= 0 and high <= 1:
+        scaled = a * 255
+    elif im.mode != "F" and low >= 0:
+        bits = max(8, int(high).bit_length())
+        scaled = a * (255 / (2 ** (bits + bits % 2) - 1))
+    else:
+        scaled = (a - low) * (255 / (high - low)) if high > low else np.zeros_like(a)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+
+
 def decode_image(path: Path, shape: tuple[int, int], crop: bool | str, mode: str = "RGB") -> np.ndarray:
     """One file -> uint8 (C, H, W) of `shape` = (H, W).
 
@@ -71,7 +103,7 @@ def decode_image(path: Path, shape: tuple[int, int], crop: bool | str, mode: str
     """
     try:
         with Image.open(path) as im:
-            im = im.convert(mode)  # convert() forces the full decode inside the try
+            im = eight_bit(im).convert(mode)  # convert() forces the full decode inside the try
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
     h, w = shape
