@@ -325,11 +325,16 @@ def test_missing_directory(tmp_path):
 @pytest.fixture
 def class_folders_only(folder, tmp_path) -> Path:
     """The layout of most downloads (flower_photos/<class>/*.jpg): the 20 training JPEGs of
-    each of the 10 classes, class folders at the top, a stray file beside them."""
+    each of the 10 classes, class folders at the top, a stray file beside them, and what a
+    zip made on a Mac and a folder opened on Windows leave behind (never classes or images)."""
     root = tmp_path / "photos"
     for cls in CLASSES:
         shutil.copytree(folder / "train" / cls, root / cls)
     (root / "LICENSE.txt").write_text("not an image, and not in a class folder")
+    (root / "__MACOSX" / "cat").mkdir(parents=True)
+    (root / "__MACOSX" / "cat" / "._0000.jpg").write_bytes(b"\0\5\26\7 resource fork")
+    (root / "cat" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0 thumbnail cache")
+    (root / "dog" / "desktop.ini").write_text("[.ShellClassInfo]")
     return root
 
 

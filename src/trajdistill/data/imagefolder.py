@@ -159,16 +159,27 @@ def _decode_all(files, shape, crop, mode, tag, workers) -> np.ndarray:
 
 # ---------------------------------------------------------------- folder layout
 
+# What file managers and archivers leave in folders unasked: macOS's resource forks
+# (`__MACOSX/`, `._x.jpg`), `.DS_Store`, Windows' thumbnail caches and folder settings.
+LITTER = {"__macosx", "thumbs.db", "desktop.ini"}
+
+
+def litter(name: str) -> bool:
+    """Hidden names and LITTER: never a class folder or an image."""
+    return name.startswith(".") or name.lower() in LITTER
+
+
 def list_images(folder: Path) -> list[Path]:
     """Every non-hidden file under `folder` (recursively), sorted; an empty class is an error.
 
-    Hidden files (`.DS_Store`, `._x.jpg` of macOS copies) are skipped because file
-    managers create them unasked; any other file must decode, or decoding names it.
+    Hidden files and `litter` (`.DS_Store`, `._x.jpg`, `__MACOSX/`, `Thumbs.db`) are
+    skipped because file managers create them unasked; any other file must decode, or
+    decoding names it.
     """
     if not folder.is_dir():
         raise DataError(f"{folder}: missing class folder")
     files = sorted(p for p in folder.rglob("*")
-                   if p.is_file() and not any(part.startswith(".")
+                   if p.is_file() and not any(litter(part)
                                               for part in p.relative_to(folder).parts))
     if not files:
         raise DataError(f"{folder}: empty class folder (no image files)")
@@ -179,7 +190,7 @@ def class_folders(split_dir: Path) -> list[str]:
     """Sorted names of the sub-folders of `split_dir`: the classes."""
     if not split_dir.is_dir():
         raise DataError(f"{split_dir}: missing directory")
-    names = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    names = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not litter(p.name))
     if not names:
         raise DataError(f"{split_dir}: no class folders inside")
     return names
@@ -228,7 +239,7 @@ def folder_layout(root: Path) -> str:
     if tests:
         raise DataError(f"{root}: a {tests[0]}/ folder but no train/ folder; an image folder has "
                         "train/<class>/ and test/<class>/, or class folders only (<class>/*)")
-    subs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    subs = sorted(p.name for p in root.iterdir() if p.is_dir() and not litter(p.name))
     if len(subs) == 1:
         raise DataError(f"{root}: one sub-folder ({subs[0]}/) and no train/ folder; if "
                         f"{root / subs[0]} holds the class folders, give --dataset that path; "
