@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+import trajdistill
 from trajdistill import flags as kinds
 from trajdistill.experts import TrajectoryStore
 
@@ -141,11 +142,26 @@ def row(name: str, ipc: int, args) -> dict:
                "num_experts": args.num_experts, "train_epochs": args.train_epochs,
                "iterations": args.iterations, "num_eval": args.num_eval,
                "eval_epochs": args.eval_epochs, "eval_lrs": args.eval_lrs},
-           "seconds": {"buffer": round(t1 - t0, 1), "distill_and_compare": round(t2 - t1, 1)}}
+           "seconds": {"buffer": round(t1 - t0, 1), "distill_and_compare": round(t2 - t1, 1)},
+           "commit": source_commit()}
     start = [v for k, v in sets.items() if k.startswith("its start")]
     if start:
         out["start"] = _fig(start[0])
     return out
+
+
+def source_commit() -> str | None:
+    """The commit of the code that ran (the trajdistill package's checkout), "+" if its
+    sources differ from it; None outside a git checkout."""
+    src = Path(trajdistill.__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=src, text=True,
+                              capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=src, text=True,
+                               capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+" if dirty else "")
 
 
 def _fig(r: dict) -> dict:
