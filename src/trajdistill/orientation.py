@@ -11,7 +11,7 @@ per-channel spatial mean, is compared with its own vertical flip and quarter tur
     asymmetry(T) = mean over classes of ||x - T(x)|| / (sqrt(2) ||x||)
 
 0 for a mean that T leaves unchanged, about 1 for one T scrambles (x and T(x) orthogonal).
-Measured on the data sets here (docs/defaults.md): gz1 galaxies 0.064-0.070 under both
+Measured on the data sets here (docs/defaults-history.md): gz1 galaxies 0.064-0.070 under both
 transforms; digits, the CIFAR-10 subset and Fashion-MNIST 0.45-1.08; EuroSAT, whose class
 means are nearly flat, 0.88-0.92 (what is left after the spatial mean is noise, which a turn
 scrambles: data without a clear mean shape keep the default). A set is orientation-free when

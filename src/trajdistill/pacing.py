@@ -4,7 +4,7 @@ Adam moves each pixel by at most its lr per iteration, but where the matching gr
 not hold its sign (most pixels of a 128 px galaxy carry little signal) its steps cancel and
 the images hardly move: on gz1 at 128 px the default 0.01 moved them 0.10 of their norm in
 200 iterations and the set did not beat its start, while 0.03 moved them 0.32 and gained 8
-points (docs/defaults.md). Every data set whose default run beat its baselines moved its
+points (docs/defaults-history.md). Every data set whose default run beat its baselines moved its
 images 0.29-0.36 of their norm in those 200 iterations, along a curve close to sqrt(t).
 
 So a derived Adam image lr is paced: at every tenth of the horizon N (the planned iterations,
