@@ -79,11 +79,8 @@ def eight_bit(im: Image.Image) -> Image.Image:
     """
     if im.mode not in DEEP_MODES:
         return im
-    a = np.asarray(im, dtype=np.float64)
-    low, high = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-    if not np.isfinite(low) or not np.isfinite(high):
-        a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
-        low, high = float(a.min()), float(a.max())
+    a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = float(a.min()), float(a.max())
     if im.mode == "F" and low >= 0 and high <= 1:
         scaled = a * 255
     elif im.mode != "F" and low >= 0:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .base import DataError, DatasetSplits, ImageDataset, Preprocess, channel_stats
-from .imagefolder import check_root, decode_images, target_shape
+from .imagefolder import check_root, decode_images, litter, target_shape
 from .split import SPLIT_SEED, check_fraction, stratified_split, too_few
 
 
@@ -91,10 +91,11 @@ def _read_rows(path: Path, reader, id_column: str, label_column: str) -> list[tu
 
 
 def index_images(folder: Path) -> dict[str, Path]:
-    """File stem -> path for the (non-hidden) files directly in `folder`."""
+    """File stem -> path for the files directly in `folder`, hidden ones and file managers'
+    litter (`imagefolder.litter`) left out."""
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if not p.is_file() or p.name.startswith("."):
+        if not p.is_file() or litter(p.name):
             continue
         if p.stem in found:
             raise DataError(f"{folder}: two images for id {p.stem} ({found[p.stem].name}, {p.name})")
