@@ -38,7 +38,7 @@ def test_reference_flags_refuse_the_runaway_image_step_and_keep_the_initial_stat
                                                                                  tmp_path, capsys):
     d = _distiller(short_buffer, tmp_path)
     initial = d.learnables.images.detach().clone()
-    with pytest.raises(DivergenceError, match=r"--lr_img.*first matching loss was 1\d\.\d"):
+    with pytest.raises(DivergenceError, match=r"--lr_img.*first matching losses averaged 1\d\.\d"):
         d.run()
     assert "warning: the first matching loss is" in capsys.readouterr().err
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
@@ -122,3 +122,31 @@ def test_roll_back_restores_values_and_optimiser_momentum_exactly():
         assert torch.equal(a.detach(), b.detach())  # momentum buffers were restored too
     assert "images non-finite" in step(items, float("nan"), 0.0)
     assert "times the images' own norm" in step(items, 100.0, 0.0)
+
+
+def test_the_overshoot_warning_judges_the_first_ten_losses_not_the_first_alone():
+    """A start just above 1 that falls at once (gz1 spiral vs rest at 10 per class: 1.02, then
+    0.52 by iteration 10) is no overshoot; ten losses averaging 1.5 are, and a refusal warns at
+    once from the losses it has seen. Each warning comes once."""
+    from trajdistill.guard import FIRST_LOSSES, Guard
+
+    def run(losses, refuse_at=None):
+        notes = []
+        g = Guard(max_failures=5, loss_threshold=None, loss_warn_it=0, note=notes.append)
+        for it, loss in enumerate(losses):
+            g.see_loss(it, loss, "HINT")
+            if it == refuse_at:
+                g.refuse({"it": it}, "trouble", "HINT")
+        return g, [n for n in notes if n.startswith("warning")]
+
+    assert FIRST_LOSSES == 10
+    g, warnings = run([1.02] + [0.6] * 19)
+    assert warnings == [] and g.first_loss == pytest.approx((1.02 + 9 * 0.6) / 10)
+    g, warnings = run([1.5] * 9 + [0.5] + [3.0] * 10)  # the mean of the first ten: 1.4
+    assert warnings == ["warning: the first 10 matching losses average 1.4 (> 1: the student "
+                        "overshoots the expert's target, which can diverge); if it does, HINT"]
+    assert g.first_loss == pytest.approx(1.4) and len(g.first_losses) == 10
+    _, warnings = run([13.0, 11.0, 0.1, 0.1], refuse_at=1)  # a refusal at it 1: mean 12 so far
+    assert len(warnings) == 1 and "first 2 matching losses average 12" in warnings[0]
+    _, warnings = run([float("nan")] + [0.9] * 12)  # a non-finite loss is no evidence either way
+    assert warnings == []

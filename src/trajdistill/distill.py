@@ -327,14 +327,14 @@ class Distiller:
         """The optimisers' step with the guard around it (guard.py): no step on a non-finite
         result or a loss above --loss_threshold, rolled back when unsound; the refusal goes
         into the record. True when the update was kept."""
-        self.guard.see_first_loss(matched.loss, self._first_loss_hint())
+        self.guard.see_loss(self.iteration, matched.loss, self._first_loss_hint())
         trouble = non_finite(matched)
         if not trouble and not self.guard.above_threshold(matched.loss, record):
             syn = self.learnables
             trouble = apply_or_roll_back(syn.items(), lambda: syn.apply(matched, self.cfg.learn_lr),
                                          syn.image_lr, self.cfg.lr_lr)
         if trouble:
-            self.guard.refuse(record, trouble)
+            self.guard.refuse(record, trouble, self._first_loss_hint())
             return False
         self.guard.accept()
         return True
