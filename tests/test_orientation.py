@@ -105,6 +105,12 @@ def test_evaluate_and_baseline_augment_as_the_distillation_did(gz1, digits):
     assert o["derived_note"].startswith("derived --dsa_strategy galaxy: the class means")
     assert _eval_strategy({"dsa": True}, digits) == {"dsa_strategy": DEFAULT_STRATEGY}
     assert _eval_strategy({"dsa": False}, gz1) == {}                      # no augmentation at all
+    # `baseline --kind mean` hands over the class means it already has: the same answer
+    from trajdistill.baselines import class_means
+    means = class_means(gz1)[0]
+    o_given = {"dsa": True}
+    assert _eval_strategy(o_given, gz1, means=means) == {"dsa_strategy": "galaxy"}
+    assert o_given["derived_note"] == o["derived_note"]
 
 
 def test_a_distilled_set_records_its_augmentation(digits, digits_buffers, tmp_path):

@@ -49,14 +49,14 @@ def asymmetries(means: torch.Tensor) -> dict[str, float]:
             "rot90": round(asym(x.rot90(1, (2, 3))), 4) if square else 1.0}
 
 
-def measure(splits) -> dict[str, float]:
-    """asymmetries of a data set's training class means."""
-    return asymmetries(class_means(splits)[0])
+def measure(splits, means: torch.Tensor | None = None) -> dict[str, float]:
+    """asymmetries of a data set's training class means (`means`: those already computed)."""
+    return asymmetries(class_means(splits)[0] if means is None else means)
 
 
-def strategy_of(splits) -> tuple[str, str]:
+def strategy_of(splits, means: torch.Tensor | None = None) -> tuple[str, str]:
     """(DSA strategy, why) for a data set: its training split's class means measured."""
-    return strategy_for(measure(splits), DEFAULT_STRATEGY)
+    return strategy_for(measure(splits, means), DEFAULT_STRATEGY)
 
 
 def strategy_for(measured: dict[str, float], default: str) -> tuple[str, str]:

@@ -104,7 +104,7 @@ def cmd_baseline(args) -> None:
     comm, device = init_from_env(o["device"])  # torchrun: networks shared out
     cfg = EvalConfig(num_eval=o["num_eval"], epoch_eval_train=epochs, batch_train=o["batch_train"],
                      dsa=o["dsa"], device=device, seed=o["seed"], batched=o["eval_batched"],
-                     **eval_strategy(o, splits))
+                     **eval_strategy(o, splits, means=images if o["kind"] == "mean" else None))
     # the network of a distilled set of this data with default settings (defaults.py)
     models = eval_pool(o["eval_mode"], o.get("model") or expert_model(splits.image_shape))
     # default: the lr chosen on validation among EVAL_LRS (the whole training set, whose
@@ -158,17 +158,18 @@ def run_sweep(images, labels, splits, candidates, models, cfg, syn_steps, o, com
     return result
 
 
-def eval_strategy(o: dict, splits, recorded: str | None = None) -> dict:
+def eval_strategy(o: dict, splits, recorded: str | None = None, means=None) -> dict:
     """The evaluation's augmentation: --dsa_strategy if given, else the one a set records
-    (its distillation's), else the one a distillation of this data derives (orientation.py;
-    why goes into o["derived_note"], printed with the results)."""
+    (its distillation's), else the one a distillation of this data derives (orientation.py,
+    from the class means: `means` where they are at hand; why goes into o["derived_note"],
+    printed with the results)."""
     given = given_strategy(o)
     if given or not o.get("dsa", True):
         return given
     if recorded:
         return {"dsa_strategy": recorded}
     from ..orientation import strategy_of
-    strategy, why = strategy_of(splits)
+    strategy, why = strategy_of(splits, means)
     o["derived_note"] = f"derived --dsa_strategy {strategy}: {why}"
     return {"dsa_strategy": strategy}
 
