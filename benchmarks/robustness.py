@@ -15,14 +15,8 @@ and reads what the run wrote: final.json (the chosen set, the class mean and ran
 of the same size, each at the lr of --eval_lrs that scored best on the validation split; the
 distilled set's learned lr competes too) and the experts' test accuracy (networks trained on all
 the training images: the "full data" column, at the experts' own settings, not an lr sweep).
-Evaluation: --num_eval networks x --eval_epochs epochs per set and lr (random real: each network
-its own draw since session 16, `draws` in the row). Everything else is the tool's default; the
-derived settings are copied from config.json into the row.
-
-A row measured before the per-network draws keeps its one-draw random real; the same baseline
-under today's protocol needs no distillation (the distilled set and the class mean do not change):
-
-    trajdistill baseline --kind random [data flags] --ipc K --num_eval 5 --epoch_eval_train 500 --seed S
+Evaluation: --num_eval networks x --eval_epochs epochs per set and lr. Everything else is the
+tool's default; the derived settings are copied from config.json into the row.
 
 A row that is not the defaults names its extra flags and a tag (its run directory, log and
 buffer folder are its own): --tag gal --buffer_args '--dsa_strategy galaxy' --distill_args
@@ -171,9 +165,7 @@ def source_commit() -> str | None:
 
 
 def _fig(r: dict) -> dict:
-    """A set's figures; `draws` where each network trained on its own random draw."""
-    return {"test": r["mean"], "std": r["std"], "val": r["val_mean"], "lr": r["lr"],
-            **({"draws": r["draws"]} if "draws" in r else {})}
+    return {"test": r["mean"], "std": r["std"], "val": r["val_mean"], "lr": r["lr"]}
 
 
 def _cell(fig: dict) -> str:
