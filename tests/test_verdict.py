@@ -92,7 +92,7 @@ def _sweep_with_peak(monkeypatch, grid, peak, beyond=evaluate.EDGE_STEPS):
     import math
     trained = []
 
-    def fake(images, labels, splits, lrs, models, cfg, syn_steps, progress, val, comm, draws=None):
+    def fake(images, labels, splits, lrs, models, cfg, syn_steps, progress, val, comm):
         trained.append(lrs[0])
         acc = 1 - abs(math.log10(lrs[0] / peak)) / 10
         return {m: {"val_mean": acc, "mean": acc, "std": 0.0} for m in models}
@@ -151,7 +151,6 @@ def test_a_run_compares_its_chosen_set_with_its_start_and_the_baselines(digits_b
     low, high = min(0.001, learned), max(0.01, learned)
     assert all(lr < low or lr > high for lr in lrs - {0.01, 0.001, learned})  # past the ends
     assert final["sets"]["distilled"]["learned"]["lr"] == learned
-    assert final["sets"]["random real (2/class)"]["draws"] == cfg.num_eval  # one per network
     for name, r in final["sets"].items():
         assert r["lr"] == max(r["sweep"], key=lambda e: e["val_mean"])["lr"], name
     assert best["verdict"] == final["message"] and best["beats_all"] == final["beats_all"]

@@ -20,7 +20,6 @@ import numbers
 import statistics
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -216,13 +215,10 @@ def train_and_test_batched(model: str, images: torch.Tensor, labels: torch.Tenso
 
 def evaluate_set(images: torch.Tensor, labels: torch.Tensor, splits: DatasetSplits,
                  lrs: list[float], models: list[str], cfg: EvalConfig, syn_steps: int = 0,
-                 progress: bool = True, val=None, comm: Comm = SINGLE,
-                 draws: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict:
+                 progress: bool = True, val=None, comm: Comm = SINGLE) -> dict:
     """Evaluate a set on each model: {model: {mean, std, accuracies, per_class, confusion}}
     (test set), plus val_mean, val_std, val_accuracies when validation images
-    `val` = (uint8 images, labels) are given. With `draws` (a baseline that is an expectation
-    over random draws, baselines.random_draws) network k trains on draws[k % len(draws)]
-    instead of (images, labels).
+    `val` = (uint8 images, labels) are given.
 
     Under torchrun the num_eval networks of each model are shared out over the ranks
     (network k on rank k mod K; its seed is its own, whichever rank trains it) and the
@@ -237,7 +233,7 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, splits: DatasetSpli
         here = f" ({len(mine)} of {len(seeds)} networks on this rank)" if comm.active else ""
         with progress_out.bar(desc=f"evaluate {model}{here}", total=len(mine), enabled=progress,
                               report=True, unit="networks") as bar:
-            if draws is None and use_batched(model, splits, cfg) and len(mine) > 1:
+            if use_batched(model, splits, cfg) and len(mine) > 1:
                 results = train_and_test_batched(model, images, labels, splits, schedule, cfg,
                                                  [seeds[k] for k in mine], progress=progress,
                                                  val=val)
@@ -245,8 +241,7 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, splits: DatasetSpli
             else:
                 results = []
                 for k in mine:
-                    x, y = (images, labels) if draws is None else draws[k % len(draws)]
-                    results.append(train_and_test(model, x, y, splits, schedule, cfg,
+                    results.append(train_and_test(model, images, labels, splits, schedule, cfg,
                                                   seed=seeds[k], progress=progress, val=val))
                     bar.update()
             gathered = dict(kv for share in comm.all_gather_object(list(zip(mine, results)))
@@ -265,14 +260,13 @@ EDGE_STEPS = 2
 def evaluate_sweep(images: torch.Tensor, labels: torch.Tensor, splits: DatasetSplits,
                    candidates: list[float], models: list[str], cfg: EvalConfig, val,
                    syn_steps: int = 0, progress: bool = True, comm: Comm = SINGLE,
-                   beyond: int = 0,
-                   draws: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict:
+                   beyond: int = 0) -> dict:
     """`--lr_sweep`: evaluate a set at each candidate lr (one lr, the default schedule) and
     keep, per model, the lr whose networks score best on the validation images `val`; the
     test set only reports. While a model does best at the smallest or largest lr tried, up
     to `beyond` more lrs are tried past that end, each one mean grid step further
     (`edge_lr`). {model: {the chosen lr's evaluate_set result, lr, sweep: [{lr, val_mean,
-    mean, std} per lr tried, largest lr first]}}. `draws`: as in evaluate_set."""
+    mean, std} per lr tried, largest lr first]}}."""
     if val is None or len(val[1]) == 0:
         raise ConfigError("--lr_sweep chooses the lr on the validation split, and this dataset "
                           "leaves none")
@@ -280,7 +274,7 @@ def evaluate_sweep(images: torch.Tensor, labels: torch.Tensor, splits: DatasetSp
 
     def run(lr):
         return evaluate_set(images, labels, splits, [lr], models, cfg, syn_steps,
-                            progress=progress, val=val, comm=comm, draws=draws)
+                            progress=progress, val=val, comm=comm)
 
     def best(model):  # a tie goes to the larger lr
         return max(sorted(runs, reverse=True), key=lambda lr: runs[lr][model]["val_mean"])
