@@ -36,8 +36,8 @@ MAX_LR_FACTOR = 10.0
 # leave is noise that no later step repairs. Healthy runs stay near or below 1 (the demo's
 # first steps: 1.1).
 MAX_IMAGE_STEP = 10.0
-# The overshoot warning judges the mean matching loss of the first FIRST_LOSSES iterations (as
-# verdict.diagnose does), not the first alone: one loss is one expert, start epoch and
+# The overshoot warning judges the mean matching loss of the first FIRST_LOSSES iterations (so
+# does verdict.diagnose), not the first alone: one loss is one expert, start epoch and
 # augmentation draw, and a healthy run can start just above 1 (gz1 spiral vs rest at 10 per
 # class: 1.02, then 0.52 by iteration 10). A refusal before then judges what it has seen.
 FIRST_LOSSES = 10

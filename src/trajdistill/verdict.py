@@ -20,6 +20,7 @@ import torch
 from .distributed import SINGLE, Comm
 from .baselines import class_means, random_real
 from .evaluate import EDGE_STEPS, EvalConfig, evaluate_sweep
+from .guard import FIRST_LOSSES  # the overshoot warning judges the same first losses
 from .pacing import DRIFT_AIM, DRIFT_LOW  # below DRIFT_LOW the images hardly moved (pacing.py)
 
 # The lrs every set of the final comparison is trained at (a distilled set's learned lr
@@ -78,7 +79,7 @@ def diagnose(losses: list[float], drift: float | None, refused: int,
     (`drift`: how far the run moved its images, ||X_last - X_0|| / ||X_0||)."""
     causes = []
     if losses:
-        first = statistics.fmean(losses[:10])
+        first = statistics.fmean(losses[:FIRST_LOSSES])
         last = statistics.fmean(losses[-20:])
         if first > 1:
             causes.append(f"the first matching losses average {first:.2f} (> 1: the student "
