@@ -15,8 +15,15 @@ and reads what the run wrote: final.json (the chosen set, the class mean and ran
 of the same size, each at the lr of --eval_lrs that scored best on the validation split; the
 distilled set's learned lr competes too) and the experts' test accuracy (networks trained on all
 the training images: the "full data" column, at the experts' own settings, not an lr sweep).
-Evaluation: --num_eval networks x --eval_epochs epochs per set and lr. Everything else is the
-tool's default; the derived settings are copied from config.json into the row.
+Evaluation: --num_eval networks x --eval_epochs epochs per set and lr (random real since session
+17: each network its own draw, at the lr best on validation for that draw; `draws` and `lrs` in
+the row). Everything else is the tool's default; the
+derived settings are copied from config.json into the row.
+
+A row measured before the per-network draws keeps its one-draw random real; the same baseline
+under today's protocol needs no distillation (the distilled set and the class mean do not change):
+
+    trajdistill baseline --kind random [data flags] --ipc K --num_eval 5 --epoch_eval_train 500 --seed S
 
 A row that is not the defaults names its extra flags and a tag (its run directory, log and
 buffer folder are its own): --tag gal --buffer_args '--dsa_strategy galaxy' --distill_args
@@ -165,7 +172,10 @@ def source_commit() -> str | None:
 
 
 def _fig(r: dict) -> dict:
-    return {"test": r["mean"], "std": r["std"], "val": r["val_mean"], "lr": r["lr"]}
+    """A set's figures; `draws` and `lrs` where each network trained on its own random
+    draw at its own lr (`lr` is then their median)."""
+    return {"test": r["mean"], "std": r["std"], "val": r["val_mean"], "lr": r["lr"],
+            **{k: r[k] for k in ("draws", "lrs") if k in r}}
 
 
 def _cell(fig: dict) -> str:

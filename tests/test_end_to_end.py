@@ -109,7 +109,7 @@ def test_the_demo_runs_on_the_defaults_and_tabulates_the_final_comparison(tmp_pa
         summary = run_demo(tmp_path / "demo", cfg, progress=False)
     names = [r["name"] for r in summary["table"]]
     assert names == ["STM distilled, 1 img/class", "class mean, 1 img/class",
-                     "random real, 1 img/class", "full training set (1438 images)"]
+                     "random real, 1 img/class, 1 draw", "full training set (1438 images)"]
     final = json.loads((tmp_path / "demo" / "final.json").read_text())
     learned = final["sets"]["distilled"]["learned"]["lr"]  # the chosen set's own lr
     assert {0.01, 0.003, 0.001, 0.0003, 0.0001, learned} <= {

@@ -41,6 +41,53 @@ def test_random_real_images(cifar):
     assert r["mean"] > 0.18, r["accuracies"]
 
 
+def test_random_draws_are_independent_draws_outside_the_excluded_images(cifar):
+    """The random-real baseline is an expectation over draws: draw k is random_real with
+    evaluation network k's seed (runs of seeds 0 and 1 share no draw), each of ipc images per
+    class, none an excluded (validation) image; without exclusion draw 0 of seed 0 is the
+    single draw of before."""
+    from trajdistill.baselines import random_draws
+    from trajdistill.evaluate import network_seed
+    from trajdistill.validation import default_val_size, validation_indices
+    labels = cifar.train.labels
+    val_idx = validation_indices(labels, 10, default_val_size(len(labels), 10))
+    draws = random_draws(cifar, 2, seed=5, n=4, exclude=val_idx)
+    assert len(draws) == 4
+    val_images = {bytes(x.numpy()) for x in cifar.train.images[val_idx]}
+    seen = []
+    for k, (x, y) in enumerate(draws):
+        assert torch.bincount(y, minlength=10).tolist() == [2] * 10
+        assert not {bytes(im.numpy()) for im in x} & val_images  # no validation image
+        assert torch.equal(x, random_real(cifar, 2, seed=network_seed(5, k), exclude=val_idx)[0])
+        seen.append(bytes(x.numpy()))
+    assert len(set(seen)) == 4  # four different draws
+    assert torch.equal(random_draws(cifar, 2, seed=0, n=1)[0][0], random_real(cifar, 2, seed=0)[0])
+
+
+def test_each_network_trains_on_its_own_draw(digits):
+    """evaluate_set with draws: network k is the network k that evaluate_set trains on
+    draws[k] alone (same seed, same batch order and augmentation), so the accuracies are those
+    of the single-set runs taken diagonally."""
+    from trajdistill.baselines import random_draws
+    draws = random_draws(digits, 2, seed=0, n=3)
+    cfg = EvalConfig(num_eval=3, epoch_eval_train=15, seed=2)
+    both = evaluate_set(*draws[0], digits, [0.01], ["ConvNetD2"], cfg, progress=False,
+                        draws=draws)["ConvNetD2"]["accuracies"]
+    alone = [evaluate_set(*draws[k], digits, [0.01], ["ConvNetD2"], cfg,
+                          progress=False)["ConvNetD2"]["accuracies"][k] for k in range(3)]
+    assert both == pytest.approx(alone, abs=1e-12)
+    assert len(set(alone)) > 1
+
+
+def test_the_cli_random_baseline_trains_each_network_on_its_own_draw(tmp_path):
+    out = tmp_path / "random.json"
+    assert main(["baseline", "--kind", "random", "--dataset", "digits", "--ipc", "1", "--lr",
+                 "0.01", "--num_eval", "3", "--epoch_eval_train", "5", "--device", DEVICE,
+                 "--quiet", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["draws"] == 3 and len(r["ConvNetD2W32"]["accuracies"]) == 3
+
+
 def test_class_mean_images(cifar):
     """One mean image per class, 50 epochs: measured 23.0 / 21.9 % (two networks)."""
     images, labels = class_means(cifar)

@@ -72,7 +72,7 @@ def run_demo(run_dir: str | Path = "runs/demo", cfg: DemoConfig | None = None,
                         EvalConfig(num_eval=cfg.num_eval, epoch_eval_train=cfg.full_epochs,
                                    batch_train=ecfg.batch_train,  # the experts' (derived) batch
                                    device=cfg.device, seed=cfg.seed), 0, progress)[model]
-    table = [{"name": _row_name(k, cfg.ipc),
+    table = [{"name": _row_name(k, cfg.ipc, r.get("draws")),
               "n": cfg.num_eval, "mean": r["mean"], "std": r["std"], "val_mean": r["val_mean"],
               "val_std": r["val_std"], "lr": r["lr"]} for k, r in sets.items()]
     table.append({"name": f"full training set ({len(splits.train)} images)", "n": cfg.num_eval,
@@ -109,14 +109,16 @@ def run_demo(run_dir: str | Path = "runs/demo", cfg: DemoConfig | None = None,
     return summary
 
 
-def _row_name(name: str, ipc: int) -> str:
-    """final.json's set names as the demo's table has them."""
+def _row_name(name: str, ipc: int, draws: int | None = None) -> str:
+    """final.json's set names as the demo's table has them (random real: over `draws`
+    draws, one per network, each at its own lr)."""
     if name == "distilled":
         return f"STM distilled, {ipc} img/class"
     if name == "class mean":
         return "class mean, 1 img/class"
     if name.startswith("random real"):
-        return f"random real, {ipc} img/class"
+        return f"random real, {ipc} img/class" + (
+            f", {draws} draw{'s' if draws != 1 else ''}" if draws else "")
     return name
 
 

@@ -378,7 +378,8 @@ class Distiller:
             cfg, self.splits, self.synthetic_set(),
             None if cfg.load_syn_image else self.initial_images.cpu(), self.run_dir,
             self.best.get("iteration") is not None, self.val,
-            lambda: run_eval.expert_accuracy(self.store, self.experts), self.comm, self.progress)
+            lambda: run_eval.expert_accuracy(self.store, self.experts), self.comm, self.progress,
+            self.val_idx)
 
     def checkpoint(self) -> None:
         if self.comm.is_main:

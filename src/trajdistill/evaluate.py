@@ -20,6 +20,7 @@ import numbers
 import statistics
 import warnings
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -34,8 +35,8 @@ from .errors import ConfigError
 from .flags import check_config
 from .models import FlatModel, build_model
 from .texture import TextureSpec
-from .training import (confusion_result, set_loss, targets_weights, test_network, to_input,
-                       train_epoch)
+from .training import (TestResult, confusion_result, set_loss, targets_weights, test_network,
+                       to_input, train_epoch)
 
 BATCHED_CHOICES = ("auto", "on", "off")
 
@@ -215,10 +216,15 @@ def train_and_test_batched(model: str, images: torch.Tensor, labels: torch.Tenso
 
 def evaluate_set(images: torch.Tensor, labels: torch.Tensor, splits: DatasetSplits,
                  lrs: list[float], models: list[str], cfg: EvalConfig, syn_steps: int = 0,
-                 progress: bool = True, val=None, comm: Comm = SINGLE) -> dict:
+                 progress: bool = True, val=None, comm: Comm = SINGLE,
+                 draws: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 keep_each: bool = False) -> dict:
     """Evaluate a set on each model: {model: {mean, std, accuracies, per_class, confusion}}
     (test set), plus val_mean, val_std, val_accuracies when validation images
-    `val` = (uint8 images, labels) are given.
+    `val` = (uint8 images, labels) are given. With `draws` (a baseline that is an expectation
+    over random draws, baselines.random_draws) network k trains on draws[k % len(draws)]
+    instead of (images, labels). `keep_each`: also each network's confusion matrix
+    ("confusions"), so that a sweep can pick each network's own lr (evaluate_sweep).
 
     Under torchrun the num_eval networks of each model are shared out over the ranks
     (network k on rank k mod K; its seed is its own, whichever rank trains it) and the
@@ -233,7 +239,7 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, splits: DatasetSpli
         here = f" ({len(mine)} of {len(seeds)} networks on this rank)" if comm.active else ""
         with progress_out.bar(desc=f"evaluate {model}{here}", total=len(mine), enabled=progress,
                               report=True, unit="networks") as bar:
-            if use_batched(model, splits, cfg) and len(mine) > 1:
+            if draws is None and use_batched(model, splits, cfg) and len(mine) > 1:
                 results = train_and_test_batched(model, images, labels, splits, schedule, cfg,
                                                  [seeds[k] for k in mine], progress=progress,
                                                  val=val)
@@ -241,12 +247,13 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, splits: DatasetSpli
             else:
                 results = []
                 for k in mine:
-                    results.append(train_and_test(model, images, labels, splits, schedule, cfg,
+                    x, y = (images, labels) if draws is None else draws[k % len(draws)]
+                    results.append(train_and_test(model, x, y, splits, schedule, cfg,
                                                   seed=seeds[k], progress=progress, val=val))
                     bar.update()
             gathered = dict(kv for share in comm.all_gather_object(list(zip(mine, results)))
                             for kv in share)
-            out[model] = summarise([gathered[k] for k in range(len(seeds))])
+            out[model] = summarise([gathered[k] for k in range(len(seeds))], keep_each)
             bar.set_postfix(accuracy=f"{100 * out[model]['mean']:.2f} %")
     return out
 
@@ -260,38 +267,59 @@ EDGE_STEPS = 2
 def evaluate_sweep(images: torch.Tensor, labels: torch.Tensor, splits: DatasetSplits,
                    candidates: list[float], models: list[str], cfg: EvalConfig, val,
                    syn_steps: int = 0, progress: bool = True, comm: Comm = SINGLE,
-                   beyond: int = 0) -> dict:
+                   beyond: int = 0,
+                   draws: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict:
     """`--lr_sweep`: evaluate a set at each candidate lr (one lr, the default schedule) and
     keep, per model, the lr whose networks score best on the validation images `val`; the
     test set only reports. While a model does best at the smallest or largest lr tried, up
     to `beyond` more lrs are tried past that end, each one mean grid step further
     (`edge_lr`). {model: {the chosen lr's evaluate_set result, lr, sweep: [{lr, val_mean,
-    mean, std} per lr tried, largest lr first]}}."""
+    mean, std} per lr tried, largest lr first]}}.
+
+    With `draws` (network k trains on draws[k], evaluate_set) each network keeps the lr that
+    scores best on validation for its own draw, as a distilled set's networks keep the lr
+    best for that set: one lr shared by all draws sank to the grid's bottom, where some draw
+    trained badly at any other, and understated random real images by up to 16 points
+    (docs/defaults-history.md). The result is then the networks' figures at their own lrs,
+    `lrs` each network's lr and `lr` their median; `sweep` still averages every lr over the
+    networks."""
     if val is None or len(val[1]) == 0:
         raise ConfigError("--lr_sweep chooses the lr on the validation split, and this dataset "
                           "leaves none")
     grid = sorted(set(candidates), reverse=True)
+    each = draws is not None
 
     def run(lr):
         return evaluate_set(images, labels, splits, [lr], models, cfg, syn_steps,
-                            progress=progress, val=val, comm=comm)
+                            progress=progress, val=val, comm=comm, draws=draws, keep_each=each)
 
-    def best(model):  # a tie goes to the larger lr
-        return max(sorted(runs, reverse=True), key=lambda lr: runs[lr][model]["val_mean"])
+    def best(model, k=None):  # a tie goes to the larger lr; k: network k's own choice
+        def score(lr):
+            r = runs[lr][model]
+            return r["val_mean"] if k is None else r["val_accuracies"][k]
+        return max(sorted(runs, reverse=True), key=score)
+
+    def choices(model) -> list[float]:
+        return [best(model, k) for k in range(cfg.num_eval)] if each else [best(model)]
 
     runs = {lr: run(lr) for lr in grid}
     for _ in range(beyond):
-        more = {edge_lr(grid, sorted(runs), best(m)) for m in models} - {None}
+        more = {edge_lr(grid, sorted(runs), b) for m in models for b in choices(m)} - {None}
         if not more:
             break
         runs.update({lr: run(lr) for lr in sorted(more, reverse=True)})
     tried = sorted(runs, reverse=True)
     out = {}
     for model in models:
-        chosen = best(model)
-        out[model] = {**runs[chosen][model], "lr": chosen, "sweep": [
-            {"lr": lr, "val_mean": runs[lr][model]["val_mean"], "mean": runs[lr][model]["mean"],
-             "std": runs[lr][model]["std"]} for lr in tried]}
+        sweep = [{"lr": lr, "val_mean": runs[lr][model]["val_mean"],
+                  "mean": runs[lr][model]["mean"], "std": runs[lr][model]["std"]} for lr in tried]
+        if each:
+            lrs = choices(model)
+            own = summarise([network_result(runs[lr][model], k) for k, lr in enumerate(lrs)])
+            out[model] = {**own, "lr": sorted(lrs)[len(lrs) // 2], "lrs": lrs, "sweep": sweep}
+        else:
+            chosen = best(model)
+            out[model] = {**runs[chosen][model], "lr": chosen, "sweep": sweep}
     return out
 
 
@@ -308,7 +336,7 @@ def edge_lr(grid: list[float], tried: list[float], best: float) -> float | None:
     return None
 
 
-def summarise(results) -> dict:
+def summarise(results, keep_each: bool = False) -> dict:
     accs = [r.accuracy for r in results]
     confusion = torch.tensor([r.confusion for r in results]).sum(0)
     pooled = confusion_result(confusion)
@@ -318,7 +346,17 @@ def summarise(results) -> dict:
     if vals:
         out.update(val_mean=statistics.fmean(vals),
                    val_std=statistics.pstdev(vals) if len(vals) > 1 else 0.0, val_accuracies=vals)
+    if keep_each:
+        out["confusions"] = [r.confusion for r in results]
     return out
+
+
+def network_result(result: dict, k: int) -> TestResult:
+    """Network k's own figures from a `keep_each` result of evaluate_set."""
+    one = confusion_result(torch.tensor(result["confusions"][k]))
+    if "val_accuracies" in result:
+        one.val_accuracy = result["val_accuracies"][k]
+    return one
 
 
 # ----------------------------------------------------------------------------- model pools

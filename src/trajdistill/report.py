@@ -151,7 +151,11 @@ def _final_rows(final: dict) -> list[tuple[str, str, str, str]]:
     learned lr (the reference's protocol)."""
     rows = []
     for name, r in final.get("sets", {}).items():
-        rows.append((name, f"{r['lr']:.3g} (chosen on validation)",
+        if r.get("draws"):  # a baseline over random draws: each network trained on its own
+            n = r["draws"]
+            name = f"{name}, {n} draw{'s' if n != 1 else ''} (one per network)"
+        how = "the median of each network's own" if r.get("lrs") else "chosen"
+        rows.append((name, f"{r['lr']:.3g} ({how} on validation)",
                      f"{100 * r['val_mean']:.2f} ± {100 * r.get('val_std', 0.0):.2f}",
                      f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}"))
         if r.get("learned"):

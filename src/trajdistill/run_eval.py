@@ -84,10 +84,11 @@ def improved_best(best: dict, record: dict, cfg: DistillConfig) -> dict | None:
 def final_comparison(cfg: DistillConfig, splits: DatasetSplits, current: SyntheticSet,
                      initial: torch.Tensor | None, run_dir: RunDirectory, has_best: bool, val,
                      expert_accuracy: Callable[[], float | None], comm: Comm = SINGLE,
-                     progress: bool = False) -> dict | None:
+                     progress: bool = False, val_idx: torch.Tensor | None = None) -> dict | None:
     """The chosen set (synthetic_best.pt when the run chose one, else `current`) against its
     start (`initial`; None for a loaded set), the class mean and random real images, each at
-    its lr chosen on validation (verdict.py); written to final.json. None when the run
+    its lr chosen on validation (verdict.py; random real images are drawn outside the
+    validation split, `val_idx`); written to final.json. None when the run
     evaluates nothing (--eval_it 0), has no validation split, or --final_eval off (and for
     texture sets: canvases are not images of the baselines' kind), and on ranks other than 0."""
     if cfg.final_eval == "off" or not cfg.eval_it or val is None or cfg.texture:
@@ -95,7 +96,7 @@ def final_comparison(cfg: DistillConfig, splits: DatasetSplits, current: Synthet
     chosen = (run_dir.best() if comm.is_main and has_best else None) or current
     chosen = comm.broadcast_object(chosen) if comm.active else chosen
     sets = verdict.contenders(chosen, initial, splits, cfg.ipc, cfg.pix_init, cfg.seed,
-                              cfg.eval_lrs)
+                              cfg.eval_lrs, draws=cfg.num_eval, exclude=val_idx)
     _note(comm, f"final comparison on validation: {', '.join(s.name for s in sets)}, each at "
                 f"the best of {len(cfg.eval_lrs)} lrs (--final_eval off skips it)")
     model = cfg.eval_models[0]

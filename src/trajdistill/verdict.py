@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .distributed import SINGLE, Comm
-from .baselines import class_means, random_real
+from .baselines import class_means, random_draws
 from .evaluate import EDGE_STEPS, EvalConfig, evaluate_sweep
 from .guard import FIRST_LOSSES  # the overshoot warning judges the same first losses
 from .pacing import DRIFT_AIM, DRIFT_LOW  # below DRIFT_LOW the images hardly moved (pacing.py)
@@ -41,11 +41,15 @@ class Contender:
     lrs: list[float]
     syn_steps: int = 0
     learned: float | None = None
+    draws: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # network k: draws[k]
 
 
 def contenders(chosen, initial: torch.Tensor, splits, ipc: int, pix_init: str, seed: int,
-               grid=EVAL_LRS) -> list[Contender]:
-    """The distilled set, its start (unless it started as the class mean) and the baselines."""
+               grid=EVAL_LRS, draws: int = 1, exclude: torch.Tensor | None = None
+               ) -> list[Contender]:
+    """The distilled set, its start (unless it started as the class mean) and the baselines;
+    random real images as `draws` independent draws, one per evaluation network, none of
+    them a training image in `exclude` (the validation split)."""
     learned = chosen.lrs[0] if len(chosen.lrs) == 1 else None
     out = [Contender("distilled", chosen.images, chosen.targets(),
                      list(grid) + ([learned] if learned else []), chosen.syn_steps, learned)]
@@ -53,8 +57,8 @@ def contenders(chosen, initial: torch.Tensor, splits, ipc: int, pix_init: str, s
     if initial is not None and not mean_start:
         out.append(Contender(f"its start ({pix_init})", initial, chosen.labels, list(grid)))
     out.append(Contender("class mean", *class_means(splits), list(grid)))
-    out.append(Contender(f"random real ({ipc}/class)", *random_real(splits, ipc, seed),
-                         list(grid)))
+    sets = random_draws(splits, ipc, seed, draws, exclude)
+    out.append(Contender(f"random real ({ipc}/class)", *sets[0], list(grid), draws=sets))
     return out
 
 
@@ -64,9 +68,11 @@ def compare(sets: list[Contender], splits, model: str, cfg: EvalConfig, val, pro
     out = {}
     for s in sets:
         r = evaluate_sweep(s.images, s.targets, splits, s.lrs, [model], cfg, val, s.syn_steps,
-                           progress=progress, comm=comm, beyond=EDGE_STEPS)[model]
+                           progress=progress, comm=comm, beyond=EDGE_STEPS, draws=s.draws)[model]
         out[s.name] = {k: r[k] for k in ("lr", "val_mean", "val_std", "val_accuracies", "mean",
                                          "std", "sweep")}
+        if s.draws is not None:  # each network its own draw at its own lr
+            out[s.name].update(draws=len(s.draws), lrs=r["lrs"])
         if s.learned is not None:
             out[s.name]["learned"] = next(e for e in r["sweep"] if e["lr"] == s.learned)
     return out

@@ -84,7 +84,8 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_baseline(args) -> None:
-    from ..baselines import class_means, random_real
+    from ..baselines import class_means, random_draws
+    from ..validation import default_val_size, validation_indices
     from ..evaluate import EvalConfig, eval_pool, evaluate_set
     # --epoch_eval_train: 1000, or 50 for the whole training set (its networks are dearer)
     o = resolve(args, eval_defaults(kind="random", ipc=1, epoch_eval_train=None))
@@ -92,8 +93,13 @@ def cmd_baseline(args) -> None:
         raise ConfigError(f"--ipc is for --kind random; --kind {o['kind']} uses "
                           f"{'one mean image' if o['kind'] == 'mean' else 'every image'} per class")
     splits = load_splits(o)
-    if o["kind"] == "random":
-        images, labels = random_real(splits, o["ipc"], o["seed"])
+    draws = None
+    if o["kind"] == "random":  # each network its own draw, none from the validation split
+        labels = splits.train.labels
+        val_idx = validation_indices(labels, splits.num_classes,
+                                     default_val_size(len(labels), splits.num_classes))
+        draws = random_draws(splits, o["ipc"], o["seed"], o["num_eval"], exclude=val_idx)
+        images, labels = draws[0]
     elif o["kind"] == "mean":
         images, labels = class_means(splits)
     elif o["kind"] == "full":
@@ -114,10 +120,10 @@ def cmd_baseline(args) -> None:
     o["lr"] = 0.01 if args.lr is None else args.lr
     if sweep:
         result = run_sweep(images, labels, splits, sweep, models, cfg, 0, o, comm,
-                           lr_given=args.lr is not None and bool(o.get("lr_sweep")))
+                           lr_given=args.lr is not None and bool(o.get("lr_sweep")), draws=draws)
     else:
         result = evaluate_set(images, labels, splits, [o["lr"]], models, cfg,
-                              progress=not o.get("quiet"), comm=comm)
+                              progress=not o.get("quiet"), comm=comm, draws=draws)
     if comm.is_main:
         if o.get("derived_note") and not o.get("quiet"):
             print(o["derived_note"], file=sys.stderr)
@@ -125,7 +131,9 @@ def cmd_baseline(args) -> None:
         if o.get("out"):
             Path(o["out"]).write_text(json.dumps({"kind": o["kind"], "ipc": o["ipc"],
                                                   "lr": None if sweep else o["lr"],
-                                                  "epochs": epochs, **result}, indent=2))
+                                                  "epochs": epochs,
+                                                  "draws": len(draws) if draws else None,
+                                                  **result}, indent=2))
     shutdown(comm)
 
 
@@ -137,10 +145,10 @@ def add_sweep_flag(p) -> None:
 
 
 def run_sweep(images, labels, splits, candidates, models, cfg, syn_steps, o, comm,
-              lr_given: bool) -> dict:
+              lr_given: bool, draws=None) -> dict:
     """The lr chosen on the default validation split among the candidates (the default grid
     is also looked past at its ends, EDGE_STEPS; an --lr_sweep list is tried as given);
-    prints one line per lr."""
+    prints one line per lr. `draws`: one set per network (evaluate.evaluate_set)."""
     from ..evaluate import evaluate_sweep
     if lr_given:
         raise ConfigError("--lr and --lr_sweep: give one (--lr_sweep picks the lr itself)")
@@ -148,13 +156,16 @@ def run_sweep(images, labels, splits, candidates, models, cfg, syn_steps, o, com
     val = default_validation(splits.train.labels, splits.train.images, splits.num_classes)
     result = evaluate_sweep(images, labels, splits, candidates, models, cfg, val, syn_steps,
                             progress=not o.get("quiet"), comm=comm,
-                            beyond=0 if o.get("lr_sweep") else EDGE_STEPS)
+                            beyond=0 if o.get("lr_sweep") else EDGE_STEPS, draws=draws)
     if comm.is_main:
         for model, r in result.items():
             for e in r["sweep"]:
                 print(f"{model} lr {e['lr']:g}: validation {100 * e['val_mean']:.2f} %, test "
                       f"{100 * e['mean']:.2f} ± {100 * e['std']:.2f} %"
-                      + ("  <- chosen" if e["lr"] == r["lr"] else ""))
+                      + ("  <- chosen" if e["lr"] == r["lr"] and "lrs" not in r else ""))
+            if "lrs" in r:  # one draw per network, each at its own lr
+                print(f"{model}: each network at the lr best for its own draw "
+                      f"({', '.join(f'{v:g}' for v in r['lrs'])})")
     return result
 
 
@@ -208,7 +219,11 @@ def add_evaluate_parser(sub) -> None:
 def add_baseline_parser(sub) -> None:
     """The `baseline` subcommand and its flags."""
     p = sub.add_parser("baseline", help="random real images, class means, or the full set")
-    p.add_argument("--kind", choices=["random", "mean", "full"])
+    p.add_argument("--kind", choices=["random", "mean", "full"],
+                   help="random (default): --ipc random real training images per class, each "
+                   "evaluation network its own draw (and, by default, its own lr chosen on "
+                   "validation), none from the validation split; mean: one mean image per "
+                   "class; full: every image")
     p.add_argument("--ipc", type=kinds.positive_int)
     p.add_argument("--lr", type=kinds.positive_float,
                    help="train at this lr (default: the one of 0.01 0.003 0.001 0.0003 0.0001 "
