@@ -157,6 +157,29 @@ def row(name: str, ipc: int, args) -> dict:
     return out
 
 
+def random_real_row(name: str, ipc: int, args) -> dict:
+    """`--random_real_only`: a row's random-real baseline alone (no experts, no distillation:
+    the figure depends on the data, ipc, the seed and the evaluation budget only), as
+    `trajdistill baseline --kind random` gives it: the same draws, networks and lrs as a
+    run's final comparison with the same seed (tests/test_verdict.py pins that)."""
+    work = Path(args.work)
+    data = merged_folder(name, work) if name in MERGED else DATASETS[name]
+    seed = args.random_real_only
+    out_file = work / "random-real" / f"{name}-ipc{ipc}-seed{seed}.json"
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "trajdistill.cli", "baseline", "--kind", "random", *data,
+           "--ipc", str(ipc), "--num_eval", str(args.num_eval), "--epoch_eval_train",
+           str(args.eval_epochs), "--seed", str(seed), "--quiet", "--out", str(out_file)]
+    t0 = time.perf_counter()
+    run(cmd, work / f"random-real-{name}-ipc{ipc}-seed{seed}.log")
+    result = json.loads(out_file.read_text())
+    model = next(k for k, v in result.items() if isinstance(v, dict) and "mean" in v)
+    return {"row": name, "ipc": ipc, "seed": seed, "kind": "random real only", "model": model,
+            "random_real": _fig({**result[model], "draws": result["draws"]}),
+            "budget": {"num_eval": args.num_eval, "eval_epochs": args.eval_epochs},
+            "seconds": round(time.perf_counter() - t0, 1), "commit": source_commit()}
+
+
 def source_commit() -> str | None:
     """The commit of the code that ran (the trajdistill package's checkout), "+" if its
     sources differ from it; None outside a git checkout."""
@@ -225,7 +248,13 @@ def main() -> None:
                    help="the side the --folder rows are resized to (default 32, as issue 21's "
                    "protocol for unseen folders)")
     p.add_argument("--tag", default="", help="appended (after a -) to each row's run directory and log name")
+    p.add_argument("--random_real_only", type=int, metavar="SEED",
+                   help="measure only each row's random-real baseline with this seed (no experts, "
+                   "no distillation): `trajdistill baseline --kind random`, the figure a run of "
+                   "that seed compares with; for rows measured under an older protocol")
     args = p.parse_args()
+    if args.random_real_only is not None and list(args.eval_lrs) != [0.01, 0.003, 0.001, 0.0003, 0.0001]:
+        p.error("--random_real_only uses the default --eval_lrs (the baseline command's grid)")
     if (args.buffer_args or args.distill_args) and not args.tag:
         p.error("--buffer_args / --distill_args make a row that is not the defaults: name it "
                 "with --tag")
@@ -250,6 +279,13 @@ def main() -> None:
         if (name not in DATASETS and name not in MERGED) or not ipc.isdigit():
             p.error(f"--rows: expected NAME:IPC with NAME one of {', '.join([*DATASETS, *MERGED])}, "
                     f"got {spec!r}")
+        if args.random_real_only is not None:
+            r = random_real_row(name, int(ipc), args)
+            print(json.dumps(r), flush=True)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(r) + "\n")
+            continue
         r = row(name, int(ipc), args)
         rows.append(r)
         line = json.dumps(r)
@@ -257,7 +293,8 @@ def main() -> None:
         if args.out:
             with open(args.out, "a") as f:
                 f.write(line + "\n")
-    print(table(rows), file=sys.stderr)
+    if rows:
+        print(table(rows), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -137,3 +137,27 @@ def test_lr_sweep_and_lr_together_are_refused(capsys):
                  "--lr_sweep", "0.1", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--lr_sweep" in err[0]
+
+
+def test_the_robustness_benchmark_re_measures_a_rows_random_real_as_the_baseline_command(tmp_path):
+    """`robustness.py --random_real_only SEED` records, for a row, what `trajdistill baseline
+    --kind random` gives with the row's data flags and evaluation budget (rows measured under
+    an older protocol are re-measured this way, without experts or distillation)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "robustness.py"
+    done = subprocess.run([sys.executable, str(script), "--work", str(tmp_path), "--rows",
+                           "digits:1", "--random_real_only", "3", "--num_eval", "2",
+                           "--eval_epochs", "4"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (row["row"], row["ipc"], row["seed"], row["kind"]) == ("digits", 1, 3, "random real only")
+    out = tmp_path / "direct.json"
+    assert main(["baseline", "--kind", "random", "--dataset", "digits", "--ipc", "1",
+                 "--num_eval", "2", "--epoch_eval_train", "4", "--seed", "3", "--quiet",
+                 "--out", str(out)]) == 0
+    direct = json.loads(out.read_text())[row["model"]]
+    rr = row["random_real"]
+    assert (rr["test"], rr["val"], rr["lrs"], rr["draws"]) == (
+        direct["mean"], direct["val_mean"], direct["lrs"], 2)
