@@ -202,8 +202,29 @@ def _fig(r: dict) -> dict:
 
 
 def _cell(fig: dict) -> str:
-    """Test accuracy ± std (%) and, in brackets, the lr chosen on validation."""
-    return f"{100 * fig['test']:.1f} ± {100 * fig['std']:.1f} ({fig['lr']:.2g})"
+    """Test accuracy ± std (%) and, in brackets, the lr chosen on validation (random real
+    over draws: the median of each network's own, marked "med.")."""
+    lr = f"med. {fig['lr']:.2g}" if fig.get("lrs") else f"{fig['lr']:.2g}"
+    return f"{100 * fig['test']:.1f} ± {100 * fig['std']:.1f} ({lr})"
+
+
+def row_seed(r: dict) -> int:
+    """The seed a row's distillation ran with (its --seed in distill_args, else 0)."""
+    args = r.get("distill_args") or []
+    return int(args[args.index("--seed") + 1]) if "--seed" in args else 0
+
+
+def with_random_real(rows: list[dict], remeasured: list[dict]) -> list[dict]:
+    """`rows` with random real replaced by a `--random_real_only` line of the same data,
+    ipc and seed where there is one (the one-draw figure kept as `random_real_one_draw`)."""
+    new = {(m["row"], m["ipc"], m["seed"]): m["random_real"] for m in remeasured}
+    out = []
+    for r in rows:
+        key = (r["row"], r["ipc"], row_seed(r))
+        if key in new and "draws" not in r["random_real"]:
+            r = {**r, "random_real": new[key], "random_real_one_draw": r["random_real"]}
+        out.append(r)
+    return out
 
 
 def table(rows: list[dict]) -> str:
@@ -234,6 +255,8 @@ def main() -> None:
     p.add_argument("--eval_epochs", type=int, default=500)
     p.add_argument("--eval_lrs", type=float, nargs="+", default=[0.01, 0.003, 0.001, 0.0003, 0.0001])
     p.add_argument("--table", metavar="JSONL", help="print the table of a results file and stop")
+    p.add_argument("--random_real", metavar="JSONL", help="with --table: random real from these "
+                   "--random_real_only lines where a row of the same data, ipc and seed has one")
     p.add_argument("--distill_args", nargs=argparse.REMAINDER, default=[],
                    help="everything after it goes to `distill` as it is (a row that is not the "
                    "defaults: give --tag too, so its run directory is its own)")
@@ -271,7 +294,11 @@ def main() -> None:
                         " (built under --work/folders/), --res 32" for k, (src, groups) in MERGED.items()))
         return
     if args.table:
-        print(table([json.loads(line) for line in open(args.table) if line.strip()]))
+        rows = [json.loads(line) for line in open(args.table) if line.strip()]
+        if args.random_real:
+            rows = with_random_real(rows, [json.loads(line) for line in open(args.random_real)
+                                           if line.strip()])
+        print(table(rows))
         return
     rows = []
     for spec in args.rows:

@@ -161,3 +161,21 @@ def test_the_robustness_benchmark_re_measures_a_rows_random_real_as_the_baseline
     rr = row["random_real"]
     assert (rr["test"], rr["val"], rr["lrs"], rr["draws"]) == (
         direct["mean"], direct["val_mean"], direct["lrs"], 2)
+
+
+def test_the_robustness_table_takes_re_measured_random_real_by_data_ipc_and_seed():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "robustness.py"
+    spec = importlib.util.spec_from_file_location("robustness_bench", path)
+    rb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rb)
+    one = {"test": 0.7, "std": 0.0, "val": 0.7, "lr": 0.01}
+    rows = [{"row": "gz1-32", "ipc": 1, "distill_args": [], "random_real": one},
+            {"row": "gz1-32", "ipc": 1, "distill_args": ["--seed", "1"], "random_real": one},
+            {"row": "gz1-32", "ipc": 10, "distill_args": [], "random_real": one}]
+    fresh = {"test": 0.5, "std": 0.1, "val": 0.6, "lr": 0.001, "draws": 5, "lrs": [0.001] * 5}
+    merged = rb.with_random_real(rows, [{"row": "gz1-32", "ipc": 1, "seed": 1, "random_real": fresh}])
+    assert [r["random_real"]["test"] for r in merged] == [0.7, 0.5, 0.7]  # seed 1, ipc 1 only
+    assert merged[1]["random_real_one_draw"] == one and "random_real_one_draw" not in merged[0]
+    assert "(med. 0.001)" in rb._cell(fresh) and "(0.01)" in rb._cell(one)
