@@ -1,7 +1,8 @@
 """Whether a distillation worked: the chosen set against what it must beat (issue 21).
 
 At the end of a run the chosen set (synthetic_best.pt) is compared, on the validation split,
-with its own start, the class-mean images and random real images of the same size. Every
+with its own start, the class-mean images and random real images of the same size (an
+expectation over draws: each evaluation network its own draw at its own best lr). Every
 set is trained at each lr of a grid and judged at the lr whose networks score best on
 validation (a distilled set trains best below the lr it learned; the baselines have no lr
 of their own), and the distilled set's figure at its learned lr (the reference's protocol)
