@@ -293,6 +293,11 @@ def main() -> None:
         print("\n".join(f"{k}: {src.name} as {' against '.join('+'.join(c) for c in groups.values())}"
                         " (built under --work/folders/), --res 32" for k, (src, groups) in MERGED.items()))
         return
+    for flag, path in (("--table", args.table), ("--random_real", args.random_real)):
+        if path and not Path(path).is_file():
+            p.error(f"{flag}: {path} is not a file (expected JSON lines written by --out)")
+    if args.random_real and not args.table:
+        p.error("--random_real goes with --table (the table it fills in)")
     if args.table:
         rows = [json.loads(line) for line in open(args.table) if line.strip()]
         if args.random_real:
