@@ -29,8 +29,9 @@ def random_real(splits: DatasetSplits, ipc: int, seed: int = 0,
         if keep is not None:
             members = members[keep[members]]
         if len(members) < ipc:
-            raise ConfigError(f"class {splits.classes[c]!r} has {len(members)} training images, "
-                              f"fewer than --ipc {ipc}")
+            where = " outside the validation split" if keep is not None else ""
+            raise ConfigError(f"class {splits.classes[c]!r} has {len(members)} training images"
+                              f"{where}, fewer than --ipc {ipc}")
         idx.append(members[torch.randperm(len(members), generator=gen)[:ipc]])
     idx = torch.cat(idx)
     return splits.train.images[idx], splits.train.labels[idx]
