@@ -43,6 +43,7 @@ from pathlib import Path
 import trajdistill
 from trajdistill import flags as kinds
 from trajdistill.experts import TrajectoryStore
+from trajdistill.verdict import EVAL_LRS
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GZ1 = ["--labels", "gz1_labels.csv", "--id_column", "OBJID", "--label_column", "CLASS",
@@ -253,9 +254,10 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--num_eval", type=int, default=5)
     p.add_argument("--eval_epochs", type=int, default=500)
-    p.add_argument("--eval_lrs", type=float, nargs="+", default=[0.01, 0.003, 0.001, 0.0003, 0.0001])
-    p.add_argument("--table", metavar="JSONL", help="print the table of a results file and stop")
-    p.add_argument("--random_real", metavar="JSONL", help="with --table: random real from these "
+    p.add_argument("--eval_lrs", type=float, nargs="+", default=list(EVAL_LRS))
+    p.add_argument("--table", metavar="JSONL", type=kinds.existing_file,
+                   help="print the table of a results file and stop")
+    p.add_argument("--random_real", metavar="JSONL", type=kinds.existing_file, help="with --table: random real from these "
                    "--random_real_only lines where a row of the same data, ipc and seed has one")
     p.add_argument("--distill_args", nargs=argparse.REMAINDER, default=[],
                    help="everything after it goes to `distill` as it is (a row that is not the "
@@ -271,12 +273,12 @@ def main() -> None:
                    help="the side the --folder rows are resized to (default 32, as issue 21's "
                    "protocol for unseen folders)")
     p.add_argument("--tag", default="", help="appended (after a -) to each row's run directory and log name")
-    p.add_argument("--random_real_only", type=int, metavar="SEED",
+    p.add_argument("--random_real_only", type=kinds.seed, metavar="SEED",
                    help="measure only each row's random-real baseline with this seed (no experts, "
                    "no distillation): `trajdistill baseline --kind random`, the figure a run of "
                    "that seed compares with; for rows measured under an older protocol")
     args = p.parse_args()
-    if args.random_real_only is not None and list(args.eval_lrs) != [0.01, 0.003, 0.001, 0.0003, 0.0001]:
+    if args.random_real_only is not None and list(args.eval_lrs) != list(EVAL_LRS):
         p.error("--random_real_only uses the default --eval_lrs (the baseline command's grid)")
     if (args.buffer_args or args.distill_args) and not args.tag:
         p.error("--buffer_args / --distill_args make a row that is not the defaults: name it "
@@ -293,17 +295,21 @@ def main() -> None:
         print("\n".join(f"{k}: {src.name} as {' against '.join('+'.join(c) for c in groups.values())}"
                         " (built under --work/folders/), --res 32" for k, (src, groups) in MERGED.items()))
         return
-    for flag, path in (("--table", args.table), ("--random_real", args.random_real)):
-        if path and not Path(path).is_file():
-            p.error(f"{flag}: {path} is not a file (expected JSON lines written by --out)")
     if args.random_real and not args.table:
         p.error("--random_real goes with --table (the table it fills in)")
     if args.table:
-        rows = [json.loads(line) for line in open(args.table) if line.strip()]
-        if args.random_real:
-            rows = with_random_real(rows, [json.loads(line) for line in open(args.random_real)
-                                           if line.strip()])
-        print(table(rows))
+        def lines(flag: str, path: str) -> list[dict]:
+            try:
+                return [json.loads(line) for line in open(path) if line.strip()]
+            except (ValueError, UnicodeDecodeError) as e:
+                p.error(f"{flag}: {path} is not JSON lines written by --out ({e})")
+        rows = lines("--table", args.table)
+        try:
+            if args.random_real:
+                rows = with_random_real(rows, lines("--random_real", args.random_real))
+            print(table(rows))
+        except (KeyError, TypeError) as e:
+            p.error(f"--table / --random_real: a line lacks {e} (expected this script's --out lines)")
         return
     rows = []
     for spec in args.rows:

@@ -12,6 +12,7 @@ import torch
 
 from .data.base import DatasetSplits
 from .errors import ConfigError
+from .evaluate import network_seed
 
 
 def random_real(splits: DatasetSplits, ipc: int, seed: int = 0,
@@ -44,7 +45,6 @@ def random_draws(splits: DatasetSplits, ipc: int, seed: int, n: int,
     baseline is an expectation over draws, so each evaluation network trains on its own
     (one draw of 10 real images per class scored 71 % on EuroSAT river-vs-3 and another 80 %;
     two random images of Fashion-MNIST shirts-vs-tops 29 % with seed 1 and 65 % with seed 0)."""
-    from .evaluate import network_seed
     return [random_real(splits, ipc, network_seed(seed, k), exclude) for k in range(n)]
 
 

@@ -44,10 +44,16 @@ def validation_indices(labels: torch.Tensor, num_classes: int, size: int,
     return torch.nonzero(chosen).flatten()
 
 
+def default_validation_indices(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The training indices of the default validation split: those a `distill` run with the
+    default --val_size sets aside."""
+    return validation_indices(labels, num_classes, default_val_size(len(labels), num_classes))
+
+
 def default_validation(labels: torch.Tensor, images: torch.Tensor, num_classes: int
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """The training images and labels of the default validation split: the same images a
     `distill` run with the default --val_size sets aside (so its synthetic set never copied
     them)."""
-    idx = validation_indices(labels, num_classes, default_val_size(len(labels), num_classes))
+    idx = default_validation_indices(labels, num_classes)
     return images[idx], labels[idx]

@@ -85,7 +85,7 @@ def cmd_evaluate(args) -> None:
 
 def cmd_baseline(args) -> None:
     from ..baselines import class_means, random_draws
-    from ..validation import default_val_size, validation_indices
+    from ..validation import default_validation_indices
     from ..evaluate import EvalConfig, eval_pool, evaluate_set
     # --epoch_eval_train: 1000, or 50 for the whole training set (its networks are dearer)
     o = resolve(args, eval_defaults(kind="random", ipc=1, epoch_eval_train=None))
@@ -95,9 +95,7 @@ def cmd_baseline(args) -> None:
     splits = load_splits(o)
     draws = None
     if o["kind"] == "random":  # each network its own draw, none from the validation split
-        labels = splits.train.labels
-        val_idx = validation_indices(labels, splits.num_classes,
-                                     default_val_size(len(labels), splits.num_classes))
+        val_idx = default_validation_indices(splits.train.labels, splits.num_classes)
         draws = random_draws(splits, o["ipc"], o["seed"], o["num_eval"], exclude=val_idx)
         images, labels = draws[0]
     elif o["kind"] == "mean":
