@@ -257,8 +257,9 @@ def main() -> None:
     p.add_argument("--eval_lrs", type=float, nargs="+", default=list(EVAL_LRS))
     p.add_argument("--table", metavar="JSONL", type=kinds.existing_file,
                    help="print the table of a results file and stop")
-    p.add_argument("--random_real", metavar="JSONL", type=kinds.existing_file, help="with --table: random real from these "
-                   "--random_real_only lines where a row of the same data, ipc and seed has one")
+    p.add_argument("--random_real", metavar="JSONL", type=kinds.existing_file,
+                   help="with --table: random real from these --random_real_only lines where a "
+                   "row of the same data, ipc and seed has one")
     p.add_argument("--distill_args", nargs=argparse.REMAINDER, default=[],
                    help="everything after it goes to `distill` as it is (a row that is not the "
                    "defaults: give --tag too, so its run directory is its own)")

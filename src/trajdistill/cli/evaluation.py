@@ -93,7 +93,7 @@ def cmd_baseline(args) -> None:
         raise ConfigError(f"--ipc is for --kind random; --kind {o['kind']} uses "
                           f"{'one mean image' if o['kind'] == 'mean' else 'every image'} per class")
     splits = load_splits(o)
-    draws = None
+    draws = val_idx = None
     if o["kind"] == "random":  # each network its own draw, none from the validation split
         val_idx = default_validation_indices(splits.train.labels, splits.num_classes)
         draws = random_draws(splits, o["ipc"], o["seed"], o["num_eval"], exclude=val_idx)
@@ -118,7 +118,8 @@ def cmd_baseline(args) -> None:
     o["lr"] = 0.01 if args.lr is None else args.lr
     if sweep:
         result = run_sweep(images, labels, splits, sweep, models, cfg, 0, o, comm,
-                           lr_given=args.lr is not None and bool(o.get("lr_sweep")), draws=draws)
+                           lr_given=args.lr is not None and bool(o.get("lr_sweep")), draws=draws,
+                           val_idx=val_idx)
     else:
         result = evaluate_set(images, labels, splits, [o["lr"]], models, cfg,
                               progress=not o.get("quiet"), comm=comm, draws=draws)
@@ -143,15 +144,18 @@ def add_sweep_flag(p) -> None:
 
 
 def run_sweep(images, labels, splits, candidates, models, cfg, syn_steps, o, comm,
-              lr_given: bool, draws=None) -> dict:
+              lr_given: bool, draws=None, val_idx=None) -> dict:
     """The lr chosen on the default validation split among the candidates (the default grid
     is also looked past at its ends, EDGE_STEPS; an --lr_sweep list is tried as given);
-    prints one line per lr. `draws`: one set per network (evaluate.evaluate_set)."""
+    prints one line per lr. `draws`: one set per network (evaluate.evaluate_set); `val_idx`:
+    the default split's indices where the caller has them already."""
     from ..evaluate import evaluate_sweep
     if lr_given:
         raise ConfigError("--lr and --lr_sweep: give one (--lr_sweep picks the lr itself)")
-    from ..validation import default_validation
-    val = default_validation(splits.train.labels, splits.train.images, splits.num_classes)
+    from ..validation import default_validation_indices
+    if val_idx is None:
+        val_idx = default_validation_indices(splits.train.labels, splits.num_classes)
+    val = splits.train.images[val_idx], splits.train.labels[val_idx]
     result = evaluate_sweep(images, labels, splits, candidates, models, cfg, val, syn_steps,
                             progress=not o.get("quiet"), comm=comm,
                             beyond=0 if o.get("lr_sweep") else EDGE_STEPS, draws=draws)
