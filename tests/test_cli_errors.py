@@ -409,3 +409,16 @@ def test_a_bad_tf32_setting_is_one_error_line(monkeypatch, capsys):
     assert cli.main(["baseline", "--dataset", "digits", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "TRAJDISTILL_TF32" in err[0]
+
+
+def test_a_warning_is_one_plain_line(env, capsys):
+    """A warning about the user's input reads like an error line: `warning: ...`, one line,
+    without Python's `file:line: UserWarning:` prefix and the source line that raised it."""
+    # (4 images then leave no training image outside the validation split: that error line
+    # follows, and is not what this tests)
+    _, err = _run_main([a.format(**env) for a in BASELINE + [
+        "--dataset", "{root}/flat", "--labels", "labels.csv", "--classes", "a,b"]], capsys)
+    warned = [line for line in err.splitlines() if "rows used" in line]
+    assert warned == ["warning: " + warned[0][len("warning: "):]], err
+    assert "4 of 5 rows used; left out 1 with a class not in --classes" in warned[0], err
+    assert "UserWarning" not in err and "load_labelled_folder" not in err, err
