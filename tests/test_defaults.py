@@ -5,7 +5,8 @@ import json
 import pytest
 
 from trajdistill.cli import main
-from trajdistill.defaults import derive_distill, derive_experts, expert_batch, expert_model
+from trajdistill.defaults import (derive_distill, derive_experts, expert_batch, expert_model,
+                                  first_window)
 from trajdistill.distill_config import DistillConfig, default_iterations, derive
 
 
@@ -64,6 +65,19 @@ def test_distill_defaults_by_ipc_and_by_what_was_given():
                                       "lr_teacher": [0.01]}
     assert _derived(lr_teacher=[0.01], pix_init="noise", img_optimizer="sgd",
                     lr_img=100.0, pace_lr_img=False) == {}
+
+
+@pytest.mark.parametrize("ipc, start_epochs, first", [
+    (1, 49, 1),    # STM's published [0, 1) at 1 per class (MTT's CIFAR-10 window: 2 of 50)
+    (10, 49, 20),  # MTT's CIFAR-10 max_start_epoch at 10 per class: 20 of 50 epochs
+    (50, 49, 20),  # at most 0.4 of the start epochs
+    (10, 14, 6),   # the robustness rows' 15-epoch buffers: 0.4 x 14 = 5.6
+    (5, 14, 3),    # 0.2 x 14 = 2.8
+    (2, 14, 1),    # 0.08 x 14 = 1.12
+    (10, 1, 1),    # at least 1
+])
+def test_stms_first_window_grows_with_ipc_as_mtts_windows_do(ipc, start_epochs, first):
+    assert first_window(ipc, start_epochs) == first
 
 
 def test_stm_default_cap_follows_adams_own_stop():
@@ -131,7 +145,8 @@ def test_the_reference_commands_keep_their_meaning(short_buffer, tmp_path):
     # the given image lr is not paced
     # and the experts' augmentation (DSA's default, as the reference's)
     assert set(config["derived"]) == {"img_optimizer", "model", "gradient", "pace_lr_img",
-                                      "dsa_strategy"}
+                                      "dsa_strategy", "init_epoch"}
+    assert config["init_epoch"] == 1 and "reference's SGD" in config["derived"]["init_epoch"]["from"]
     assert config["dsa_strategy"] == "color_crop_cutout_flip_scale_rotate"
     assert config["pace_lr_img"] is False
     assert config["derived"]["model"]["value"] == "ConvNetD2"

@@ -65,3 +65,23 @@ def test_lr_teacher_auto_is_measured_once_and_recorded_without_touching_the_rng(
     two = resolve(DistillConfig(syn_steps=3, lr_mode="independent-lr", init_epoch=2), digits,
                   stores[0])
     assert two.lr_teacher == [two.lr_teacher[0]] * 2
+
+
+def test_stms_first_window_is_derived_from_ipc_unless_given(digits, stores):
+    """6 stored epochs, expert_epochs 1: start epochs 0-4, 5 of them. At 10 per class the first
+    stage takes 0.4 x 5 = 2 of them; at 1 per class, or given, or with the reference's SGD
+    step, the published 1; original-MTT does not use it (nothing derived)."""
+    def settle(**kw):
+        return resolve(DistillConfig(syn_steps=3, lr_teacher=[0.01], **kw), digits, stores[1])
+    ten = settle(ipc=10)
+    assert ten.init_epoch == 2 and ten.derived["init_epoch"]["value"] == 2
+    assert "2 of the 5 start epochs" in ten.derived["init_epoch"]["from"]
+    assert settle(ipc=1).init_epoch == 1
+    given = settle(ipc=10, init_epoch=3)
+    assert given.init_epoch == 3 and "init_epoch" not in given.derived
+    sgd = settle(ipc=10, lr_img=1000.0)
+    assert sgd.init_epoch == 1 and "SGD" in sgd.derived["init_epoch"]["from"]
+    mtt = settle(ipc=10, method="original-MTT")
+    assert "init_epoch" not in mtt.derived
+    # independent-lr: one synthetic lr per start epoch of the derived first stage
+    assert settle(ipc=10, lr_mode="independent-lr").lr_teacher == [0.01, 0.01]

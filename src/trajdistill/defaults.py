@@ -22,6 +22,10 @@ distillation (`trajdistill distill`)
   it must beat), real images at more, and with the reference's SGD step its real start;
 - the pace of the image step: a derived Adam lr is raised, never lowered, when the images move
   less than pacing.py's pace (0.2 of their norm by the end of the run, along sqrt(t));
+- STM's first stage: start epochs [0, init_epoch) with init_epoch a share of the start epochs
+  that grows with ipc (0.04 x ipc, at most 0.4; 1 at 1 image per class), as MTT's published
+  windows do (CIFAR-10: 2 of 50 epochs at 1 per class, 20 at 10); the reference's 1 with its
+  SGD image step;
 - the synthetic lr: `--lr_teacher auto` (lr_auto.py: syn_steps student steps travel as far as
   the expert did);
 - the model: the buffer's (found under --buffer_path, see experts.find_model);
@@ -45,6 +49,8 @@ BATCH_RANGE = (32, 256)
 ADAM_LR_IMG = 0.01           # per pixel and iteration, in units of the data's std
 SGD_LR_IMG = 1000.0          # the reference's
 REFERENCE_LR_TEACHER = 0.01  # where auto cannot be used (texture canvases)
+WINDOW_SHARE_PER_IPC = 0.04  # STM's first stage: this share of the start epochs per image per class
+WINDOW_MAX_SHARE = 0.4       # ... and never more than this share
 
 
 def derived(value, reason: str) -> dict:
@@ -135,3 +141,29 @@ def derive_distill(cfg) -> dict:
             derived(["auto"], "auto: syn_steps student steps travel as far as the expert "
                     "did (lr_auto.py)"))
     return out
+
+
+def first_window(ipc: int, start_epochs: int) -> int:
+    """STM's first stage [0, init_epoch): 1 at 1 image per class (the published value), else
+    round(0.04 x ipc) of the start epochs, at most 0.4 of them, at least 1. MTT's windows
+    grow with ipc alike: on CIFAR-10's 50-epoch buffers 2 start epochs at 1 per class, 20 at 10
+    and at 50 (STM widens the window itself, but in a short run it moves a few epochs only)."""
+    if ipc == 1:
+        return 1
+    share = min(WINDOW_SHARE_PER_IPC * ipc, WINDOW_MAX_SHARE)
+    return max(1, min(round(share * start_epochs), start_epochs))
+
+
+def derive_init_epoch(cfg) -> dict:
+    """derived(init_epoch, reason) for a config whose image optimiser and start-epoch range
+    (max_start_epoch, min_start_epoch) are settled."""
+    span = cfg.max_start_epoch - cfg.min_start_epoch
+    if not cfg.stm:
+        return derived(1, "original-MTT draws from its whole window (init_epoch is unused)")
+    if cfg.img_optimizer == "sgd":
+        return derived(1, "the reference's SGD image step: the reference's first stage [0, 1)")
+    k = first_window(cfg.ipc, span)
+    if cfg.ipc == 1:
+        return derived(k, "1 image per class: STM's published first stage [0, 1)")
+    return derived(k, f"{cfg.ipc} images per class: {k} of the {span} start epochs "
+                   f"(0.04 x ipc of them, at most 0.4), as MTT's window grows with ipc")

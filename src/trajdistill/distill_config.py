@@ -18,7 +18,7 @@ from typing import Callable
 
 from .augment import DEFAULT_STRATEGY
 from .data.base import DatasetSplits
-from .defaults import derive_distill, derived
+from .defaults import derive_distill, derive_init_epoch, derived
 from .errors import ConfigError
 from .evaluate import BATCHED_CHOICES, eval_pool
 from .experts import TrajectoryStore
@@ -51,7 +51,7 @@ class DistillConfig:
     learn_lr: bool = True
     lr_mode: str = "global-lr"          # or "independent-lr"
     sample_method: str = "cycle"        # or "random"
-    init_epoch: int = 1
+    init_epoch: int | None = None       # STM's first stage [0, init_epoch): derived from ipc
     sigma: float = 5.0
     min_duration: int = 20
     max_duration: int = 1000            # T_max
@@ -194,7 +194,8 @@ def default_iterations(cfg: DistillConfig) -> int:
         return MTT_ITERATIONS
     if cfg.lr_img is None or cfg.img_optimizer is None:  # not derived yet: a derived copy
         cfg = derive(replace(cfg, derived=dict(cfg.derived)))
-    stages = cfg.max_start_epoch - cfg.min_start_epoch - cfg.init_epoch + 1
+    first = cfg.init_epoch if cfg.init_epoch is not None else derive_init_epoch(cfg)["value"]
+    stages = cfg.max_start_epoch - cfg.min_start_epoch - first + 1
     decays = 0
     lr = cfg.lr_img
     while lr >= stop_lr_img(cfg):
@@ -320,6 +321,11 @@ def _settle(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) -
         raise ConfigError(f"max_start_epoch ({cfg.max_start_epoch}) + expert_epochs "
                           f"({cfg.expert_epochs}) must be within the {epochs} epochs stored in "
                           f"{store.root} (and max_start_epoch >= 1)")
+    if cfg.init_epoch is None and 0 <= cfg.min_start_epoch < cfg.max_start_epoch:
+        first = derive_init_epoch(cfg)
+        cfg.init_epoch = first["value"]
+        if cfg.stm and cfg.start_schedule != "aligned":  # aligned sets it from its window
+            cfg.derived = {**cfg.derived, "init_epoch": first}
     _validate_windows(cfg)
     _validate_split(cfg, splits)
     n_lr = _lr_count(cfg)

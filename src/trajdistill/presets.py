@@ -66,7 +66,7 @@ for (_ds, _ipc, _steps, _ee, _lr_img, _lr_lr, _bsyn, _lr_y, _thr, _min, _cur, _m
 GZ1_DATA = {"labels": "gz1_labels.csv", "id_column": "OBJID", "label_column": "CLASS",
             "classes": "0,1+2,3", "class_names": "elliptical,spiral,edge-on", "res": 32,
             "crop": "center-half"}
-PRESETS["GZ1-ipc1"] = {**GZ1_DATA, "model": "ConvNetW32", "ipc": 1, "syn_steps": 20,
+PRESETS["GZ1-ipc1"] = {**GZ1_DATA, "model": "ConvNetW32", "ipc": 1, "syn_steps": 20, "init_epoch": 1,
                        "pix_init": "mean", "lr_teacher": ["auto"], "img_optimizer": "adam",
                        "lr_img": 0.01, "dsa_strategy": "galaxy", "Iteration": 200,
                        "eval_it": 200, "epoch_eval_train": 500}

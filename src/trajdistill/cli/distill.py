@@ -149,7 +149,10 @@ def add_distill_parser(sub) -> None:
     p.add_argument("--lr_mode", choices=["global-lr", "independent-lr"],
                    help="global-lr (default) or independent-lr")
     p.add_argument("--sample_method", choices=["cycle", "random"], help="cycle (default) or random")
-    p.add_argument("--init_epoch", type=kinds.positive_int)
+    p.add_argument("--init_epoch", type=kinds.positive_int,
+                   help="STM's first stage: start epochs [0, init_epoch) (default: derived, 1 at "
+                   "1 image per class and with --lr_img given, else 0.04 x ipc of the start "
+                   "epochs, at most 0.4)")
     p.add_argument("--sigma", type=kinds.positive_float, help="STM threshold (default 5)")
     p.add_argument("--min_duration", type=kinds.positive_int)
     p.add_argument("--max_duration", "--T_max", dest="max_duration", type=kinds.positive_int)
