@@ -145,9 +145,10 @@ def derive_distill(cfg) -> dict:
 
 def first_window(ipc: int, start_epochs: int) -> int:
     """STM's first stage [0, init_epoch): 1 at 1 image per class (the published value), else
-    round(0.04 x ipc) of the start epochs, at most 0.4 of them, at least 1. MTT's windows
-    grow with ipc alike: on CIFAR-10's 50-epoch buffers 2 start epochs at 1 per class, 20 at 10
-    and at 50 (STM widens the window itself, but in a short run it moves a few epochs only)."""
+    round(0.04 x ipc x start_epochs), at most 0.4 of them, at least 1. MTT's windows grow with
+    ipc alike: on CIFAR-10's 50-epoch buffers it matches up to start epoch 2 at 1 per class, 20
+    at 10 (this rule: 20) and 40 at 50 (this rule: 20). STM widens its window by its own test,
+    but in a run of a few hundred iterations only by a few epochs (docs/defaults.md)."""
     if ipc == 1:
         return 1
     share = min(WINDOW_SHARE_PER_IPC * ipc, WINDOW_MAX_SHARE)
