@@ -129,7 +129,7 @@ def test_deeper_than_8_bit_grey_images_are_scaled_not_clipped(folder, tmp_path):
     decoded = {tuple(img[0].flatten()[:64].tolist()): img for img in every}
     for g in grey:
         img = decoded[tuple(g.flatten()[:64].tolist())]  # found: the pixels came back exactly
-        assert all(torch.equal(img[c], torch.from_numpy(g)) for c in range(3))
+        assert all(torch.equal(img[c], torch.from_numpy(g.copy())) for c in range(3))
     # floats outside [0, 1] are stretched from their minimum to their maximum
     values = np.array([[-2.0, 0.0], [1.0, 2.0]], dtype=np.float32)
     Image.fromarray(values).save(tmp_path / "f.tif")
