@@ -64,6 +64,19 @@ def test_galaxies_have_no_up_and_get_the_galaxy_strategy(gz1):
     assert strategy == "galaxy" and "no up" in why and f"{got['rot90']:.2f}" in why
 
 
+def test_zca_whitening_does_not_hide_that_galaxies_have_no_up(gz1):
+    """Whitened class means are noisy (no flip maps them onto themselves: 0.33-0.37 here, and
+    `buffer --zca` once derived DSA's default for galaxies); measured as images they are the
+    same galaxies as without ZCA."""
+    from trajdistill.data.zca_apply import with_zca
+    from trajdistill.orientation import measure
+    white = with_zca(gz1)
+    assert min(asymmetries(class_means(white)[0]).values()) > 0.25   # the whitened means
+    plain, unwhitened = measure(gz1), measure(white)
+    assert max(unwhitened.values()) < 0.1
+    assert unwhitened == pytest.approx(plain, abs=0.005)             # 0.068 / 0.070 either way
+
+
 @pytest.mark.parametrize("name, options", [
     ("fashion-mnist", {}),            # clothes: upright (vertical flip 0.47)
     ("eurosat-rgb", {"res": 32}),     # nearly flat class means: noise, scrambled by a turn
