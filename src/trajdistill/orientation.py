@@ -53,7 +53,7 @@ def measure(splits, means: torch.Tensor | None = None) -> dict[str, float]:
     """asymmetries of a data set's training class means (`means`: those already computed, in
     network input space). With ZCA the means are unwhitened first: whitening boosts the fine
     grain and noise of a mean, which no flip or turn maps onto itself, and would hide that
-    the images have no up (gz1's class means: 0.07 as images, 0.40 whitened)."""
+    the images have no up (gz1's class means: 0.07 as images, 0.33-0.37 whitened)."""
     x = class_means(splits)[0] if means is None else means
     zca = splits.preprocess.zca
     return asymmetries(zca.unwhiten(x) if zca is not None else x)
