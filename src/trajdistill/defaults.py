@@ -156,11 +156,9 @@ def first_window(ipc: int, start_epochs: int) -> int:
 
 
 def derive_init_epoch(cfg) -> dict:
-    """derived(init_epoch, reason) for a config whose image optimiser and start-epoch range
-    (max_start_epoch, min_start_epoch) are settled."""
+    """derived(init_epoch, reason) for an STM config whose image optimiser and start-epoch
+    range (max_start_epoch, min_start_epoch) are settled."""
     span = cfg.max_start_epoch - cfg.min_start_epoch
-    if not cfg.stm:
-        return derived(1, "original-MTT draws from its whole window (init_epoch is unused)")
     if cfg.img_optimizer == "sgd":
         return derived(1, "the reference's SGD image step: the reference's first stage [0, 1)")
     k = first_window(cfg.ipc, span)

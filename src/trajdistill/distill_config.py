@@ -321,11 +321,6 @@ def _settle(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) -
         raise ConfigError(f"max_start_epoch ({cfg.max_start_epoch}) + expert_epochs "
                           f"({cfg.expert_epochs}) must be within the {epochs} epochs stored in "
                           f"{store.root} (and max_start_epoch >= 1)")
-    if cfg.init_epoch is None and 0 <= cfg.min_start_epoch < cfg.max_start_epoch:
-        first = derive_init_epoch(cfg)
-        cfg.init_epoch = first["value"]
-        if cfg.stm and cfg.start_schedule != "aligned":  # aligned sets it from its window
-            cfg.derived = {**cfg.derived, "init_epoch": first}
     _validate_windows(cfg)
     _validate_split(cfg, splits)
     n_lr = _lr_count(cfg)
@@ -370,6 +365,13 @@ def _validate_windows(cfg: DistillConfig) -> None:
     if not 0 <= cfg.min_start_epoch < cfg.max_start_epoch:
         raise ConfigError(f"--min_start_epoch ({cfg.min_start_epoch}) must be in "
                           f"[0, max_start_epoch={cfg.max_start_epoch})")
+    if cfg.init_epoch is None and not cfg.stm:
+        cfg.init_epoch = 1  # unused: original-MTT draws from its whole window
+    elif cfg.init_epoch is None:  # STM's first stage
+        first = derive_init_epoch(cfg)
+        cfg.init_epoch = first["value"]
+        if cfg.start_schedule != "aligned":  # aligned sets it from its window below
+            cfg.derived = {**cfg.derived, "init_epoch": first}
     if cfg.start_schedule == "aligned":
         if cfg.current_max_start_epoch is None:
             cfg.current_max_start_epoch = max(cfg.min_start_epoch + 1,

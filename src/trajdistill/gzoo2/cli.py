@@ -55,18 +55,14 @@ def add_gzoo2_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"warning: {message}", file=sys.stderr)
-
-
 def run_build(args: argparse.Namespace) -> int:
     from .build import build_gzoo2
 
     try:
         with warnings.catch_warnings():
-            # every unfilled class is reported (not just the first), as one plain line
+            # every unfilled class is reported, not just the first (the command line shows
+            # each as one `warning:` line, cli.main)
             warnings.simplefilter("always")
-            warnings.showwarning = _show_warning
             build_gzoo2(args.catalog, args.images, args.out, mapping=args.mapping,
                         per_class=args.per_class, test_per_class=args.test_per_class, aug=args.aug,
                         votes=args.votes, seed=args.seed, size=args.size, tree=args.tree,
