@@ -62,23 +62,16 @@ def _out_of_memory(e: BaseException) -> bool:
             or "can't allocate memory" in str(e) or "out of memory" in str(e).lower())
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    """A warning as the user reads it: `warning: <message>` on one line, without the
-    source line and file position Python's default shows (they name our code, not the
-    user's input)."""
-    print("warning: " + " ".join(str(message).split()), file=file or sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run a command. Errors the user can fix (the package's own types) print one line and
     return 2; Ctrl-C prints one line and returns 130; anything else is a bug and keeps its
     traceback."""
-    from ..errors import TrajdistillError
+    from ..errors import TrajdistillError, one_line_warning
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # each step's large blocks reuse pages instead of new ones (host_memory.py)
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _one_line_warning
+            warnings.showwarning = one_line_warning
             set_tf32(tf32_requested())
             args.func(args)
     except TrajdistillError as e:

@@ -10,7 +10,7 @@ import sys
 import warnings
 
 from .. import flags as kinds
-from ..errors import TrajdistillError
+from ..errors import TrajdistillError, one_line_warning
 
 
 def add_gzoo2_parser(subparsers) -> argparse.ArgumentParser:
@@ -60,9 +60,9 @@ def run_build(args: argparse.Namespace) -> int:
 
     try:
         with warnings.catch_warnings():
-            # every unfilled class is reported, not just the first (the command line shows
-            # each as one `warning:` line, cli.main)
+            # every unfilled class is reported (not just the first), as one plain line
             warnings.simplefilter("always")
+            warnings.showwarning = one_line_warning
             build_gzoo2(args.catalog, args.images, args.out, mapping=args.mapping,
                         per_class=args.per_class, test_per_class=args.test_per_class, aug=args.aug,
                         votes=args.votes, seed=args.seed, size=args.size, tree=args.tree,
