@@ -14,15 +14,22 @@ evals.jsonl, one record per evaluation:
     {mean, std, accuracies[, val_mean, val_std, per_class, confusion]}
 final.json: the verdict (verdict.py). config.json: the resolved config (distill_config.py).
 
-The best set is the evaluation whose FIRST evaluation model scores highest on the selection
-accuracy (validation when the run chose on validation, else test), the earliest on a tie: the
-Distiller saves synthetic_best.pt by this rule and the report reads it back by the same.
+The best set, by one rule (`replaces`, in the order of the evaluations): a later evaluation
+takes the place of the best so far when its FIRST evaluation model scores higher on the
+selection accuracy (validation when the run chose on validation, else test; the earlier one on a
+tie); it takes the place of the first evaluation (the run's start) already when it scores no
+more than the standard error of the difference below it (the verdict's margin over their
+networks): two evaluations of 5 networks differ by that much by chance, and a start kept on
+such a lead threw away sets that were better on test (docs/defaults.md). The Distiller saves
+synthetic_best.pt by this rule and the report reads it back by the same.
 
 The report indexes these fields directly: a log of the right syntax but the wrong shape
 (hand-edited, or from another program) is named with its line, not met as a KeyError.
 """
 from __future__ import annotations
 
+import math
+import statistics
 from pathlib import Path
 
 from .io import FileFormatError
@@ -66,10 +73,44 @@ def score(e: dict) -> float:
     return e[m][selection_key(e, m)]
 
 
+def selection(e: dict) -> dict:
+    """What the rule needs of an evaluation: its iteration, score and the per-network
+    accuracies behind the score."""
+    m = models(e)[0]
+    key = selection_key(e, m)
+    per_network = e[m].get("val_accuracies" if key == "val_mean" else "accuracies") or []
+    return {"it": e["it"], "score": e[m][key], "accuracies": list(per_network)}
+
+
+def standard_error(*samples: list[float]) -> float:
+    """The standard error of a difference of means: sqrt(sum of s^2 / n over the samples), s
+    the sample standard deviation (a sample of fewer than 2 adds nothing). The verdict's margin
+    and the best-set rule both use it."""
+    return math.sqrt(sum(statistics.variance(x) / len(x) for x in samples if len(x) > 1))
+
+
+def margin(a: dict, b: dict) -> float:
+    """The standard error of the difference of two evaluations' scores (`selection`s)."""
+    return standard_error(a["accuracies"], b["accuracies"])
+
+
+def replaces(mine: dict, best: dict, best_is_start: bool) -> bool:
+    """Whether an evaluation (`selection`) becomes the best set in place of `best`: by a higher
+    score; in place of the run's start already when it is no more than `margin` below it."""
+    if best_is_start:
+        return best["score"] - mine["score"] <= margin(best, mine)
+    return mine["score"] > best["score"]
+
+
 def chosen(evals: list[dict]) -> dict | None:
-    """The evaluation that chose synthetic_best.pt (the first of the highest scores)."""
+    """The evaluation that chose synthetic_best.pt, by the rule above, in the order the run
+    met them (the first one scored is the run's start)."""
     scored = [e for e in evals if models(e)]
-    return max(scored, key=score) if scored else None
+    best = scored[0] if scored else None
+    for e in scored[1:]:
+        if replaces(selection(e), selection(best), best_is_start=best is scored[0]):
+            best = e
+    return best
 
 
 def selection_note(evals: list[dict]) -> str:

@@ -2,8 +2,8 @@
 
 During the run (every --eval_it iterations, and at the start): the current synthetic set is
 evaluated on the run's evaluation models (evaluate.py), the record goes to evals.jsonl
-(records.py), and the set becomes the best one when the one rule (records.score) says it
-beats every earlier evaluation. At the end: the chosen set against its start, the class mean
+(records.py), and the set becomes the best one when the one rule (records.replaces) says it
+takes the place of the best so far. At the end: the chosen set against its start, the class mean
 and random real images, each at its best lr on validation (verdict.py), written to final.json.
 
 Plain functions over explicit arguments (the resolved config, the data, the synthetic set,
@@ -24,7 +24,7 @@ from .distill_config import DistillConfig
 from .distributed import SINGLE, Comm
 from .evaluate import EvalConfig, evaluate_set
 from .experts import TrajectoryStore
-from .records import eval_record, score
+from .records import eval_record, replaces, selection
 from .run_dir import Log, RunDirectory
 from .synthetic import SyntheticSet
 from .tracking import Tracker
@@ -70,15 +70,23 @@ def log_evaluation(evals: Log, tracker: Tracker, cfg: DistillConfig, splits: Dat
 
 
 def improved_best(best: dict, record: dict, cfg: DistillConfig) -> dict | None:
-    """The run's new best when this evaluation beats it by the one rule (records.score: the
-    first model's selection accuracy; an equal score keeps the earlier set), else None."""
-    if not score(record) > best.get("selected", best["accuracy"]):
-        return None
+    """The run's new best when this evaluation takes its place by the one rule
+    (records.replaces: a higher score, or against the run's start, its first evaluation, no
+    more than one standard error below it), else None. The state keeps the best's `selection`,
+    so a resumed run decides as an uninterrupted one would."""
+    mine = selection(record)
+    if best.get("iteration") is not None:
+        held = best.get("selection") or {  # a checkpoint from before the rule kept it
+            "it": best["iteration"], "score": best.get("selected", best["accuracy"]),
+            "accuracies": []}
+        if not replaces(mine, held, best_is_start=best.get("is_start", False)):
+            return None
     main = record[cfg.eval_models[0]]
-    return {"selected": score(record), "selected_on": cfg.select_on,
+    return {"selected": mine["score"], "selected_on": cfg.select_on,
             "accuracy": main["mean"], "std": main["std"],
             "val_accuracy": main.get("val_mean"), "val_std": main.get("val_std"),
-            "iteration": record["it"]}
+            "iteration": record["it"], "selection": mine,
+            "is_start": best.get("iteration") is None}
 
 
 def final_comparison(cfg: DistillConfig, splits: DatasetSplits, current: SyntheticSet,

@@ -12,7 +12,6 @@ updates, the experts' accuracy.
 """
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ from .baselines import class_means, random_draws
 from .evaluate import EDGE_STEPS, EvalConfig, evaluate_sweep
 from .guard import FIRST_LOSSES  # the overshoot warning judges the same first losses
 from .pacing import DRIFT_AIM, DRIFT_LOW  # below DRIFT_LOW the images hardly moved (pacing.py)
+from .records import standard_error
 
 # The lrs every set of the final comparison is trained at (a distilled set's learned lr
 # competes too): the range where the galaxy, digit and CIFAR sets measured in docs/results.md did best.
@@ -121,12 +121,8 @@ def margin(mine: dict, other: dict) -> tuple[float, float]:
     """(the distilled set's validation accuracy minus another set's, the standard error of
     that difference: sqrt(s_a^2 / n_a + s_b^2 / n_b) over each set's networks, with s the
     sample standard deviation; a set whose networks' figures are not kept adds nothing)."""
-    se2 = 0.0
-    for r in (mine, other):
-        vals = r.get("val_accuracies") or []
-        if len(vals) > 1:
-            se2 += statistics.variance(vals) / len(vals)
-    return mine["val_mean"] - other["val_mean"], math.sqrt(se2)
+    return mine["val_mean"] - other["val_mean"], standard_error(
+        mine.get("val_accuracies") or [], other.get("val_accuracies") or [])
 
 
 def judge(results: dict, causes_of) -> tuple[bool, str]:
