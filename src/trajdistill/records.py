@@ -67,15 +67,9 @@ def selection_key(e: dict, m: str) -> str:
     return "val_mean" if e.get("selected_on") == "val" and "val_mean" in e[m] else "mean"
 
 
-def score(e: dict) -> float:
-    """An evaluation's claim to be the best set: its first model's selection accuracy."""
-    m = models(e)[0]
-    return e[m][selection_key(e, m)]
-
-
 def selection(e: dict) -> dict:
-    """What the rule needs of an evaluation: its iteration, score and the per-network
-    accuracies behind the score."""
+    """What the rule needs of an evaluation: its iteration, its score (the first model's
+    selection accuracy) and the per-network accuracies behind the score."""
     m = models(e)[0]
     key = selection_key(e, m)
     per_network = e[m].get("val_accuracies" if key == "val_mean" else "accuracies") or []
@@ -89,16 +83,13 @@ def standard_error(*samples: list[float]) -> float:
     return math.sqrt(sum(statistics.variance(x) / len(x) for x in samples if len(x) > 1))
 
 
-def margin(a: dict, b: dict) -> float:
-    """The standard error of the difference of two evaluations' scores (`selection`s)."""
-    return standard_error(a["accuracies"], b["accuracies"])
-
-
 def replaces(mine: dict, best: dict, best_is_start: bool) -> bool:
     """Whether an evaluation (`selection`) becomes the best set in place of `best`: by a higher
-    score; in place of the run's start already when it is no more than `margin` below it."""
+    score; in place of the run's start already when it is no more than the standard error of
+    the difference below it."""
     if best_is_start:
-        return best["score"] - mine["score"] <= margin(best, mine)
+        return (best["score"] - mine["score"]
+                <= standard_error(best["accuracies"], mine["accuracies"]))
     return mine["score"] > best["score"]
 
 

@@ -72,20 +72,20 @@ def log_evaluation(evals: Log, tracker: Tracker, cfg: DistillConfig, splits: Dat
 def improved_best(best: dict, record: dict, cfg: DistillConfig) -> dict | None:
     """The run's new best when this evaluation takes its place by the one rule
     (records.replaces: a higher score, or against the run's start, its first evaluation, no
-    more than one standard error below it), else None. The state keeps the best's `selection`,
-    so a resumed run decides as an uninterrupted one would."""
+    more than one standard error below it), else None. The state keeps the best's per-network
+    selection accuracies, so a resumed run decides as an uninterrupted one would (a checkpoint
+    from before they were kept has none: the strict rule)."""
     mine = selection(record)
     if best.get("iteration") is not None:
-        held = best.get("selection") or {  # a checkpoint from before the rule kept it
-            "it": best["iteration"], "score": best.get("selected", best["accuracy"]),
-            "accuracies": []}
+        held = {"it": best["iteration"], "score": best.get("selected", best["accuracy"]),
+                "accuracies": best.get("selection_accuracies", [])}
         if not replaces(mine, held, best_is_start=best.get("is_start", False)):
             return None
     main = record[cfg.eval_models[0]]
     return {"selected": mine["score"], "selected_on": cfg.select_on,
             "accuracy": main["mean"], "std": main["std"],
             "val_accuracy": main.get("val_mean"), "val_std": main.get("val_std"),
-            "iteration": record["it"], "selection": mine,
+            "iteration": record["it"], "selection_accuracies": mine["accuracies"],
             "is_start": best.get("iteration") is None}
 
 
