@@ -31,7 +31,7 @@ def test_pix_init_mean_starts_at_the_class_means_and_mean_noise_near_them(setup)
     noise = d.learnables.images.detach() - means.repeat_interleave(2, 0)
     assert noise.std().item() == pytest.approx(MEAN_NOISE_STD, rel=0.1)
     assert not torch.equal(d.learnables.images[0], d.learnables.images[1])  # ipc copies differ
-    with pytest.raises(ConfigError, match="--pix_init must be one of real, noise, correct, mean, mean_noise"):
+    with pytest.raises(ConfigError, match="--pix_init must be one of real, noise, correct, kmeans, mean, mean_noise"):
         Distiller(DistillConfig(pix_init="median"), splits, store, root / "x", progress=False)
 
 

@@ -342,7 +342,7 @@ def _settle(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) -
 
 def _validate_rest(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore) -> DistillConfig:
     counts = splits.train.class_counts()
-    if cfg.pix_init in ("real", "correct") and min(counts) < cfg.ipc:
+    if cfg.pix_init in ("real", "correct", "kmeans") and min(counts) < cfg.ipc:
         c = counts.index(min(counts))
         raise ConfigError(f"--ipc {cfg.ipc} but class {splits.classes[c]!r} has only {counts[c]} "
                           "training images")
@@ -417,7 +417,7 @@ def _validate_texture(cfg: DistillConfig, splits: DatasetSplits) -> None:
         raise ConfigError("--texture cannot be used with --zca (as in the reference): drop one")
     if cfg.soft_labels:  # the expert labels whole images, not canvases
         raise ConfigError("--texture cannot be used with --soft_labels: drop one")
-    if cfg.pix_init in ("real", "correct") and not cfg.load_syn_image:
-        warnings.warn("--texture with --pix_init real: each canvas starts as a grid of real "
-                      "images, and smoothing out the edges between them takes a long time "
+    if cfg.pix_init in ("real", "correct", "kmeans") and not cfg.load_syn_image:
+        warnings.warn(f"--texture with --pix_init {cfg.pix_init}: each canvas starts as a grid "
+                      "of real images, and smoothing out the edges between them takes a long time "
                       "(--pix_init noise avoids it)", stacklevel=3)

@@ -5,6 +5,8 @@ synthetic lr of `--lr_teacher auto`.
 - real: ipc random training images per class (never a validation image);
 - correct: the same, but images that the labelling expert classifies correctly come first
   (DATM's samples_predicted_correctly);
+- kmeans: the ipc training images of each class nearest the centres of a k-means clustering
+  of the class (representatives.py), so the start covers the class's modes;
 - noise: standard normal pixels (in network input units);
 - mean / mean_noise (galaxies, issue 14): every image starts as its class mean, so a run
   starts from that baseline; mean_noise adds MEAN_NOISE_STD Gaussian noise (a tenth of the
@@ -27,10 +29,11 @@ from .experts import TrajectoryStore
 from .io import safe_load
 from .lr_auto import auto_lr, spread
 from .models import FlatModel, build_model
+from .representatives import representatives
 from .texture import real_canvases
 from .validation import validation_indices
 
-PIX_INITS = ("real", "noise", "correct", "mean", "mean_noise")
+PIX_INITS = ("real", "noise", "correct", "kmeans", "mean", "mean_noise")
 LABEL_INITS = ("expert",)
 MEAN_NOISE_STD = 0.1
 
@@ -76,8 +79,8 @@ def initial_images(cfg, splits: DatasetSplits, val_idx: torch.Tensor, gen: torch
         if cfg.pix_init == "mean_noise":
             means = means + MEAN_NOISE_STD * torch.randn(means.shape, generator=gen)
         return means, None
-    picks = [_real_picks(cfg, splits, c, val_idx, gen, labeller, note).repeat(per_image)
-             [:cfg.ipc * per_image] for c in range(splits.num_classes)]
+    picks = [_real_picks(cfg, splits, c, val_idx, gen, labeller, note, cfg.ipc * per_image)
+             .repeat(per_image)[:cfg.ipc * per_image] for c in range(splits.num_classes)]
     images = splits.preprocess(splits.train.images[torch.cat(picks)])
     return (real_canvases(images, cfg.canvas_size) if cfg.texture else images), None
 
@@ -100,9 +103,10 @@ def _loaded(cfg, splits: DatasetSplits) -> tuple[torch.Tensor, torch.Tensor | No
 
 def _real_picks(cfg, splits: DatasetSplits, c: int, val_idx: torch.Tensor,
                 gen: torch.Generator, labeller: Callable[[], Labeller],
-                note: Callable[[str], None]) -> torch.Tensor:
+                note: Callable[[str], None], wanted: int) -> torch.Tensor:
     """Training images of class c in random order, none from the validation split; with
-    pix_init correct, those the labeller classifies correctly first."""
+    pix_init correct, those the labeller classifies correctly first; with kmeans, the `wanted`
+    representatives of the class."""
     in_val = torch.zeros(len(splits.train), dtype=torch.bool)
     in_val[val_idx] = True
     members = splits.train.indices_of(c)
@@ -111,6 +115,9 @@ def _real_picks(cfg, splits: DatasetSplits, c: int, val_idx: torch.Tensor,
         raise ConfigError(f"ipc={cfg.ipc} but class {splits.classes[c]!r} has only "
                           f"{len(members)} training images outside the validation split "
                           f"(--val_size {cfg.val_size})")
+    if cfg.pix_init == "kmeans":
+        return representatives(members, lambda i: splits.preprocess(splits.train.images[i]),
+                               wanted, gen)
     members = members[torch.randperm(len(members), generator=gen)]
     if cfg.pix_init != "correct":
         return members

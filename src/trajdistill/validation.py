@@ -3,7 +3,7 @@ networks are tested beside the test set, so that the "best" synthetic set is cho
 looking at the test set.
 
 The evaluation networks train on the synthetic set only, so these images are unseen by them.
-Real initialisation (`--pix_init real` / `correct`) never copies a validation image into the
+Real initialisation (`--pix_init real` / `correct` / `kmeans`) never copies a validation image into the
 set. The experts, trained beforehand by `trajdistill buffer` on the whole training set and
 shared between runs, are left as they are (docs/methods.md, 'Choosing the best set').
 """

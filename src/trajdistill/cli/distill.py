@@ -157,7 +157,8 @@ def add_distill_parser(sub) -> None:
     p.add_argument("--min_duration", type=kinds.positive_int)
     p.add_argument("--max_duration", "--T_max", dest="max_duration", type=kinds.positive_int)
     p.add_argument("--pix_init", help="real, noise, correct (real images the "
-                   "expert classifies correctly, DATM), mean (the class-mean image) or mean_noise "
+                   "expert classifies correctly, DATM), kmeans (the real images nearest the "
+                   "centres of a k-means clustering of each class), mean (the class-mean image) or mean_noise "
                    "(class mean plus noise); default derived: mean at --ipc 1, real above and "
                    "with the reference's SGD step")
     p.add_argument("--img_optimizer", choices=["sgd", "adam"], help="image optimiser: adam "
