@@ -1,16 +1,18 @@
 """--pix_init kmeans: the real images nearest the centres of a k-means clustering of each
-class; on hand-made clusters and on the embedded digits, against independent computations."""
+class in an expert's features; on hand-made clusters and on the embedded digits, against
+independent computations."""
 import pytest
 import torch
 
 from trajdistill.distill import DistillConfig, Distiller, open_buffer
-from trajdistill.representatives import comparable, representatives
+from trajdistill.models import FlatModel, build_model
+from trajdistill.representatives import representatives
 from trajdistill.validation import validation_indices
 
 
 def blobs(sizes, places, gen):
-    """Tight clusters of 1x4x4 images around constant images of the given values."""
-    return torch.cat([place + 0.01 * torch.randn(n, 1, 4, 4, generator=gen)
+    """Tight clusters of 16-feature points around constant points of the given values."""
+    return torch.cat([place + 0.01 * torch.randn(n, 16, generator=gen)
                       for n, place in zip(sizes, places)])
 
 
@@ -27,27 +29,19 @@ def test_one_representative_per_cluster_whatever_the_cluster_sizes():
 
 def test_one_representative_is_the_image_nearest_the_class_mean():
     gen = torch.Generator().manual_seed(1)
-    images = torch.randn(40, 3, 5, 5, generator=gen)
+    images = torch.randn(40, 75, generator=gen)
     pick = representatives(torch.arange(40), lambda i: images[i], 1, gen)
-    nearest = (images - images.mean(0)).flatten(1).norm(dim=1).argmin()
+    nearest = (images - images.mean(0)).norm(dim=1).argmin()
     assert pick.tolist() == [int(nearest)]
 
 
 def test_picks_are_distinct_even_where_images_repeat():
     gen = torch.Generator().manual_seed(2)
-    images = torch.zeros(6, 1, 2, 2)  # six identical images: every centre is the same point
+    images = torch.zeros(6, 4)  # six identical points: every centre is the same point
     picks = representatives(torch.arange(6), lambda i: images[i], 4, gen)
     assert len(set(picks.tolist())) == 4
     assert sorted(representatives(torch.arange(3), lambda i: images[i], 5, gen).tolist()) == \
         [0, 1, 2]  # asked for more than the class has: all of them
-
-
-def test_large_images_are_compared_average_pooled_to_32_pixels_a_side():
-    images = torch.arange(2 * 64 * 64, dtype=torch.float32).reshape(1, 2, 64, 64)
-    pooled = comparable(images)
-    by_hand = images.reshape(1, 2, 32, 2, 32, 2).mean((3, 5)).flatten(1)
-    assert pooled.shape == (1, 2 * 32 * 32) and torch.allclose(pooled, by_hand)
-    assert torch.equal(comparable(images[..., :8, :8]), images[..., :8, :8].flatten(1))
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +55,16 @@ def test_a_kmeans_start_is_real_training_images_of_each_class_none_from_validati
     cfg = DistillConfig(ipc=1, pix_init="kmeans", eval_it=0, val_size=50)
     images = Distiller(cfg, splits, store, root / "one", progress=False).learnables.images.detach()
     val = set(validation_indices(splits.train.labels, splits.num_classes, 50).tolist())
+    expert = build_model("ConvNetD2", 1, 10, (8, 8))  # the first expert at its last epoch
+    FlatModel.wrap(expert).load_flat(store.load(store.indices()[0])[-1].float())
     for c in range(splits.num_classes):
         members = [int(i) for i in splits.train.indices_of(c) if int(i) not in val]
         real = splits.preprocess(splits.train.images[members])
-        # at one image per class the only centre is the class mean (of the images outside the
-        # validation split): the start is the real image nearest it
-        nearest = (real - real.mean(0)).flatten(1).norm(dim=1).argmin()
+        with torch.no_grad():
+            features = expert.features(real).flatten(1)  # what its classifier sees
+        # at one image per class the only centre is the mean of the class's features (over
+        # the images outside the validation split): the start is the real image nearest it
+        nearest = (features - features.mean(0)).norm(dim=1).argmin()
         assert torch.allclose(images[c], real[nearest])
 
     cfg = DistillConfig(ipc=3, pix_init="kmeans", eval_it=0, val_size=50)

@@ -6,7 +6,8 @@ synthetic lr of `--lr_teacher auto`.
 - correct: the same, but images that the labelling expert classifies correctly come first
   (DATM's samples_predicted_correctly);
 - kmeans: the ipc training images of each class nearest the centres of a k-means clustering
-  of the class (representatives.py), so the start covers the class's modes;
+  of the class in the labelling expert's features (representatives.py), so the start covers
+  the class's modes;
 - noise: standard normal pixels (in network input units);
 - mean / mean_noise (galaxies, issue 14): every image starts as its class mean, so a run
   starts from that baseline; mean_noise adds MEAN_NOISE_STD Gaussian noise (a tenth of the
@@ -55,6 +56,19 @@ class Labeller:
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """The logits it gives (network-space) images, 256 at a time."""
         return torch.cat([self.student(self.theta, x.to(self.device)) for x in images.split(256)])
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """What its last layer classifies: the input of the network's last linear layer, one
+        row per (network-space) image, on the CPU."""
+        head = [m for m in self.student.module.modules() if isinstance(m, torch.nn.Linear)][-1]
+        seen = []
+        hook = head.register_forward_pre_hook(lambda _, inputs: seen.append(inputs[0].cpu()))
+        try:
+            self.logits(images)
+        finally:
+            hook.remove()
+        return torch.cat(seen).flatten(1)
 
 
 def syn_shape(cfg, splits: DatasetSplits) -> tuple[int, int, int]:
@@ -116,8 +130,9 @@ def _real_picks(cfg, splits: DatasetSplits, c: int, val_idx: torch.Tensor,
                           f"{len(members)} training images outside the validation split "
                           f"(--val_size {cfg.val_size})")
     if cfg.pix_init == "kmeans":
-        return representatives(members, lambda i: splits.preprocess(splits.train.images[i]),
-                               wanted, gen)
+        return representatives(
+            members, lambda i: labeller().features(splits.preprocess(splits.train.images[i])),
+            wanted, gen)
     members = members[torch.randperm(len(members), generator=gen)]
     if cfg.pix_init != "correct":
         return members

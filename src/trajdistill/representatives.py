@@ -6,30 +6,21 @@ images nearest k cluster centres cover the class's modes in proportion to their 
 DREAM's representative matching and the k-means coresets do). Distilling from them starts from
 a better set than a random draw of the same size.
 
-Images are compared by their pixels in network input units, average-pooled to at most
-COMPARE_SIDE pixels a side: enough to tell the modes of a class apart, and it bounds the
-memory and time at 64 and 128 px. At most MAX_POINTS images of a class (a random subset of a
-larger class) are clustered.
+Images are compared by what a trained network sees in them: the features an expert's last
+layer classifies (initial.Labeller.features). Compared by their pixels, the images nearest the
+centres of satellite patches were bland average ones, which trained worse than a random draw
+(EuroSAT river at 10 per class: 71.8 against 75.0 %; by features 76.5). At most MAX_POINTS
+images of a class (a random subset of a larger class) are clustered.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-COMPARE_SIDE = 32
 MAX_POINTS = 5000
 RESTARTS = 3
 ITERATIONS = 30
-
-
-def comparable(images: torch.Tensor) -> torch.Tensor:
-    """(n, c, h, w) images as (n, features) vectors, pooled to at most COMPARE_SIDE a side."""
-    h, w = images.shape[-2:]
-    if max(h, w) > COMPARE_SIDE:
-        images = F.adaptive_avg_pool2d(images, (min(h, COMPARE_SIDE), min(w, COMPARE_SIDE)))
-    return images.flatten(1).float()
 
 
 def kmeans(points: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -81,14 +72,14 @@ def nearest_distinct(points: torch.Tensor, centres: torch.Tensor) -> torch.Tenso
     return torch.tensor(out, dtype=torch.long)
 
 
-def representatives(members: torch.Tensor, images_of: Callable[[torch.Tensor], torch.Tensor],
+def representatives(members: torch.Tensor, features_of: Callable[[torch.Tensor], torch.Tensor],
                     k: int, gen: torch.Generator) -> torch.Tensor:
-    """The k of `members` (dataset indices of one class) whose images are nearest the centres
+    """The k of `members` (dataset indices of one class) whose features are nearest the centres
     of a k-means clustering of the class, in the order of the centres; all of them, shuffled,
-    when k >= len(members). images_of(indices) gives their images in network input units."""
+    when k >= len(members). features_of(indices) gives their (n, d) features."""
     n = len(members)
     if k >= n:
         return members[torch.randperm(n, generator=gen)]
     looked = members[torch.randperm(n, generator=gen)[:MAX_POINTS]] if n > MAX_POINTS else members
-    points = torch.cat([comparable(images_of(part)) for part in looked.split(512)])
+    points = torch.cat([features_of(part).flatten(1).float() for part in looked.split(512)])
     return looked[nearest_distinct(points, kmeans(points, k, gen))]
