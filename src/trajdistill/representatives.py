@@ -43,10 +43,11 @@ def kmeans(points: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
 
 def _seeds(points: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     """k-means++: each next seed drawn with probability proportional to its squared distance
-    from the seeds so far (uniformly where every point is a seed already)."""
+    from the nearest seed so far (uniformly where every point is a seed already)."""
     picks = [int(torch.randint(len(points), (1,), generator=gen))]
+    d2 = torch.full((len(points),), float("inf"))
     for _ in range(k - 1):
-        d2 = torch.cdist(points, points[picks]).min(1).values.square()
+        d2 = torch.minimum(d2, (points - points[picks[-1]]).square().sum(1))
         weights = d2 if float(d2.sum()) > 0 else torch.ones_like(d2)
         picks.append(int(torch.multinomial(weights, 1, generator=gen)))
     return points[picks].clone()
