@@ -48,7 +48,7 @@ def _derived(**kw):
 def test_distill_defaults_by_ipc_and_by_what_was_given():
     assert _derived() == {"img_optimizer": "adam", "lr_img": 0.01, "pace_lr_img": True,
                           "pix_init": "mean", "lr_teacher": ["auto"]}
-    assert _derived(ipc=10)["pix_init"] == "real"
+    assert _derived(ipc=10)["pix_init"] == "kmeans"
     # an explicit --lr_img keeps the reference's meaning: SGD, and is not paced
     assert _derived(lr_img=1000.0)["img_optimizer"] == "sgd"
     assert "lr_img" not in _derived(lr_img=1000.0)

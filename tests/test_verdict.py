@@ -179,8 +179,8 @@ def test_a_run_compares_its_chosen_set_with_its_start_and_the_baselines(digits_b
     evals = [json.loads(line) for line in (root / "run" / "evals.jsonl").read_text().splitlines()]
     assert [e["it"] for e in evals] == [0, 4]  # the start is evaluated: it may be the best
     final = json.loads((root / "run" / "final.json").read_text())
-    # ipc 2 starts from real images, so the start is its own contender
-    assert list(final["sets"]) == ["distilled", "its start (real)", "class mean",
+    # ipc 2 starts from real images (k-means representatives), so the start is its own contender
+    assert list(final["sets"]) == ["distilled", "its start (kmeans)", "class mean",
                                    "random real (2/class)"]
     learned = d.lrs()[0]
     assert final["eval_lrs"] == [0.01, 0.001]

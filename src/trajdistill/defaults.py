@@ -133,7 +133,9 @@ def derive_distill(cfg) -> dict:
             if optimiser == "sgd" else
             derived("mean", "1 image per class: the class mean, the baseline the set must beat")
             if cfg.ipc == 1 else
-            derived("real", f"{cfg.ipc} images per class: real images, different in each slot"))
+            derived("kmeans", f"{cfg.ipc} images per class: the real images nearest the "
+                    "centres of a k-means clustering of each class in the first expert's "
+                    "features (representatives.py)"))
     if cfg.lr_teacher is None:
         out["lr_teacher"] = (
             derived([REFERENCE_LR_TEACHER], "texture canvases: the reference's lr (auto needs "
