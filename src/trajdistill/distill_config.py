@@ -55,7 +55,7 @@ class DistillConfig:
     sigma: float = 5.0
     min_duration: int = 20
     max_duration: int = 1000            # T_max
-    pix_init: str | None = None         # mean at ipc 1, real above; or noise, correct, ...
+    pix_init: str | None = None         # mean at ipc 1, kmeans above; or real, noise, ...
     batch_syn: int | None = None        # default: the whole synthetic set
     iterations: int | None = None      # default: see `default_iterations`
     eval_it: int = 200

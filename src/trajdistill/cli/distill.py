@@ -156,11 +156,11 @@ def add_distill_parser(sub) -> None:
     p.add_argument("--sigma", type=kinds.positive_float, help="STM threshold (default 5)")
     p.add_argument("--min_duration", type=kinds.positive_int)
     p.add_argument("--max_duration", "--T_max", dest="max_duration", type=kinds.positive_int)
-    p.add_argument("--pix_init", help="real, noise, correct (real images the "
-                   "expert classifies correctly, DATM), kmeans (the real images nearest the "
-                   "centres of a k-means clustering of each class), mean (the class-mean image) or mean_noise "
-                   "(class mean plus noise); default derived: mean at --ipc 1, real above and "
-                   "with the reference's SGD step")
+    p.add_argument("--pix_init", help="real, noise, correct (real images the expert "
+                   "classifies correctly, DATM), kmeans (the real images nearest the centres of "
+                   "a k-means clustering of each class in the expert's features), mean (the "
+                   "class-mean image) or mean_noise (class mean plus noise); default derived: "
+                   "mean at --ipc 1, kmeans above, real with the reference's SGD step")
     p.add_argument("--img_optimizer", choices=["sgd", "adam"], help="image optimiser: adam "
                    "(the derived default; --lr_img is the step per pixel, 0.01) or sgd (momentum "
                    "0.5, the reference's; implied by --lr_img alone, default lr 1000)")
