@@ -75,3 +75,33 @@ def test_a_kmeans_start_is_real_training_images_of_each_class_none_from_validati
                  for im in images.detach()[3 * c:3 * c + 3]]
         assert len(set(found)) == 3 and not set(found) & val
         assert all(int(splits.train.labels[i]) == c for i in found)
+
+
+def test_the_start_is_drawn_once_when_the_lr_is_measured_on_it(setup, monkeypatch, capsys):
+    """--lr_teacher auto measures the lr on the run's start; the run then starts from that
+    same draw instead of clustering every class a second time, and says the drawing's notes
+    once."""
+    import trajdistill.initial as initial
+    splits, store, root = setup
+    calls = []
+
+    def counted(*args, **kw):
+        calls.append(1)
+        return representatives(*args, **kw)
+
+    def noted(cfg, splits, val_idx, gen, labeller, note):
+        note("a note made while drawing the start")
+        return drawn(cfg, splits, val_idx, gen, labeller, note)
+
+    drawn = initial.initial_images
+    monkeypatch.setattr(initial, "representatives", counted)
+    monkeypatch.setattr(initial, "initial_images", noted)
+    cfg = DistillConfig(ipc=2, pix_init="kmeans", syn_steps=3, eval_it=0, val_size=50)
+    d = Distiller(cfg, splits, store, root / "once", progress=False)
+    assert "measured" in d.cfg.derived["lr_teacher"]["from"]  # the lr was measured on it
+    assert len(calls) == splits.num_classes  # one clustering per class, not two
+    assert capsys.readouterr().err.count("a note made while drawing the start") == 1
+    # the same lr as a measurement that draws its own start
+    assert initial.measure_teacher_lr(d.cfg, splits, store) == pytest.approx(d.cfg.lr_teacher[0],
+                                                                            rel=1e-6)
+    assert len(calls) == 2 * splits.num_classes

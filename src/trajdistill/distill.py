@@ -28,7 +28,7 @@ from .experts import BufferError, TrajectoryStore, open_buffer  # noqa: F401 (AP
 from .gradient_choice import choose as choose_gradient
 from .guard import DivergenceError, Guard, apply_or_roll_back, non_finite  # noqa: F401 (API)
 from .distill_config import DistillConfig, default_iterations, resolve, stop_lr_img  # noqa: F401
-from .initial import Labeller, RunStudent, initial_images, measure_teacher_lr
+from .initial import Labeller, RunStart, RunStudent, measure_teacher_lr, run_experts
 from .learnables import Learnables
 from .matching import (GRADIENT_METHODS, MatchProblem, kept_steps, matching_loss, plan_unroll,
                        step_kernel)
@@ -67,9 +67,10 @@ class Distiller:
         self.comm = comm  # torchrun's ranks (distributed.py); SINGLE: this process alone
         # one student network for the start-up measurements and the run (initial.RunStudent)
         student = RunStudent(splits, store)
+        start = RunStart(splits, store, student)  # the start, drawn once (initial.RunStart)
         self.cfg = cfg = resolve(  # a settled copy; the caller's is untouched
             cfg, splits, store,
-            teacher_lr=lambda c, s, t: measure_teacher_lr(c, s, t, student(c)),
+            teacher_lr=lambda c, s, t: measure_teacher_lr(c, s, t, start),
             gradient=lambda c, s, t: choose_gradient(c, s, t, lambda: student(c)))
         if comm.active:  # every rank takes rank 0's measured choices (free memory differs)
             self.cfg = cfg = replace(cfg, **comm.broadcast_object(
@@ -79,14 +80,13 @@ class Distiller:
         self.run_dir = RunDirectory(run_dir, writer=comm.is_main)
         self.device = torch.device(cfg.device)
         self.student = student(cfg)
-        experts = store.indices()
-        self.experts = experts[:cfg.max_experts] if cfg.max_experts else experts
+        self.experts = run_experts(cfg, store)
         self.val_idx = validation_indices(splits.train.labels, splits.num_classes, cfg.val_size)
         self.val = run_eval.validation_set(splits, self.val_idx)  # None without one
-        self.labeller: Labeller | None = None
-        images, loaded_logits = initial_images(cfg, splits, self.val_idx,
-                                               torch.Generator().manual_seed(cfg.seed),
-                                               self._labeller, self._note)
+        self._start = start
+        images, loaded_logits = start(cfg)
+        for text in start.notes:
+            self._note(text)
         # the start: each iteration's drift is measured from it, the verdict compares with it
         self.initial_images = images.detach().to(self.device)
         self.resumed = False  # set by `resume`: its logs are kept (cut back to the checkpoint)
@@ -147,10 +147,8 @@ class Distiller:
 
     # ------------------------------------------------------------------ state
     def _labeller(self) -> Labeller:
-        """The first expert's final epoch (soft labels, pix_init correct), loaded once."""
-        if self.labeller is None:
-            self.labeller = Labeller.of(self.student, self.store, self.experts, self.device)
-        return self.labeller
+        """The first expert's final epoch (soft labels, the start), loaded once."""
+        return self._start.labeller_of(self.cfg)
 
     def lrs(self) -> list[float]:
         return self.learnables.lrs()

@@ -187,19 +187,62 @@ class RunStudent:
         return self.student
 
 
+class RunStart:
+    """The run's initial images (and a loaded set's label logits), drawn once by whoever needs
+    them first: the start-up measurement of --lr_teacher auto or the Distiller. A k-means start
+    runs an expert over every class and clusters it, seconds to minutes on a large set, so it is
+    not drawn twice. What the drawing says (--pix_init correct's notes) is kept in `notes` for
+    the run to say: the measurement itself says nothing. The start depends only on the settings
+    in `_key`; a config that differs there draws afresh."""
+
+    def __init__(self, splits: DatasetSplits, store: TrajectoryStore, student: RunStudent):
+        self.splits, self.store, self.student = splits, store, student
+        self.labeller: Labeller | None = None
+        self.notes: list[str] = []
+        self._key, self._start = None, None
+
+    @staticmethod
+    def _key_of(cfg) -> tuple:
+        return (cfg.seed, cfg.ipc, cfg.pix_init, cfg.val_size, cfg.max_experts, cfg.device,
+                cfg.load_syn_image, cfg.texture, cfg.canvas_size)
+
+    def labeller_of(self, cfg) -> Labeller:
+        """The first expert's final epoch through the run's student, loaded once."""
+        if self.labeller is None:
+            self.labeller = Labeller.of(self.student(cfg), self.store, run_experts(cfg, self.store),
+                                        torch.device(cfg.device))
+        return self.labeller
+
+    def __call__(self, cfg) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self._start is None or self._key != self._key_of(cfg):
+            self.notes = []
+            val_idx = validation_indices(self.splits.train.labels, self.splits.num_classes,
+                                         cfg.val_size)
+            self._start = initial_images(cfg, self.splits, val_idx,
+                                         torch.Generator().manual_seed(cfg.seed),
+                                         lambda: self.labeller_of(cfg), self.notes.append)
+            self._key = self._key_of(cfg)
+        return self._start
+
+
+def run_experts(cfg, store: TrajectoryStore) -> list[int]:
+    """The experts a run draws from: the buffer's, the first --max_experts of them."""
+    experts = store.indices()
+    return experts[:cfg.max_experts] if cfg.max_experts else experts
+
+
 def measure_teacher_lr(cfg, splits: DatasetSplits, store: TrajectoryStore,
-                       student: FlatModel | None = None) -> float:
+                       start: RunStart | None = None) -> float:
     """--lr_teacher auto for a settled config, on the images the run will start from (the
-    same seed draws the same set), with the run's `student` (built here when not given).
-    The global RNG is left as it was: building the student here must not change what the
-    run draws later."""
+    same seed draws the same set), with the run's student: both from `start` (made here when
+    not given). The global RNG is left as it was: building the student here must not change
+    what the run draws later."""
+    if start is not None:
+        start.student(cfg)  # the run's own student is built outside the fork (RunStudent)
     with torch.random.fork_rng(devices=[]):
+        start = RunStart(splits, store, RunStudent(splits, store)) if start is None else start
         device = torch.device(cfg.device)
-        student = run_student(cfg, splits, store) if student is None else student
-        experts = store.indices()[:cfg.max_experts] if cfg.max_experts else store.indices()
-        val_idx = validation_indices(splits.train.labels, splits.num_classes, cfg.val_size)
-        images, _ = initial_images(cfg, splits, val_idx, torch.Generator().manual_seed(cfg.seed),
-                                   lambda: Labeller.of(student, store, experts, device),
-                                   lambda text: None)  # the run itself says it
+        images, _ = start(cfg)
         labels = torch.arange(splits.num_classes).repeat_interleave(cfg.ipc).to(device)
-        return auto_teacher_lr(cfg, store, experts, student, images.to(device), labels)
+        return auto_teacher_lr(cfg, store, run_experts(cfg, store), start.student(cfg),
+                               images.to(device), labels)
