@@ -156,3 +156,18 @@ def test_a_bad_collective_timeout_is_one_error_line(tmp_path):
     assert "error: TRAJDISTILL_DIST_TIMEOUT must be a positive number of seconds, got 'soon'" \
         in out.stderr
     assert "[rank0]: Traceback" not in out.stderr and "[rank1]: Traceback" not in out.stderr
+
+
+def test_a_torchrun_worker_leaves_without_the_interpreters_shutdown(tmp_path):
+    """Under torchrun (WORLD_SIZE > 1) a command ends by os._exit with its status, after its
+    output: the interpreter's shutdown, which could abort a worker now and then after a
+    finished job, does not run (an atexit hook stays silent). Alone it runs as usual."""
+    code = ("import atexit, sys; atexit.register(lambda: print('interpreter shutdown')); "
+            "from trajdistill.cli import main; "
+            f"sys.exit(main(['baseline', '--kind', 'mean', '--dataset', {str(tmp_path / 'none')!r}]))")
+    for world, shutdown_seen in (("2", False), ("1", True)):
+        env = {**ENV, "RANK": "0", "WORLD_SIZE": world}
+        p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 2 and p.stderr.startswith("error: "), p.stderr
+        assert ("interpreter shutdown" in p.stdout) == shutdown_seen
