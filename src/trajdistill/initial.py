@@ -215,6 +215,8 @@ class RunStart:
 
     def __call__(self, cfg) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self._start is None or self._key != self._key_of(cfg):
+            if self._key is not None:  # another expert subset or device: another labeller
+                self.labeller = None
             self.notes = []
             val_idx = validation_indices(self.splits.train.labels, self.splits.num_classes,
                                          cfg.val_size)
