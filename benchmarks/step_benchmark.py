@@ -18,8 +18,10 @@ Modes:
     stm_unroll  a whole STM iteration with the plain unroll's gradient
     stm_auto    a whole STM iteration with `distill`'s default gradient (--gradient auto,
             trajdistill/gradient_choice.py): the plain unroll where its graph fits a quarter of
-            the available memory on a CPU, else the lean walk (on CUDA: graphed); `gradient`
-            says which ran, `unroll_graph_gb` what the unroll would keep
+            the available memory on a CPU, else the lean walk (on CUDA: graphed), compiled
+            (--compile auto) where it is a lean walk on a CPU whose unroll would keep 1 GB or
+            more; `gradient` says which ran, `compile` whether compiled, `unroll_graph_gb` what
+            the unroll would keep
     lean_hybrid, stm_hybrid       the same with --gradient_memory (--gradient-memory GB, default
             8): the last steps that fit keep their graphs (MatchProblem.keep_steps)
     lean_graphed, stm_graphed     the same with the steps replayed as recorded CUDA graphs
@@ -178,6 +180,10 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
         graphed = cuda
         method = ("unroll" if not cuda and free is not None and need <= MEMORY_SHARE * free
                   else "lean")
+        # and --compile auto (gradient_choice.choose_compile): a large lean walk on a CPU
+        from trajdistill.gradient_choice import COMPILE_FROM_BYTES, cxx_compiler
+        compiled = (method == "lean" and not cuda and need >= COMPILE_FROM_BYTES
+                    and cxx_compiler() is not None)
     grad_fn = GRADIENT_METHODS[method]
 
     def sync():
@@ -230,6 +236,8 @@ def run_one(config: str, mode: str, repeats: int, device: str, threads: int, see
         out["unroll_graph_gb"] = round(need / 2**30, 3)
     if cuda:
         out["tf32"] = torch.backends.cudnn.allow_tf32
+    if "auto" in variants:
+        out["compile"] = compiled
     if compiled:
         from torch._dynamo.utils import counters
         out["compile_seconds"] = round(warmup, 1)

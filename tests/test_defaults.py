@@ -144,8 +144,10 @@ def test_the_reference_commands_keep_their_meaning(short_buffer, tmp_path):
     # the only buffer there, and --gradient auto's method (the reference's own is the unroll);
     # the given image lr is not paced
     # and the experts' augmentation (DSA's default, as the reference's)
-    assert set(config["derived"]) == {"img_optimizer", "model", "gradient", "pace_lr_img",
-                                      "dsa_strategy", "init_epoch"}
+    # (and --compile auto's choice: off, for the unroll)
+    assert set(config["derived"]) == {"img_optimizer", "model", "gradient", "compile",
+                                      "pace_lr_img", "dsa_strategy", "init_epoch"}
+    assert config["compile"] is False
     assert config["init_epoch"] == 1 and "reference's SGD" in config["derived"]["init_epoch"]["from"]
     assert config["dsa_strategy"] == "color_crop_cutout_flip_scale_rotate"
     assert config["pace_lr_img"] is False

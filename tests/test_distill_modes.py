@@ -58,7 +58,7 @@ def test_compile_flag_reaches_the_matching_problems(setup):
     from trajdistill.cli import build_parser
     splits, store, root = setup
     assert build_parser().parse_args(["distill", "--compile"]).compile is True
-    assert build_parser().parse_args(["distill"]).compile is None  # the config's default: off
+    assert build_parser().parse_args(["distill"]).compile is None  # auto (gradient_choice)
     for flag in (False, True):
         d = Distiller(DistillConfig(ipc=1, syn_steps=3, iterations=1, eval_it=0, compile=flag),
                       splits, store, root / f"compile{flag}", progress=False)

@@ -1,6 +1,7 @@
 """--gradient auto (the default): the plain unroll where its graph fits a quarter of the free
 memory, the lean walk where it does not or where --compile / --gradient_memory ask for it;
-the choice and its reason recorded (issue 23)."""
+then --compile auto: on for a large lean walk on a CPU with a C++ compiler; each choice and
+its reason recorded (issue 23)."""
 import json
 
 import pytest
@@ -73,3 +74,39 @@ def test_the_run_records_the_method_and_computes_the_unrolls_gradient(digits, st
     assert torch.equal(auto.learnables.images.detach(), explicit.learnables.images.detach())
     saved = json.loads((tmp_path / "auto" / "config.json").read_text())
     assert saved["gradient"] == "unroll" and "fits" in saved["derived"]["gradient"]["from"]
+
+
+def test_compile_auto_is_off_for_the_unroll_and_for_small_problems(digits, store, monkeypatch):
+    monkeypatch.setattr(gradient_choice, "available_bytes", lambda device: 64 * GB)
+    unroll = resolve(DistillConfig(ipc=1, syn_steps=5), digits, store)
+    assert unroll.gradient == "unroll" and unroll.compile is False
+    assert "plain unroll runs" in unroll.derived["compile"]["from"]
+    lean = resolve(DistillConfig(ipc=1, syn_steps=5, gradient="lean"), digits, store)
+    assert lean.compile is False
+    why = lean.derived["compile"]["from"]
+    assert why.startswith("--compile auto: a small problem") and "under 1 GB" in why
+
+
+def test_compile_auto_is_on_for_a_large_lean_walk_on_a_cpu_with_a_compiler(digits, store,
+                                                                          monkeypatch):
+    """'Large' is the unroll's measured graph against COMPILE_FROM_BYTES (1 GB); the digits'
+    stands in for a large one with the threshold lowered to a byte."""
+    monkeypatch.setattr(gradient_choice, "COMPILE_FROM_BYTES", 1)
+    monkeypatch.setattr(gradient_choice, "available_bytes", lambda device: 2**20)  # lean
+    cfg = resolve(DistillConfig(ipc=1, syn_steps=5), digits, store)
+    assert cfg.gradient == "lean" and cfg.compile is True
+    assert cfg.derived["compile"]["from"].startswith("--compile auto: a large lean walk on a CPU")
+    monkeypatch.setattr(gradient_choice, "cxx_compiler", lambda: None)
+    cfg = resolve(DistillConfig(ipc=1, syn_steps=5), digits, store)
+    assert cfg.compile is False and "no C++ compiler" in cfg.derived["compile"]["from"]
+    for flag in (False, True):  # an explicit flag is kept, and not listed as derived
+        cfg = resolve(DistillConfig(ipc=1, syn_steps=5, compile=flag), digits, store)
+        assert cfg.compile is flag and "compile" not in cfg.derived
+
+
+def test_the_compile_flag_takes_auto_on_off_and_alone_means_on():
+    from trajdistill.cli import build_parser
+    parse = lambda *a: build_parser().parse_args(["distill", *a]).compile  # noqa: E731
+    assert (parse(), parse("--compile"), parse("--compile", "on"), parse("--compile", "off"),
+            parse("--compile", "AUTO")) == (None, True, True, False, None)
+    assert parse("--compile", "--ipc", "2") is True

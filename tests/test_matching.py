@@ -339,6 +339,39 @@ def test_compiled_lean_equals_plain_float64():
     assert rel(b.grad_labels, a.grad_labels) < 1e-8
 
 
+def test_a_failing_compile_falls_back_to_the_eager_steps(monkeypatch):
+    """Where torch.compile fails (here: a compiler that raises, as inductor does without a C++
+    compiler), one warning says so and the walk computes the eager gradient, number for
+    number; later calls do not try again."""
+    from trajdistill import kernels
+
+    calls = []
+
+    class Broken:
+        def grad(self, *args):
+            calls.append("grad")
+            raise RuntimeError("InductorError: no working C++ compiler found\nmore lines")
+
+        hvp = grad
+
+    monkeypatch.setattr(kernels, "compiled_steps", lambda student: Broken())
+    monkeypatch.setattr(kernels.COMPILED, "failed", False)
+    problem, images = make_problem(steps=3, batch=4, chunk=2)
+    log_lr = torch.tensor(math.log(0.05), dtype=torch.float64, device=DEVICE)
+    eager = lean_unroll(problem, images, log_lr)
+    problem.compile = True
+    assert problem.kernel is kernels.COMPILED
+    with pytest.warns(UserWarning, match=r"torch.compile failed \(RuntimeError: InductorError: "
+                      r"no working C\+\+ compiler found\); the steps run eagerly") as caught:
+        fallen = lean_unroll(problem, images, log_lr)
+        held = matching_loss(problem, images, log_lr.exp())
+    assert len([w for w in caught if "torch.compile failed" in str(w.message)]) == 1
+    assert calls == ["grad"]  # tried once
+    assert fallen.loss == eager.loss and torch.equal(fallen.grad_images, eager.grad_images)
+    assert torch.equal(fallen.grad_log_lr, eager.grad_log_lr)
+    assert held == pytest.approx(eager.loss, rel=1e-12)
+
+
 @pytest.mark.compile
 @pytest.mark.skipif(os.environ.get("TRAJDISTILL_SLOW_TESTS") != "1",
                     reason="another minute of compilation with a cold inductor cache; "

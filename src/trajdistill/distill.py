@@ -25,7 +25,7 @@ from .data.base import DatasetSplits
 from .distributed import SINGLE, Comm
 from .errors import ConfigError
 from .experts import BufferError, TrajectoryStore, open_buffer  # noqa: F401 (API)
-from .gradient_choice import choose as choose_gradient
+from .gradient_choice import choose as choose_gradient, choose_compile
 from .guard import DivergenceError, Guard, apply_or_roll_back, non_finite  # noqa: F401 (API)
 from .distill_config import DistillConfig, default_iterations, resolve, stop_lr_img  # noqa: F401
 from .initial import Labeller, RunStart, RunStudent, measure_teacher_lr, run_experts
@@ -71,10 +71,12 @@ class Distiller:
         self.cfg = cfg = resolve(  # a settled copy; the caller's is untouched
             cfg, splits, store,
             teacher_lr=lambda c, s, t: measure_teacher_lr(c, s, t, start),
-            gradient=lambda c, s, t: choose_gradient(c, s, t, lambda: student(c)))
+            gradient=lambda c, s, t: choose_gradient(c, s, t, lambda: student(c)),
+            compile_choice=lambda c, s, t: choose_compile(c, s, t, lambda: student(c)))
         if comm.active:  # every rank takes rank 0's measured choices (free memory differs)
             self.cfg = cfg = replace(cfg, **comm.broadcast_object(
-                {"gradient": cfg.gradient, "lr_teacher": cfg.lr_teacher, "derived": cfg.derived}))
+                {"gradient": cfg.gradient, "compile": cfg.compile, "lr_teacher": cfg.lr_teacher,
+                 "derived": cfg.derived}))
         self.source = source or {}  # where data and buffer came from (for --resume)
         self.splits, self.store, self.progress = splits, store, progress and comm.is_main
         self.run_dir = RunDirectory(run_dir, writer=comm.is_main)
@@ -125,6 +127,9 @@ class Distiller:
         if self.cfg.derived:
             self._note("derived settings: " + ", ".join(
                 f"{k} {_short(d['value'])}" for k, d in self.cfg.derived.items()))
+        if self.cfg.compile and self.device.type == "cpu":  # the first iteration stalls on it
+            self._note("torch.compile: the first iteration compiles the steps (a minute or two; "
+                       "seconds with a warm inductor cache; --compile off skips it)")
 
     def _note(self, text: str) -> None:
         """One line on stderr, from rank 0 only."""

@@ -67,7 +67,8 @@ class DistillConfig:
     dsa: bool = True
     dsa_strategy: str | None = None     # None: the experts' (the buffer's), as they saw the data
     gradient: str = "auto"              # by memory (gradient_choice.py); or lean, or unroll
-    compile: bool = False               # lean walk + held-out loss via torch.compile (docs/performance.md)
+    compile: bool | None = None         # lean walk + held-out loss via torch.compile; None: auto
+    # (gradient_choice.choose_compile: on for a large lean walk on a CPU; docs/performance.md)
     gradient_memory: float = 0.0        # GB of step graphs the lean walk may keep (the hybrid)
     cuda_graphs: str = "auto"           # lean walk's steps as CUDA graphs: auto (on CUDA)|on|off
     autocast: str = "off"               # bf16: the student's forward passes in bfloat16 (inexact)
@@ -222,18 +223,22 @@ def derive(cfg: DistillConfig) -> DistillConfig:
 TeacherLr = Callable[[DistillConfig, DatasetSplits, TrajectoryStore], float]
 # chooses --gradient auto's method for a settled config: (method, why) (gradient_choice.choose)
 GradientChoice = Callable[[DistillConfig, DatasetSplits, TrajectoryStore], tuple[str, str]]
+# chooses --compile auto for a config whose gradient is settled: (on, why) (gradient_choice.choose_compile)
+CompileChoice = Callable[[DistillConfig, DatasetSplits, TrajectoryStore], tuple[bool, str]]
 GRADIENTS = ("auto", *GRADIENT_METHODS)
 
 
 def resolve(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore,
             teacher_lr: TeacherLr | None = None,
-            gradient: GradientChoice | None = None) -> DistillConfig:
+            gradient: GradientChoice | None = None,
+            compile_choice: CompileChoice | None = None) -> DistillConfig:
     """A new config with every default filled from the data and the buffer; impossible
     settings refused with a clear message. `cfg` itself is not changed.
 
     Once everything else is settled, `--lr_teacher auto` is measured by `teacher_lr`
     (default: initial.measure_teacher_lr, on the images the run starts from) and `--gradient
-    auto` chosen by `gradient` (default: gradient_choice.choose, by memory)."""
+    auto` chosen by `gradient` (default: gradient_choice.choose, by memory), then `--compile
+    auto` by `compile_choice` for the method chosen (default: gradient_choice.choose_compile)."""
     if cfg.img_optimizer is not None and cfg.img_optimizer not in IMG_OPTIMIZERS:
         raise ConfigError(f"--img_optimizer must be sgd or adam, got {cfg.img_optimizer!r}")
     cfg = derive(copy.deepcopy(cfg))
@@ -248,6 +253,12 @@ def resolve(cfg: DistillConfig, splits: DatasetSplits, store: TrajectoryStore,
         method, why = gradient(cfg, splits, store)
         cfg = replace(cfg, gradient=method, derived={
             **cfg.derived, "gradient": derived(method, f"--gradient auto: {why}")})
+    if cfg.compile is None:
+        if compile_choice is None:
+            from .gradient_choice import choose_compile as compile_choice
+        on, why = compile_choice(cfg, splits, store)
+        cfg = replace(cfg, compile=on, derived={
+            **cfg.derived, "compile": derived(on, f"--compile auto: {why}")})
     return cfg
 
 

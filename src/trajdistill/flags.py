@@ -33,6 +33,14 @@ def boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 
 
+def auto_on_off(text: str) -> bool | None:
+    """auto, on or off (any case) as None, True, False: None leaves the setting to be derived."""
+    value = {"auto": None, "on": True, "off": False}.get(str(text).lower(), "bad")
+    if value == "bad":
+        raise argparse.ArgumentTypeError(f"expected auto, on or off, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     value = _number(text, int, "a positive integer")
     if value < 1:

@@ -17,6 +17,7 @@ walk back pulls d(g.v)/dx and d(g.v)/dy through them with autograd.
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 from typing import Protocol
 
@@ -100,24 +101,45 @@ class Eager:
 
 
 class Compiled(Eager):
-    """The same chunks through the student's torch.compile'd step functions."""
+    """The same chunks through the student's torch.compile'd step functions. Where
+    torch.compile fails (no C++ compiler for inductor, an unsupported op), one warning says so
+    and this process computes the steps eagerly from then on: the same gradient, slower."""
 
     name = "compiled"
 
+    def __init__(self):
+        self.failed = False
+
     def _theta(self, theta: torch.Tensor) -> torch.Tensor:
-        return theta.detach()
+        return theta.detach() if not self.failed else super()._theta(theta)
 
     def chunk_grad(self, p, theta, xc, yc, n: int) -> torch.Tensor:
-        with torch.no_grad():
-            return compiled_steps(p.student).grad(theta, xc.contiguous(), yc.contiguous(),
-                                                  _count(n, xc))
+        if not self.failed:
+            try:
+                with torch.no_grad():
+                    return compiled_steps(p.student).grad(theta, xc.contiguous(), yc.contiguous(),
+                                                          _count(n, xc))
+            except Exception as error:  # noqa: BLE001 - any failure leaves the eager steps
+                self._give_up(error)
+        return super().chunk_grad(p, theta.detach().requires_grad_(True), xc, yc, n)
 
     def chunk_hvp(self, p, theta, xc, yc, n: int, v, soft: bool):
-        with torch.no_grad():
-            g, hv, hx, *hy = compiled_steps(p.student).hvp(
-                theta.detach(), xc.contiguous(), yc.contiguous(), _count(n, xc), v.contiguous(),
-                soft)
-        return g, hv, hx, (hy[0] if hy else None)
+        if not self.failed:
+            try:
+                with torch.no_grad():
+                    g, hv, hx, *hy = compiled_steps(p.student).hvp(
+                        theta.detach(), xc.contiguous(), yc.contiguous(), _count(n, xc),
+                        v.contiguous(), soft)
+                return g, hv, hx, (hy[0] if hy else None)
+            except Exception as error:  # noqa: BLE001
+                self._give_up(error)
+        return super().chunk_hvp(p, theta, xc, yc, n, v, soft)
+
+    def _give_up(self, error: Exception) -> None:
+        self.failed = True
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        warnings.warn(f"--compile: torch.compile failed ({type(error).__name__}: {first}); the "
+                      "steps run eagerly (the same gradient, slower)", stacklevel=4)
 
 
 class Graphed:

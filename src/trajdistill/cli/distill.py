@@ -180,10 +180,13 @@ def add_distill_parser(sub) -> None:
                    help="the exact gradient's method: auto (default: the plain unroll where its "
                    "graph fits a quarter of the free memory, on CPUs; the lean walk elsewhere and "
                    "on CUDA), lean (memory of one step) or unroll (the reference's)")
-    p.add_argument("--compile", action="store_true", default=None,
+    p.add_argument("--compile", nargs="?", const=True, type=kinds.auto_on_off,
+                   metavar="auto|on|off",
                    help="run the lean gradient's and the held-out loss's steps through "
-                   "torch.compile: same gradient (float64 1e-15), 1.1-1.3x faster on CPU, about a "
-                   "minute of compilation per process (seconds with a warm inductor cache)")
+                   "torch.compile: same gradient (float64 1e-15), 1.15-1.3x faster on CPU, a "
+                   "minute or two of compilation per process (seconds with a warm inductor "
+                   "cache). auto (the default): on for a lean walk on a CPU whose unroll's graph "
+                   "would be 1 GB or more, with a C++ compiler there; `--compile` alone: on")
     p.add_argument("--gradient_memory", type=kinds.non_negative_float, metavar="GB",
                    help="let the lean walk keep the graphs of its last unrolled steps in up to "
                    "this many GB (the unroll's speed where memory allows; 0, the default: "
@@ -191,7 +194,7 @@ def add_distill_parser(sub) -> None:
     p.add_argument("--cuda_graphs", choices=["auto", "on", "off"],
                    help="replay the lean walk's steps (and the held-out loss's) as recorded CUDA "
                    "graphs: the same gradient, without the launch cost of hundreds of small "
-                   "kernels per step (auto, the default: on with a CUDA device, unless --compile)")
+                   "kernels per step (auto, the default: on with a CUDA device, unless --compile on)")
     p.add_argument("--autocast", choices=list(AUTOCAST_DTYPES),
                    help="bf16: run the student's forward passes of the matching in bfloat16 "
                    "(torch.autocast; weights, gradients and loss stay float32): 1.2-1.4x faster "
