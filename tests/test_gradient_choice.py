@@ -93,10 +93,13 @@ def test_compile_auto_is_on_for_a_large_lean_walk_on_a_cpu_with_a_compiler(digit
     stands in for a large one with the threshold lowered to a byte."""
     monkeypatch.setattr(gradient_choice, "COMPILE_FROM_BYTES", 1)
     monkeypatch.setattr(gradient_choice, "available_bytes", lambda device: 2**20)  # lean
+    real_compiler = gradient_choice.cxx_compiler
+    monkeypatch.setattr(gradient_choice, "cxx_compiler", lambda: "/usr/bin/g++")
     cfg = resolve(DistillConfig(ipc=1, syn_steps=5), digits, store)
     assert cfg.gradient == "lean" and cfg.compile is True
     assert cfg.derived["compile"]["from"].startswith("--compile auto: a large lean walk on a CPU")
-    monkeypatch.setattr(gradient_choice, "cxx_compiler", lambda: None)
+    monkeypatch.setattr(gradient_choice, "cxx_compiler", real_compiler)
+    monkeypatch.setenv("CXX", "/nonexistent/g++")  # inductor's compiler, and not there
     cfg = resolve(DistillConfig(ipc=1, syn_steps=5), digits, store)
     assert cfg.compile is False and "no C++ compiler" in cfg.derived["compile"]["from"]
     for flag in (False, True):  # an explicit flag is kept, and not listed as derived

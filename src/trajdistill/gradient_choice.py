@@ -105,10 +105,12 @@ def choose(cfg, splits: DatasetSplits, store: TrajectoryStore,
 
 
 def cxx_compiler() -> str | None:
-    """The C++ compiler inductor would build the CPU kernels with: $CXX, else the first of
-    g++, c++, clang++ on PATH; None when there is none."""
-    return os.environ.get("CXX") or next(
-        (path for path in map(shutil.which, ("g++", "c++", "clang++")) if path), None)
+    """The C++ compiler inductor would build the CPU kernels with: $CXX where set (None if it
+    is not an executable), else the first of g++, c++, clang++ on PATH; None when there is
+    none."""
+    if os.environ.get("CXX"):
+        return shutil.which(os.environ["CXX"])
+    return next((path for path in map(shutil.which, ("g++", "c++", "clang++")) if path), None)
 
 
 def choose_compile(cfg, splits: DatasetSplits, store: TrajectoryStore,
