@@ -115,6 +115,9 @@ class Distiller:
                                   cuda_graphs=self._cuda_graphs,
                                   autocast=AUTOCAST_DTYPES[cfg.autocast],
                                   texture=cfg.texture_spec is not None)
+        if self.kernel.name == "compiled":  # the first iteration stalls on the compilation
+            self._note("torch.compile: the first iteration compiles the steps (a minute or two; "
+                       "seconds with a warm inductor cache; --compile off skips it)")
         if comm.active:  # every rank starts from rank 0's state (identical by construction)
             self.load_state_dict(comm.broadcast_object(self.state_dict()), "rank 0's state")
             if cfg.num_trajectories < comm.world:
@@ -127,9 +130,6 @@ class Distiller:
         if self.cfg.derived:
             self._note("derived settings: " + ", ".join(
                 f"{k} {_short(d['value'])}" for k, d in self.cfg.derived.items()))
-        if self.cfg.compile and self.device.type == "cpu":  # the first iteration stalls on it
-            self._note("torch.compile: the first iteration compiles the steps (a minute or two; "
-                       "seconds with a warm inductor cache; --compile off skips it)")
 
     def _note(self, text: str) -> None:
         """One line on stderr, from rank 0 only."""

@@ -111,7 +111,7 @@ class Compiled(Eager):
         self.failed = False
 
     def _theta(self, theta: torch.Tensor) -> torch.Tensor:
-        return theta.detach() if not self.failed else super()._theta(theta)
+        return theta.detach()
 
     def chunk_grad(self, p, theta, xc, yc, n: int) -> torch.Tensor:
         if not self.failed:
